@@ -1,0 +1,44 @@
+# llmpipe: `make demo` runs the whole pipeline on configs/demo.yaml; `make test` runs the suite.
+# Both create .venv on first use. torch is installed from its CPU wheel first, so nothing later pulls
+# a multi-GB CUDA build; constraints.txt pins the rest to a set known to install together.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+TORCH_SPEC ?= torch==2.13.0
+export RAY_USAGE_STATS_ENABLED := 0
+export DO_NOT_TRACK := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
+
+.PHONY: demo test install install-dev bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml constraints.txt | $(PY)
+	$(PIP) install -q "$(TORCH_SPEC)"
+	$(PIP) install -q -c constraints.txt -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(PIP) install -q -c constraints.txt -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+install-dev: $(VENV)/.installed-dev
+
+demo: install
+	$(VENV)/bin/llmpipe run configs/demo.yaml
+
+test: install-dev
+	$(PY) -m pytest -q
+
+bench: install-dev
+	$(PY) bench/extract_vs_datatrove.py
+
+clean:
+	rm -rf work/demo

@@ -1,0 +1,85 @@
+"""The llmpipe flows: raw web pages and code in, a trained and evaluated model out.
+
+Run it:
+
+    llmpipe run configs/demo.yaml                   # the whole pipeline, ephemeral Prefect API
+    llmpipe run configs/demo.yaml train.max_steps=50
+    PREFECT_API_URL=http://127.0.0.1:4200/api llmpipe run configs/demo.yaml   # against a server
+
+Each stage is a task in `tasks/` that runs on Ray and returns a small summary; this module only
+wires them together and opens the MLflow parent run that the stages' nested runs hang under.
+"""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from llm.config import PipelineConfig
+from llm.layout import Layout
+from llm.tracking import Tracker
+from tasks import data, train
+
+DATA_STAGES = ["crawl", "ingest", "exact_dedup", "shard", "tokenizer", "tokenize"]
+TRAIN_STAGES = ["pretrain", "evaluate"]
+STAGES = DATA_STAGES + TRAIN_STAGES
+
+_TASKS = {
+    "crawl": data.crawl,
+    "ingest": data.ingest,
+    "exact_dedup": data.exact_dedup,
+    "shard": data.shard,
+    "tokenizer": data.tokenizer,
+    "tokenize": data.tokenize,
+    "pretrain": train.pretrain,
+}
+
+
+def run_stages(config: PipelineConfig, stages: list[str]) -> dict:
+    """Run the named stages in pipeline order under one MLflow parent run; returns their summaries."""
+    unknown = sorted(set(stages) - set(STAGES))
+    if unknown:
+        raise ValueError(f"unknown stage(s) {unknown}; stages are {STAGES}")
+    tracker = Tracker(config.tracking, config.work_dir)
+    parent = tracker.start_run(config.name, params=config.model_dump(mode="json"),
+                               tags={"llmpipe.stages": ",".join(stages)})
+    parent_id = parent.run_id if parent else None
+    results: dict[str, dict] = {}
+    ok = False
+    try:
+        for name in [s for s in STAGES if s in stages]:
+            if name == "crawl" and not any(s.kind == "crawl" for s in config.data.sources):
+                continue  # nothing reads the crawl: skip fetching it
+            if name == "evaluate":
+                checkpoint = results.get("pretrain", {}).get("checkpoint_uri") or _final_checkpoint(config)
+                results[name] = train.evaluate(config, checkpoint, parent_id)
+            else:
+                results[name] = _TASKS[name](config, parent_id)
+        ok = True
+    finally:
+        tracker.finish(parent, ok=ok)
+    return {"stages": results, "tracking_uri": tracker.uri, "parent_run_id": parent_id,
+            "mlflow_ui": tracker.ui_command(), "work_dir": Layout.for_work_dir(config.work_dir).work_dir}
+
+
+def _final_checkpoint(config: PipelineConfig) -> str:
+    from llm import storage
+
+    return storage.join(Layout.for_work_dir(config.work_dir).train, "final")
+
+
+@flow(name="llmpipe-pipeline", log_prints=True)
+def pipeline(config: PipelineConfig = PipelineConfig()) -> dict:
+    """End to end: crawl, ingest, exact dedup, shard, tokenizer, tokenize, pretrain, evaluate."""
+    return run_stages(config, STAGES)
+
+
+@flow(name="llmpipe-data-refresh", log_prints=True)
+def data_refresh(config: PipelineConfig = PipelineConfig()) -> dict:
+    """The data half: crawl to token files. Finished shards are skipped, so a nightly run is cheap."""
+    return run_stages(config, DATA_STAGES)
+
+
+@flow(name="llmpipe-stages", log_prints=True)
+def stages_flow(config: PipelineConfig = PipelineConfig(), stages: list[str] = ["ingest"]) -> dict:  # noqa: B006
+    """Run a chosen subset of stages (in pipeline order) against an existing work directory."""
+    return run_stages(config, stages)

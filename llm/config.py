@@ -1,0 +1,376 @@
+"""Pipeline configuration: one pydantic model per stage, loaded from YAML with dotted overrides.
+
+The same models are the Prefect flow parameters, so every field carries a description that doubles
+as CLI help and as the label of the form field in the Prefect UI. Unknown keys and out-of-range values
+fail at load time with the dotted path of the offending field (`ConfigError`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration problem a user can fix; the message names the field and the file."""
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, assignments are re-validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------------------------- data
+
+
+class CrawlConfig(Section):
+    """The built-in web crawler. Same host only, robots.txt honoured, everything written as WARC."""
+
+    start_url: str | None = Field(
+        None,
+        description="Root page to crawl. Empty: start a local `pydoc` documentation server and crawl "
+        "it (the demo corpus, nothing downloaded).",
+    )
+    max_pages: int = Field(150, ge=1, description="Stop after this many successful HTML responses.")
+    concurrency: int = Field(4, ge=1, le=64, description="Requests in flight at once.")
+    rate_limit_per_s: float = Field(50.0, gt=0, description="Upper bound on requests started per second.")
+    timeout_s: float = Field(10.0, gt=0, description="Per-request timeout in seconds.")
+    retries: int = Field(2, ge=0, le=10, description="Retries for a failed request (connection error or 5xx).")
+    backoff_s: float = Field(0.2, ge=0, description="First retry delay; doubles with each retry.")
+    user_agent: str = Field("llmpipe-crawler/0.1", description="User-Agent header and robots.txt agent.")
+    records_per_warc: int = Field(
+        50, ge=1, description="Responses per WARC file; each file becomes one shard of the ingest pass."
+    )
+
+
+class SourceConfig(Section):
+    """One input of the ingest pass. Every source is read only through its reader."""
+
+    kind: Literal["warc", "code", "jsonl", "parquet", "crawl"] = Field(
+        description="Reader to use. `crawl` reads the WARC files written by the crawl stage."
+    )
+    name: str = Field(description="Source label stored on every document (`web`, `code`, `books`, ...).")
+    uri: str | None = Field(
+        None,
+        description="File or folder URI (local path or s3://). Empty for `code` means the Python "
+        "standard library's own source folder; not used for `crawl`.",
+    )
+    glob: str | None = Field(
+        None, description="File pattern inside a folder, e.g. `*.warc.gz`. Default depends on `kind`."
+    )
+    text_field: str = Field("text", description="JSONL/Parquet: column holding the document text.")
+    id_field: str | None = Field(None, description="JSONL/Parquet: column holding an id to keep in `meta`.")
+    max_files: int | None = Field(None, ge=1, description="Read at most this many files (sorted by path).")
+    files_per_shard: int = Field(
+        64, ge=1, description="`code`: source files grouped into one ingest shard."
+    )
+
+
+class ExtractConfig(Section):
+    """HTML to text extraction (trafilatura) with a per-document time limit."""
+
+    timeout_s: float = Field(5.0, gt=0, description="A document taking longer is quarantined as a timeout.")
+    include_tables: bool = Field(True, description="Keep table text.")
+    favor_recall: bool = Field(True, description="Prefer keeping text over precision of the main-content guess.")
+    max_html_bytes: int = Field(5_000_000, ge=1024, description="Larger responses are dropped before parsing.")
+
+
+class NormalizeConfig(Section):
+    """Text normalization: Unicode form, control characters, line endings, whitespace."""
+
+    unicode_form: Literal["NFC", "NFKC", "none"] = Field("NFC", description="Unicode normalization form.")
+    min_chars: int = Field(1, ge=0, description="Documents shorter than this after normalization are dropped.")
+    max_blank_lines: int = Field(2, ge=1, description="Runs of blank lines are capped at this many.")
+
+
+class ExactDedupConfig(Section):
+    """Exact deduplication on a hash of the normalized text."""
+
+    enabled: bool = Field(True, description="Turn the stage off to keep exact duplicates.")
+    num_buckets: int = Field(
+        16, ge=1, le=4096, description="Hash-range buckets; bounds the memory of each grouping task."
+    )
+
+
+class ShardConfig(Section):
+    """Final Parquet sharding of the cleaned corpus."""
+
+    target_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, description="Approximate uncompressed text bytes per output shard."
+    )
+    row_group_rows: int = Field(1024, ge=1, description="Parquet row-group size.")
+    compression: Literal["zstd", "snappy", "none"] = Field("zstd", description="Parquet compression codec.")
+
+
+class TokenizerConfig(Section):
+    """SentencePiece tokenizer training on a sample of the shards."""
+
+    vocab_size: int = Field(4096, ge=64, le=1_000_000, description="Vocabulary size, special tokens included.")
+    model_type: Literal["bpe", "unigram"] = Field("bpe", description="SentencePiece model type.")
+    sample_bytes: int = Field(
+        20_000_000, ge=1000, description="Text bytes sampled from the shards for training."
+    )
+    character_coverage: float = Field(0.9995, gt=0, le=1, description="Share of characters covered.")
+    byte_fallback: bool = Field(True, description="Unknown characters become byte tokens, never <unk>.")
+    max_sentence_length: int = Field(16384, ge=64, description="Longer training lines are split.")
+    seed: int = Field(0, description="Seed for sampling and training.")
+
+
+class TokenizeConfig(Section):
+    """Shards to flat binary token files with a document index, split by document hash."""
+
+    val_fraction: float = Field(0.05, ge=0, lt=1, description="Share of documents sent to validation.")
+    append_eos: bool = Field(True, description="Add the end-of-document token after each document.")
+    prepend_bos: bool = Field(True, description="Add the begin-of-document token before each document.")
+
+
+class DataConfig(Section):
+    """Everything from raw sources to token files."""
+
+    crawl: CrawlConfig = Field(default_factory=CrawlConfig)
+    sources: list[SourceConfig] = Field(
+        default_factory=lambda: [SourceConfig(kind="crawl", name="web"), SourceConfig(kind="code", name="code")],
+        description="Inputs of the ingest pass.",
+    )
+    extract: ExtractConfig = Field(default_factory=ExtractConfig)
+    normalize: NormalizeConfig = Field(default_factory=NormalizeConfig)
+    exact_dedup: ExactDedupConfig = Field(default_factory=ExactDedupConfig)
+    shard: ShardConfig = Field(default_factory=ShardConfig)
+
+
+# ------------------------------------------------------------------------------------------- model
+
+
+class ModelConfig(Section):
+    """Decoder-only transformer shape. Names follow the usual `layers / hidden_size / heads` convention."""
+
+    layers: int = Field(4, ge=1, le=512, description="Transformer blocks.")
+    hidden_size: int = Field(128, ge=8, description="Residual stream width.")
+    attention_heads: int = Field(4, ge=1, description="Attention heads; must divide `hidden_size`.")
+    vocab_size: int | None = Field(
+        None, ge=8, description="Vocabulary size. Empty: taken from the trained tokenizer."
+    )
+    context_length: int = Field(128, ge=8, description="Maximum sequence length in tokens.")
+    mlp_ratio: float = Field(4.0, gt=0, description="MLP hidden width as a multiple of `hidden_size`.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on attention and residual paths.")
+    bias: bool = Field(False, description="Bias terms in linear layers and norms.")
+    tie_embeddings: bool = Field(True, description="Share the input embedding and output projection.")
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> "ModelConfig":
+        if self.hidden_size % self.attention_heads:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be divisible by attention_heads ({self.attention_heads})"
+            )
+        return self
+
+
+# ------------------------------------------------------------------------------------------- train
+
+
+class TrainConfig(Section):
+    """Pre-training: optimizer, schedule, batch, parallelism, checkpoints."""
+
+    strategy: Literal["ddp"] = Field(
+        "ddp", description="Parallel strategy inside the Ray Train workers."
+    )
+    num_workers: int = Field(2, ge=1, description="Ray Train workers (processes); one per GPU on GPU.")
+    use_gpu: bool = Field(False, description="Train on GPUs (NCCL) instead of CPUs (gloo).")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per worker.")
+    batch_size: int = Field(
+        16, ge=1, description="Global batch in sequences per optimizer step (all workers, all micro-steps)."
+    )
+    micro_batch_size: int = Field(8, ge=1, description="Sequences per worker per forward/backward.")
+    learning_rate: float = Field(3e-3, gt=0, le=10, description="Peak learning rate after warmup.")
+    min_lr_ratio: float = Field(
+        0.1, ge=0, le=1, description="Floor of the decay as a fraction of the peak (a tenth, as in Chinchilla)."
+    )
+    warmup_steps: int = Field(20, ge=0, description="Linear warmup steps from 0 to the peak learning rate.")
+    max_steps: int = Field(200, ge=1, description="Optimizer steps.")
+    decay: Literal["cosine", "linear", "constant"] = Field("cosine", description="Decay after warmup.")
+    weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay (matrices only).")
+    beta1: float = Field(0.9, ge=0, lt=1, description="AdamW beta1.")
+    beta2: float = Field(0.95, ge=0, lt=1, description="AdamW beta2.")
+    eps: float = Field(1e-8, gt=0, description="AdamW epsilon.")
+    gradient_clipping: float = Field(1.0, ge=0, description="Clip the global gradient norm; 0 turns it off.")
+    eval_every: int = Field(50, ge=1, description="Validation every N steps (and at the end).")
+    eval_batches: int = Field(8, ge=1, description="Validation batches per evaluation.")
+    checkpoint_every: int = Field(100, ge=1, description="Checkpoint every N steps (and at the end).")
+    log_every: int = Field(10, ge=1, description="Log line and metrics every N steps.")
+    seed: int = Field(1337, description="Seeds weights and data order.")
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="Compute precision (autocast).")
+    max_failures: int = Field(
+        0, ge=-1, description="Worker-group restarts (from the latest checkpoint) before the run fails; -1: no limit."
+    )
+
+    @model_validator(mode="after")
+    def _batch_divides(self) -> "TrainConfig":
+        per_step = self.micro_batch_size * self.num_workers
+        if self.batch_size % per_step:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must be a multiple of micro_batch_size x num_workers ({per_step})"
+            )
+        return self
+
+    @property
+    def grad_accum_steps(self) -> int:
+        return self.batch_size // (self.micro_batch_size * self.num_workers)
+
+
+class EvalConfig(Section):
+    """Evaluation after training: held-out loss and perplexity, sampled continuations."""
+
+    batches: int = Field(32, ge=1, description="Validation batches for the final loss.")
+    prompts: list[str] = Field(
+        default_factory=lambda: ["def main(", "The Python standard library", "import os\n"],
+        description="Prompts whose sampled continuations are saved as an artifact.",
+    )
+    max_new_tokens: int = Field(48, ge=1, description="Tokens sampled per prompt.")
+    temperature: float = Field(0.8, ge=0, description="Sampling temperature; 0 is greedy.")
+    top_k: int = Field(40, ge=0, description="Sample from the k most likely tokens; 0 keeps all.")
+
+
+# ------------------------------------------------------------------------------------ infrastructure
+
+
+class RayConfig(Section):
+    """Where the compute runs. Empty address: a local Ray started on this machine."""
+
+    address: str | None = Field(None, description="`ray://host:10001` or `auto`; empty starts Ray locally.")
+    num_cpus: int | None = Field(None, ge=1, description="Local Ray: CPUs to use (default: all).")
+    object_store_memory: int = Field(
+        512 * 1024 * 1024, ge=78_643_200, description="Local Ray: object store bytes (Ray's floor is 75 MiB)."
+    )
+
+
+class TrackingConfig(Section):
+    """MLflow tracking. Empty URI: `MLFLOW_TRACKING_URI`, else a SQLite store under the work directory."""
+
+    uri: str | None = Field(None, description="MLflow tracking URI (http://..., sqlite:///..., file:...).")
+    experiment: str = Field("llmpipe", description="MLflow experiment name.")
+    enabled: bool = Field(True, description="Record runs in MLflow.")
+
+
+class PipelineConfig(Section):
+    """The whole pipeline: data, tokenizer, model, training, evaluation, and where things run."""
+
+    name: str = Field("llmpipe", description="Run name shown in MLflow and Prefect.")
+    work_dir: str = Field(
+        "work", description="Root URI of every output (local path or s3://bucket/prefix)."
+    )
+    data: DataConfig = Field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    tokenize: TokenizeConfig = Field(default_factory=TokenizeConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    def digest(self, *sections: str) -> str:
+        """Stable hash of the named sections (all when none), used to decide whether outputs are current."""
+        data = self.model_dump(mode="json")
+        if sections:
+            data = {s: _get_path(data, s) for s in sections}
+        return stable_hash(data)
+
+
+# ------------------------------------------------------------------------------------------ loading
+
+
+def stable_hash(obj: Any) -> str:
+    """sha256 over canonical JSON: equal for equal content whatever the key order."""
+    payload = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hashlib.sha256(payload).hexdigest()[:16]
+
+
+def _get_path(data: dict, dotted: str) -> Any:
+    node: Any = data
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`train.max_steps=50` -> (["train", "max_steps"], 50). Values are parsed as YAML scalars/lists."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form key.sub=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from None
+    return key.split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply dotted overrides to a plain dict (before validation, so unknown keys are still caught)."""
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: {part!r} is not a section")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def _format_validation_error(exc: ValidationError, origin: str) -> str:
+    lines = [f"invalid config ({origin}):"]
+    for err in exc.errors():
+        path = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        got = err.get("input")
+        if err["type"] != "extra_forbidden" and _short(got):
+            msg += f" (got {got!r})"
+        lines.append(f"  {path}: {msg}")
+    return "\n".join(lines)
+
+
+def _short(value: Any) -> bool:
+    return isinstance(value, (int, float, str, bool)) and len(repr(value)) < 80
+
+
+def build_config(data: dict | None = None, overrides: list[str] | None = None, origin: str = "config") -> PipelineConfig:
+    """Validate a plain dict (plus overrides) into a `PipelineConfig`, raising `ConfigError` on problems."""
+    data = apply_overrides(dict(data or {}), list(overrides or []))
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, origin)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> PipelineConfig:
+    """Load a YAML config file (or only defaults when `path` is None) and apply dotted overrides."""
+    data: dict = {}
+    origin = "defaults"
+    if path is not None:
+        origin = str(path)
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of sections")
+        data = loaded
+    return build_config(data, overrides, origin)

@@ -1,0 +1,1 @@
+"""Documents, readers, crawler, extraction, per-document steps, dedup, shards and tokenization."""

@@ -1,0 +1,280 @@
+"""Payload decoding and HTML-to-text extraction (trafilatura), with a per-document time limit.
+
+`ExtractStep` turns raw documents (`schema.RAW_SCHEMA`) into documents (`schema.DOC_SCHEMA`): HTML is
+decoded and extracted, plain text is decoded, anything else is dropped with its content type as the
+reason. Undecodable input and extraction failures or timeouts are quarantined with the error.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import logging
+import signal
+import threading
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+import pyarrow as pa
+import trafilatura
+from trafilatura.settings import use_config
+
+from llm.config import ExtractConfig
+from llm.data import schema
+from llm.data.steps import StepOutput, rejected_rows
+
+log = logging.getLogger(__name__)
+
+# Binary sniffing looks at this much of a payload; more adds time without changing the verdict.
+_SNIFF_BYTES = 64 * 1024
+_MAX_NUL_SHARE = 0.01  # text, in any 8-bit or UTF-8 encoding, has no NUL bytes at all
+_MAX_CONTROL_SHARE = 0.05  # C0 controls other than \t \n \r \f \v in decoded text
+_MAX_REPLACED_SHARE = 0.01  # UTF-8 with this share of bad bytes is damaged UTF-8, not another charset
+_CONTROLS = frozenset(range(0x20)) - {0x09, 0x0A, 0x0B, 0x0C, 0x0D}
+
+# One fixed configuration so extraction never depends on a user's trafilatura settings file.
+# EXTRACTION_TIMEOUT is trafilatura's own (CLI-only) alarm; 0 keeps it away from our SIGALRM.
+_TRAFILATURA_CONFIG = use_config()
+_TRAFILATURA_CONFIG.set("DEFAULT", "EXTRACTION_TIMEOUT", "0")
+
+
+class ExtractionTimeout(BaseException):
+    """A document took longer than its time limit to extract.
+
+    A BaseException, like KeyboardInterrupt, because it is raised asynchronously from a signal
+    handler: trafilatura wraps its parsing in `except Exception` and would swallow it otherwise.
+    """
+
+
+# ------------------------------------------------------------------------------------------ decode
+
+
+def decode_payload(payload: bytes, charset: str | None) -> str:
+    """Bytes to text: the declared charset, then UTF-8, then detection (charset_normalizer).
+
+    UTF-8 with a few damaged bytes is decoded as UTF-8 with U+FFFD for the damage (detection would
+    turn the whole document into mojibake). Raises `ValueError` for binary content or bytes no
+    charset fits. The result never holds lone surrogates (Arrow strings must be valid UTF-8).
+    """
+    if not payload:
+        return ""
+    text = _decode_declared(payload, charset)
+    if text is None:
+        text = _decode_guessed(payload)
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    _check_not_binary(text)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate from an exotic codec (utf-7 can produce them)
+        text = text.encode("utf-8", "replace").decode("utf-8")
+    return text
+
+
+def _decode_declared(payload: bytes, charset: str | None) -> str | None:
+    if payload.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):
+        charset = "utf-32"
+    elif payload.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        charset = "utf-16"
+    elif payload.startswith(codecs.BOM_UTF8):
+        charset = "utf-8-sig"
+    if not charset:
+        return None
+    try:
+        return payload.decode(codecs.lookup(charset.strip().strip("\"'")).name)
+    except (LookupError, UnicodeDecodeError):  # unknown name, or the page lies about its charset
+        return None
+
+
+def _decode_guessed(payload: bytes) -> str:
+    head = payload[:_SNIFF_BYTES]
+    nul_share = head.count(0) / len(head)
+    if nul_share > _MAX_NUL_SHARE:
+        raise ValueError(f"binary content: {nul_share:.0%} NUL bytes and no UTF-16/32 byte-order mark")
+    try:
+        return payload.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    damaged = payload.decode("utf-8", errors="replace")
+    replaced = damaged.count("\ufffd")
+    non_ascii_ok = sum(1 for ch in damaged if ord(ch) > 0x7F) - replaced
+    if replaced <= _MAX_REPLACED_SHARE * len(damaged) and non_ascii_ok >= replaced:
+        return damaged
+    from charset_normalizer import from_bytes  # imported lazily: rarely needed, slow to import
+
+    matches = list(from_bytes(payload))
+    if not matches:
+        raise ValueError("undecodable: not UTF-8 and no character set fits the bytes")
+    best = matches[0]
+    # Short texts leave detection a coin toss between many 8-bit charsets that all fit equally well.
+    # Among the near-ties prefer windows-1252, the web's fallback for undeclared pages (WHATWG).
+    for match in matches:
+        near_tie = match.chaos <= best.chaos + 0.1 and match.coherence >= best.coherence - 0.05
+        if near_tie and match.encoding == "cp1252":
+            best = match
+            break
+    return str(best)
+
+
+def _check_not_binary(text: str) -> None:
+    head = text[:_SNIFF_BYTES]
+    controls = sum(1 for ch in head if ord(ch) in _CONTROLS)
+    if head and controls / len(head) > _MAX_CONTROL_SHARE:
+        raise ValueError(f"binary content: {controls / len(head):.0%} control characters after decoding")
+
+
+# ------------------------------------------------------------------------------------- time limit
+
+
+_warned_no_alarm = False
+
+
+@contextmanager
+def time_limit(seconds: float) -> Iterator[None]:
+    """Raise `ExtractionTimeout` in the block once `seconds` have passed.
+
+    SIGALRM only reaches the main thread, which is where Ray runs task code; in any other thread the
+    block runs without a limit and this is logged once. An outer ITIMER_REAL (a test runner's
+    timeout, say) is kept: ours is armed for the sooner of the two deadlines, and the outer one is
+    re-armed with what is left of it afterwards (or handed to the outer handler if it came first).
+    The exception surfaces when control is back in Python code, so one long call inside lxml
+    finishes first.
+    """
+    global _warned_no_alarm
+    if not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
+        if not _warned_no_alarm:
+            _warned_no_alarm = True
+            log.warning("extraction runs without its time limit here: SIGALRM needs the main thread")
+        yield
+        return
+
+    start = time.monotonic()
+    outer_left = signal.getitimer(signal.ITIMER_REAL)[0]  # 0.0 when no outer timer is armed
+    previous = signal.getsignal(signal.SIGALRM)
+
+    def on_alarm(signum, frame):
+        if outer_left and time.monotonic() - start >= outer_left - 1e-3 and callable(previous):
+            previous(signum, frame)  # the outer deadline came first: its handler decides
+        raise ExtractionTimeout(f"extraction timeout after {seconds:g}s")
+
+    signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, min(seconds, outer_left) if outer_left else seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        if outer_left:
+            signal.setitimer(signal.ITIMER_REAL, max(outer_left - (time.monotonic() - start), 1e-3))
+
+
+# ----------------------------------------------------------------------------------------- extract
+
+
+def extract_html(html: str, cfg: ExtractConfig) -> str:
+    """Main text of an HTML page ("" when nothing is found), within `cfg.timeout_s`.
+
+    Raises `ExtractionTimeout` past the limit; trafilatura's own errors propagate.
+    """
+    with time_limit(cfg.timeout_s):
+        text = trafilatura.extract(
+            html,
+            output_format="txt",
+            include_comments=False,
+            include_tables=cfg.include_tables,
+            favor_recall=cfg.favor_recall,
+            deduplicate=False,  # trafilatura's dedup keeps a process-wide cache: output would depend on order
+            with_metadata=False,
+            config=_TRAFILATURA_CONFIG,
+        )
+    return text or ""
+
+
+class ExtractStep:
+    """Raw documents to text documents; every input row ends kept, dropped or quarantined."""
+
+    name = "extract"
+
+    def __init__(self, cfg: ExtractConfig):
+        self.cfg = cfg
+
+    def apply(self, raw: pa.Table) -> StepOutput:
+        """`raw` follows `schema.RAW_SCHEMA`; `kept` has exactly the `schema.DOC_SCHEMA` columns."""
+        kept_idx: list[int] = []
+        kept_text: list[str] = []
+        drop_idx: list[int] = []
+        drops: list[tuple[str, str, float | None, float | None, str | None]] = []  # text, rule, value, threshold, detail
+        bad: list[dict] = []
+        payloads = raw.column("payload")
+        kinds = raw.column("content_type").to_pylist()
+        charsets = raw.column("charset").to_pylist()
+        for i, kind in enumerate(kinds):
+            payload = payloads[i].as_py()
+            try:
+                if kind == "html":
+                    if len(payload) > self.cfg.max_html_bytes:
+                        drop_idx.append(i)
+                        drops.append(("", "html_too_large", float(len(payload)), float(self.cfg.max_html_bytes), None))
+                        continue
+                    text = extract_html(decode_payload(payload, charsets[i]), self.cfg)
+                    if not text.strip():
+                        drop_idx.append(i)
+                        drops.append(("", "no_extractable_text", None, None, None))
+                        continue
+                elif kind == "text":
+                    text = decode_payload(payload, charsets[i])
+                else:
+                    mime = kind.split(":", 1)[1] if kind.startswith("other:") else kind
+                    drop_idx.append(i)
+                    drops.append(("", "unsupported_content_type", None, None, mime))
+                    continue
+            except ExtractionTimeout:
+                bad.append(self._quarantine(raw, i, payload, f"extraction timeout after {self.cfg.timeout_s:g}s"))
+                continue
+            except Exception as exc:  # decoding error or a parser failure on this document only
+                bad.append(self._quarantine(raw, i, payload, f"{type(exc).__name__}: {exc}"))
+                continue
+            kept_idx.append(i)
+            kept_text.append(text)
+
+        kept = _with_text(raw.take(pa.array(kept_idx, pa.int64())), kept_text)
+        dropped = _with_text(raw.take(pa.array(drop_idx, pa.int64())), [d[0] for d in drops])
+        dropped = rejected_rows(
+            dropped, self.name, [d[1] for d in drops], [d[2] for d in drops], [d[3] for d in drops],
+            [d[4] for d in drops],
+        )
+        return StepOutput(kept=kept, dropped=dropped, quarantined=pa.Table.from_pylist(bad, schema.QUARANTINE_SCHEMA))
+
+    def _quarantine(self, raw: pa.Table, i: int, payload: bytes, error: str) -> dict:
+        doc_id = raw.column("id")[i].as_py()
+        return {
+            "id": doc_id,
+            "source": raw.column("source")[i].as_py(),
+            "location": _location(raw.column("meta")[i].as_py(), raw.column("url")[i].as_py(), doc_id),
+            "stage": self.name,
+            "error": error,
+            "raw": payload[: schema.QUARANTINE_RAW_LIMIT],
+        }
+
+
+def _with_text(rows: pa.Table, texts: list[str]) -> pa.Table:
+    """Raw rows to DOC_SCHEMA: payload/content_type/charset go, text comes in."""
+    cols = {name: rows.column(name) for name in schema.DOC_SCHEMA.names if name != "text"}
+    cols["text"] = pa.array(texts, pa.string())
+    return pa.table([cols[name] for name in schema.DOC_SCHEMA.names], schema=schema.DOC_SCHEMA)
+
+
+def _location(meta: str | None, url: str | None, doc_id: str) -> str:
+    """Where the document came from: the reader's file + offset/line/row when meta says, else the URL."""
+    try:
+        info = json.loads(meta or "{}")
+    except ValueError:
+        info = {}
+    path = info.get("path")
+    if path:
+        for key in ("offset", "line", "row"):
+            if key in info:
+                return f"{path}#{key}={info[key]}"
+        return path
+    return url or doc_id

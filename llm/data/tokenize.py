@@ -1,0 +1,89 @@
+"""Shards to flat binary token files plus document indexes, split into train/validation by text hash.
+
+Per shard and split: `<split>/<shard>.bin` holds the documents' token ids back to back (each document
+as bos, tokens, eos), dtype uint16 when the vocabulary fits, else uint32; `<split>/<shard>.idx` holds the
+int64 start offset of every document and the total (docs + 1 values). The training loader memory-maps
+them. The split is a pure function of the document's text hash, so a document (or an exact copy of
+it) never lands in both splits, whatever the sharding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+from llm import storage
+from llm.config import TokenizeConfig
+from llm.data import schema
+from llm.data.dataset import Counts, ShardRecord, ShardTask, dumps, read_manifest, run_shard_stage
+from llm.tokenizer.spm import SentencePieceTokenizer
+
+SPLITS = ("train", "val")
+
+
+def split_of(text_hash: str, val_fraction: float) -> str:
+    """'val' for a stable `val_fraction` share of hashes, else 'train'."""
+    return "val" if int(text_hash[:8], 16) / 2**32 < val_fraction else "train"
+
+
+def encode_documents(tok: SentencePieceTokenizer, texts: list[str], cfg: TokenizeConfig) -> list[list[int]]:
+    ids = tok.encode_batch(texts)
+    head = [tok.bos_id] if cfg.prepend_bos else []
+    tail = [tok.eos_id] if cfg.append_eos else []
+    return [head + d + tail for d in ids]
+
+
+def _write_split(out_uri: str, split: str, shard: str, docs: list[list[int]], dtype: np.dtype) -> dict:
+    lengths = np.fromiter((len(d) for d in docs), dtype=np.int64, count=len(docs))
+    offsets = np.zeros(len(docs) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    flat = np.fromiter((t for d in docs for t in d), dtype=dtype, count=int(offsets[-1]))
+    bin_rel, idx_rel = f"{split}/{shard}.bin", f"{split}/{shard}.idx"
+    sha = storage.write_bytes(storage.join(out_uri, bin_rel), flat.astype(dtype.newbyteorder("<")).tobytes())
+    storage.write_bytes(storage.join(out_uri, idx_rel), offsets.astype("<i8").tobytes())
+    return {"bin": bin_rel, "idx": idx_rel, "tokens": int(offsets[-1]), "docs": len(docs), "sha256": sha}
+
+
+def run_tokenize(shards_uri: str, tokenizer_uri: str, out_uri: str, cfg: TokenizeConfig, config_hash: str,
+                 executor) -> dict:
+    manifest = read_manifest(shards_uri)
+    model = storage.read_bytes(tokenizer_uri)
+    tok = SentencePieceTokenizer(model)
+    dtype = tok.token_dtype()
+
+    def make_shard(task: ShardTask) -> ShardRecord:
+        local_tok = SentencePieceTokenizer(model)
+        table = storage.read_parquet(storage.join(shards_uri, task.payload), columns=["text"])
+        texts = table.column("text").to_pylist()
+        by_split: dict[str, list[list[int]]] = {s: [] for s in SPLITS}
+        for text, ids in zip(texts, encode_documents(local_tok, texts, cfg)):
+            by_split[split_of(schema.text_hash(text), cfg.val_fraction)].append(ids)
+        files, splits = {}, {}
+        for split, docs in by_split.items():
+            if docs:
+                entry = _write_split(out_uri, split, task.name, docs, dtype)
+                files[f"{split}_bin"], files[f"{split}_idx"] = entry["bin"], entry["idx"]
+                splits[split] = entry
+        counts = Counts(read=len(texts), kept=len(texts))
+        tokens = sum(e["tokens"] for e in splits.values())
+        return ShardRecord(name=task.name, inputs=[task.name], rows=len(texts), bytes=tokens * dtype.itemsize,
+                           sha256=_combined_sha(splits), counts=counts, steps={"tokenize": counts}, files=files,
+                           extra={"splits": splits})
+
+    tasks = [ShardTask(s["name"], (s["name"],), s["files"]["data"]) for s in manifest["shards"]]
+    result = run_shard_stage("tokenize", out_uri, tasks, make_shard, config_hash, executor,
+                             [shards_uri, tokenizer_uri])
+    splits = {s: [sh["extra"]["splits"][s] for sh in result["shards"] if s in sh["extra"]["splits"]]
+              for s in SPLITS}
+    result["tokens"] = {
+        "dtype": dtype.name, "vocab_size": tok.vocab_size, "bos_id": tok.bos_id, "eos_id": tok.eos_id,
+        "pad_id": tok.pad_id, "splits": splits,
+        "totals": {s: sum(e["tokens"] for e in entries) for s, entries in splits.items()},
+    }
+    storage.write_text(storage.join(out_uri, "_manifest.json"), dumps(result))
+    return result
+
+
+def _combined_sha(splits: dict[str, dict]) -> str:
+    return hashlib.sha256("".join(splits[s]["sha256"] for s in sorted(splits)).encode()).hexdigest()

@@ -1,0 +1,43 @@
+"""Sampled continuations of text prompts from a trained model."""
+
+from __future__ import annotations
+
+import torch
+
+from llm.model.gpt import GPT
+from llm.tokenizer.spm import SentencePieceTokenizer
+
+
+def sample_completions(
+    model: GPT,
+    tokenizer: SentencePieceTokenizer,
+    prompts: list[str],
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int,
+    seed: int = 0,
+) -> list[dict[str, str]]:
+    """One completion per prompt as `{"prompt", "completion"}`; the same seed gives the same text.
+
+    Each prompt starts with the begin-of-document token, as documents did in training; the completion
+    stops at the first end-of-document token.
+    """
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    samples = []
+    try:
+        for prompt in prompts:
+            ids = [tokenizer.bos_id, *tokenizer.encode(prompt)]
+            # Keep the prompt's tail when it is longer than the model's context.
+            ids = ids[-model.cfg.context_length :]
+            idx = torch.tensor([ids], dtype=torch.long, device=device)
+            out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k or None, generator=generator)
+            new = out[0, len(ids) :].tolist()
+            if tokenizer.eos_id in new:
+                new = new[: new.index(tokenizer.eos_id)]
+            samples.append({"prompt": prompt, "completion": tokenizer.decode(new)})
+    finally:
+        model.train(was_training)
+    return samples

@@ -1,0 +1,67 @@
+"""The end-of-run summary a user reads: counts per stage, tokens, losses, and where everything is."""
+
+from __future__ import annotations
+
+import math
+
+
+def _row(cells: list[str], widths: list[int]) -> str:
+    return "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+
+def format_summary(result: dict) -> str:
+    """Render the dict returned by the pipeline flow."""
+    stages = result.get("stages", {})
+    lines = ["", "llmpipe run summary", "=" * 19, ""]
+    header = ["stage", "read", "kept", "dropped", "quarantined"]
+    rows = []
+    for name, s in stages.items():
+        counts = s.get("counts") or {}
+        if counts:
+            rows.append([name, str(counts["read"]), str(counts["kept"]),
+                         str(sum(counts["dropped"].values())), str(counts["quarantined"])])
+    if rows:
+        widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
+        lines += [_row(header, widths), _row(["-" * w for w in widths], widths)]
+        lines += [_row(r, widths) for r in rows]
+        lines.append("")
+        for name, s in stages.items():
+            dropped = (s.get("counts") or {}).get("dropped") or {}
+            if dropped:
+                reasons = ", ".join(f"{rule}={n}" for rule, n in sorted(dropped.items(), key=lambda kv: -kv[1]))
+                lines.append(f"  {name} dropped: {reasons}")
+        lines.append("")
+    if "crawl" in stages:
+        c = stages["crawl"]
+        lines.append(f"crawl: {c.get('pages_fetched')} pages fetched, {c.get('pages_failed')} failed")
+    if "tokenize" in stages:
+        t = stages["tokenize"]
+        lines.append(f"tokens: train {t.get('train_tokens'):,}  val {t.get('val_tokens'):,}  ({t.get('dtype')})")
+    if "pretrain" in stages:
+        p = stages["pretrain"]
+        lines.append(
+            f"pretrain: {p.get('steps')} steps, {p.get('tokens_seen', 0):,} tokens, "
+            f"val loss {_f(p.get('initial_val_loss'))} at init -> {_f(p.get('final_val_loss'))}, "
+            f"{_f(p.get('seconds'), 1)} s")
+    if "evaluate" in stages:
+        e = stages["evaluate"]
+        lines.append(f"evaluate: validation loss {_f(e.get('val_loss'))}, perplexity {_f(e.get('perplexity'), 2)}"
+                     f" on {e.get('tokens', 0):,} held-out tokens")
+    lines.append("")
+    lines.append("where to look:")
+    for name, s in stages.items():
+        if s.get("uri"):
+            lines.append(f"  {name:<12} {s['uri']}")
+    if "pretrain" in stages and stages["pretrain"].get("checkpoint_uri"):
+        lines.append(f"  {'checkpoint':<12} {stages['pretrain']['checkpoint_uri']}")
+    if result.get("tracking_uri"):
+        lines.append(f"  {'mlflow':<12} {result['tracking_uri']}")
+        lines.append("")
+        lines.append(f"open the MLflow UI:  {result['mlflow_ui']}")
+    return "\n".join(lines) + "\n"
+
+
+def _f(value, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.{digits}f}"

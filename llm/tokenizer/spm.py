@@ -1,0 +1,114 @@
+"""SentencePiece tokenizer: training from an iterator of documents, loading from any URI.
+
+Special ids are fixed so every consumer agrees without reading the model: pad=0, unk=1, bos=2, eos=3.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from typing import Iterable, Iterator
+
+import numpy as np
+import sentencepiece as spm
+
+from llm import storage
+
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+
+
+class SentencePieceTokenizer:
+    """A loaded SentencePiece model with the project's fixed special ids."""
+
+    def __init__(self, model_proto: bytes):
+        self.model_proto = model_proto
+        self.sp = spm.SentencePieceProcessor(model_proto=model_proto)
+
+    @classmethod
+    def load(cls, uri: str) -> "SentencePieceTokenizer":
+        return cls(storage.read_bytes(uri))
+
+    @property
+    def vocab_size(self) -> int:
+        return self.sp.get_piece_size()
+
+    pad_id, unk_id, bos_id, eos_id = PAD_ID, UNK_ID, BOS_ID, EOS_ID
+
+    def encode(self, text: str) -> list[int]:
+        return self.sp.encode(text, out_type=int)
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return self.sp.encode(texts, out_type=int, num_threads=1)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.sp.decode([int(i) for i in ids])
+
+    def token_dtype(self) -> np.dtype:
+        """uint16 when every id fits, else uint32 (what the token files store)."""
+        return np.dtype(np.uint16) if self.vocab_size <= 65536 else np.dtype(np.uint32)
+
+
+def _lines(docs: Iterable[str], max_len: int) -> Iterator[str]:
+    # SentencePiece trains on "sentences"; a document's lines are the natural unit, and over-long
+    # lines are cut so the trainer does not silently skip them.
+    for doc in docs:
+        for line in doc.split("\n"):
+            line = line.rstrip()
+            while line:
+                yield line[:max_len]
+                line = line[max_len:]
+
+
+def train_sentencepiece(
+    docs: Iterable[str],
+    vocab_size: int,
+    model_type: str = "bpe",
+    character_coverage: float = 0.9995,
+    byte_fallback: bool = True,
+    max_sentence_length: int = 16384,
+    num_threads: int = 1,
+) -> bytes:
+    """Train a model and return its serialized proto (bytes), deterministic for the same input."""
+    model = io.BytesIO()
+    try:
+        _train(docs, model, vocab_size, model_type, character_coverage, byte_fallback, max_sentence_length,
+               num_threads)
+    except RuntimeError as exc:
+        match = re.search(r"Vocabulary size is smaller than required_chars\. (\d+) vs (\d+)", str(exc))
+        if match:
+            raise ValueError(
+                f"tokenizer.vocab_size={vocab_size} is smaller than the {match.group(2)} pieces the sample "
+                f"needs (its characters at character_coverage={character_coverage}, plus special tokens): "
+                "raise tokenizer.vocab_size or lower tokenizer.character_coverage") from None
+        raise
+    return model.getvalue()
+
+
+def _train(docs, model, vocab_size, model_type, character_coverage, byte_fallback, max_sentence_length,
+           num_threads) -> None:
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=_lines(docs, max_sentence_length),
+        model_writer=model,
+        vocab_size=vocab_size,
+        model_type=model_type,
+        character_coverage=character_coverage,
+        byte_fallback=byte_fallback,
+        max_sentence_length=max_sentence_length,
+        pad_id=PAD_ID,
+        unk_id=UNK_ID,
+        bos_id=BOS_ID,
+        eos_id=EOS_ID,
+        pad_piece="<pad>",
+        unk_piece="<unk>",
+        bos_piece="<s>",
+        eos_piece="</s>",
+        split_digits=True,
+        remove_extra_whitespaces=False,  # keep code indentation
+        normalization_rule_name="identity",  # the normalize stage already did NFC
+        allow_whitespace_only_pieces=True,
+        num_threads=num_threads,
+        input_sentence_size=0,
+        shuffle_input_sentence=False,
+        minloglevel=2,
+        hard_vocab_limit=False,
+    )

@@ -1,0 +1,120 @@
+"""MLflow glue: a parent run per pipeline run, a nested run per stage, metrics streamed from rank 0.
+
+Default store is SQLite under the work directory (no server); `MLFLOW_TRACKING_URI` or
+`tracking.uri` points it at a server. Ray workers log through `RunTarget`, a picklable handle.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from llm import storage
+from llm.config import TrackingConfig
+
+
+def resolve_tracking_uri(cfg: TrackingConfig, work_dir: str) -> str:
+    """tracking.uri, else MLFLOW_TRACKING_URI, else sqlite:///<work_dir>/mlflow/mlflow.db (local work dirs)."""
+    if cfg.uri:
+        return cfg.uri
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    base = work_dir if not storage.is_s3(work_dir) else "work"
+    folder = Path(storage.absolute(base)) / "mlflow"
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{folder / 'mlflow.db'}"
+
+
+@dataclass(frozen=True)
+class RunTarget:
+    """Where a worker process logs: tracking URI + run id. Cheap to pickle into Ray tasks."""
+
+    tracking_uri: str
+    run_id: str
+
+    def client(self):
+        from mlflow.tracking import MlflowClient
+
+        return MlflowClient(tracking_uri=self.tracking_uri)
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        batch = [Metric(k, float(v), ts, step) for k, v in metrics.items()]
+        self.client().log_batch(self.run_id, metrics=batch, synchronous=True)
+
+    def log_artifact(self, local_path: str, artifact_path: str | None = None) -> None:
+        self.client().log_artifact(self.run_id, local_path, artifact_path)
+
+
+def flatten(data: dict, prefix: str = "") -> dict[str, str]:
+    """Nested config dict -> {"train.max_steps": "50", ...}; lists become JSON (MLflow params are strings)."""
+    import json
+
+    out: dict[str, str] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        else:
+            text = value if isinstance(value, str) else json.dumps(value)
+            out[name] = text[:6000]  # MLflow's parameter value limit
+    return out
+
+
+class Tracker:
+    """Creates the parent run of a pipeline run and one nested run per stage, with explicit run ids
+    (no global "active run"), so stages running in threads or other processes never mix runs up."""
+
+    def __init__(self, cfg: TrackingConfig, work_dir: str):
+        self.enabled = cfg.enabled
+        self.uri = resolve_tracking_uri(cfg, work_dir) if cfg.enabled else ""
+        self.experiment = cfg.experiment
+        self._experiment_id: str | None = None
+
+    def client(self):
+        from mlflow.tracking import MlflowClient
+
+        return MlflowClient(tracking_uri=self.uri)
+
+    def experiment_id(self) -> str:
+        if self._experiment_id is None:
+            client = self.client()
+            exp = client.get_experiment_by_name(self.experiment)
+            self._experiment_id = exp.experiment_id if exp else client.create_experiment(self.experiment)
+        return self._experiment_id
+
+    def start_run(self, name: str, parent: str | None = None, params: dict | None = None,
+                  tags: dict | None = None) -> RunTarget | None:
+        if not self.enabled:
+            return None
+        from mlflow.entities import Param
+
+        all_tags = {"mlflow.runName": name, **(tags or {})}
+        if parent:
+            all_tags["mlflow.parentRunId"] = parent
+        run = self.client().create_run(self.experiment_id(), run_name=name, tags=all_tags)
+        target = RunTarget(self.uri, run.info.run_id)
+        if params:
+            items = [Param(k, v) for k, v in sorted(flatten(params).items())]
+            for i in range(0, len(items), 100):  # MLflow's batch limit
+                self.client().log_batch(target.run_id, params=items[i:i + 100])
+        return target
+
+    def finish(self, target: RunTarget | None, ok: bool = True) -> None:
+        if target is not None:
+            self.client().set_terminated(target.run_id, "FINISHED" if ok else "FAILED")
+
+    def ui_command(self) -> str:
+        return f"mlflow ui --backend-store-uri {self.uri}" if self.uri else "(tracking disabled)"
+
+
+def log_dict(target: RunTarget | None, data: dict, artifact_file: str) -> None:
+    """Write a dict as a JSON artifact of the run."""
+    if target is not None:
+        target.client().log_dict(target.run_id, data, artifact_file)

@@ -1,0 +1,120 @@
+"""Checkpoints: a folder with `model.pt`, `optimizer.pt` and `state.json`.
+
+`model.pt` is the state dict of the plain (unwrapped) model, so a checkpoint written by any parallel
+strategy loads into `GPT` directly. `state.json` holds the step, both configs, the vocabulary size, the
+RNG states (base64) and the losses so far; it is written last, so a folder with a `state.json` is
+complete.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from llm import storage
+from llm.config import ModelConfig, TrainConfig
+from llm.model.gpt import GPT
+
+MODEL_FILE, OPTIMIZER_FILE, STATE_FILE = "model.pt", "optimizer.pt", "state.json"
+
+
+def _encode_tensor(t: torch.Tensor) -> str:
+    return base64.b64encode(t.numpy().tobytes()).decode("ascii")
+
+
+def _decode_byte_tensor(text: str) -> torch.Tensor:
+    return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8).clone()
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's torch (CPU and CUDA) and Python RNG states as JSON-friendly values."""
+    state: dict[str, Any] = {"torch": _encode_tensor(torch.get_rng_state())}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = _encode_tensor(torch.cuda.get_rng_state())
+    version, internal, gauss = random.getstate()
+    state["python"] = [version, list(internal), gauss]
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what `rng_state` returned (dropout masks then continue where the run left off)."""
+    if "torch" in state:
+        torch.set_rng_state(_decode_byte_tensor(state["torch"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(_decode_byte_tensor(state["cuda"]))
+    if "python" in state:
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+
+
+def save_checkpoint(
+    directory: str,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    step: int,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    metrics: dict[str, Any] | None = None,
+) -> None:
+    """Write a checkpoint folder (local path) for the plain `model` after `step` optimizer steps.
+
+    `metrics` (val_loss, initial_val_loss, tokens_seen, ...) is stored in `state.json` as it is.
+    """
+    folder = Path(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), folder / MODEL_FILE)
+    torch.save(optimizer.state_dict(), folder / OPTIMIZER_FILE)
+    state = {
+        "step": step,
+        "model_config": model_cfg.model_dump(mode="json"),
+        "train_config": train_cfg.model_dump(mode="json"),
+        "vocab_size": model_cfg.vocab_size,
+        "rng": rng_state(),
+        **(metrics or {}),
+    }
+    storage.write_text(str(folder / STATE_FILE), json.dumps(state, indent=2))
+
+
+def read_state(checkpoint_uri: str) -> dict[str, Any]:
+    """The `state.json` of a checkpoint folder (local or s3://)."""
+    uri = storage.join(checkpoint_uri, STATE_FILE)
+    try:
+        return json.loads(storage.read_text(uri))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{checkpoint_uri}: not a checkpoint folder (no {STATE_FILE})") from None
+
+
+def _load_tensor_file(uri: str, device: torch.device | str) -> Any:
+    # weights_only: a checkpoint is data, never code to run.
+    return torch.load(io.BytesIO(storage.read_bytes(uri)), map_location=device, weights_only=True)
+
+
+def load_optimizer_state(checkpoint_uri: str, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """The optimizer state dict of a checkpoint folder."""
+    return _load_tensor_file(storage.join(checkpoint_uri, OPTIMIZER_FILE), device)
+
+
+def load_model_state(checkpoint_uri: str, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """The model state dict of a checkpoint folder."""
+    return _load_tensor_file(storage.join(checkpoint_uri, MODEL_FILE), device)
+
+
+def load_model(checkpoint_uri: str, device: torch.device | str = "cpu") -> tuple[GPT, dict[str, Any]]:
+    """Rebuild the model saved in a checkpoint folder (local or s3://), in eval mode.
+
+    Returns (model, state) where `state` is the checkpoint's `state.json` (step, configs, losses).
+    """
+    state = read_state(checkpoint_uri)
+    model_cfg = ModelConfig.model_validate(state["model_config"])
+    model = GPT(model_cfg)
+    model.load_state_dict(load_model_state(checkpoint_uri, device))
+    model.to(device)
+    model.eval()
+    return model, state

@@ -1,0 +1,259 @@
+"""Token datasets: memory-mapped reading of the flat token files, training and validation batches.
+
+A token dataset is a folder `T` (local or s3://) with `T/_manifest.json` whose `"tokens"` key lists,
+per split, parts of raw little-endian token ids (`.bin`, dtype uint16 or uint32, documents as
+bos, tokens..., eos, concatenated) and document start offsets (`.idx`, int64, docs+1 entries).
+
+Training windows for global step s are drawn from `PCG64([seed, s])` for the whole global batch and
+each rank takes its slice, so the data a step sees depends only on (seed, step): not on the number
+of workers, gradient-accumulation steps, or where a resumed run restarted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from llm import storage
+
+MANIFEST = "_manifest.json"
+_DTYPES = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}
+
+
+def _default_cache_dir() -> str:
+    return os.environ.get("LLMPIPE_TOKEN_CACHE") or os.path.join(tempfile.gettempdir(), "llmpipe-token-cache")
+
+
+@dataclass(frozen=True)
+class TokenManifest:
+    """The `"tokens"` section of a token dataset's manifest."""
+
+    dtype: str
+    vocab_size: int
+    bos_id: int
+    eos_id: int
+    pad_id: int
+    splits: dict[str, list[dict]]
+
+    @classmethod
+    def read(cls, uri: str) -> "TokenManifest":
+        manifest_uri = storage.join(uri, MANIFEST)
+        try:
+            data = json.loads(storage.read_text(manifest_uri))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{manifest_uri}: no token manifest (run the tokenize stage first)") from None
+        if "tokens" not in data:
+            raise ValueError(f"{manifest_uri}: no 'tokens' section; is this a token dataset?")
+        tok = data["tokens"]
+        if tok["dtype"] not in _DTYPES:
+            raise ValueError(f"{manifest_uri}: unsupported token dtype {tok['dtype']!r}")
+        return cls(
+            dtype=tok["dtype"],
+            vocab_size=int(tok["vocab_size"]),
+            bos_id=int(tok.get("bos_id", 2)),
+            eos_id=int(tok.get("eos_id", 3)),
+            pad_id=int(tok.get("pad_id", 0)),
+            splits={name: list(parts) for name, parts in tok["splits"].items()},
+        )
+
+
+class TokenSplit:
+    """One split as a single virtual array over its memory-mapped parts."""
+
+    def __init__(self, name: str, parts: list[np.ndarray], doc_starts: list[np.ndarray]):
+        self.name = name
+        self.parts = [p for p in parts if len(p)]
+        sizes = [len(p) for p in self.parts]
+        # offsets[i] = position of part i's first token in the concatenation
+        self.offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).astype(np.int64)
+        self.num_docs = int(sum(max(len(d) - 1, 0) for d in doc_starts))
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def window(self, start: int, length: int) -> np.ndarray:
+        """Tokens [start, start+length) of the concatenated split as int64 (may span parts)."""
+        if start < 0 or start + length > len(self):
+            raise IndexError(f"window [{start}, {start + length}) outside split {self.name!r} of {len(self)} tokens")
+        out = np.empty(length, dtype=np.int64)
+        filled = 0
+        part = int(np.searchsorted(self.offsets, start, side="right")) - 1
+        pos = start - int(self.offsets[part])
+        while filled < length:
+            chunk = self.parts[part][pos : pos + (length - filled)]
+            out[filled : filled + len(chunk)] = chunk
+            filled += len(chunk)
+            part, pos = part + 1, 0
+        return out
+
+
+class TokenDataset:
+    """A token dataset opened for reading; S3 parts are copied to a local cache folder once."""
+
+    def __init__(self, uri: str, cache_dir: str | None = None):
+        self.uri = uri
+        self.manifest = TokenManifest.read(uri)
+        self._cache_dir = cache_dir or _default_cache_dir()
+        self._splits: dict[str, TokenSplit] = {}
+
+    @property
+    def vocab_size(self) -> int:
+        return self.manifest.vocab_size
+
+    def _local_path(self, rel: str) -> str:
+        uri = storage.join(self.uri, rel)
+        if not storage.is_s3(uri):
+            return uri
+        # One cache folder per dataset URI; a part is fetched again only if its size changed.
+        key = hashlib.sha256(self.uri.encode()).hexdigest()[:16]
+        local = Path(self._cache_dir) / key / rel
+        if not local.exists() or local.stat().st_size != storage.size(uri):
+            storage.write_bytes(str(local), storage.read_bytes(uri))
+        return str(local)
+
+    def split(self, name: str) -> TokenSplit:
+        """The named split ("train", "val"), memory-mapped."""
+        if name not in self._splits:
+            if name not in self.manifest.splits:
+                raise KeyError(f"{self.uri}: no split {name!r} (has {sorted(self.manifest.splits)})")
+            dtype = _DTYPES[self.manifest.dtype]
+            parts, starts = [], []
+            for entry in self.manifest.splits[name]:
+                bin_path = self._local_path(entry["bin"])
+                n = os.path.getsize(bin_path) // dtype.itemsize
+                # np.memmap refuses empty files; an empty part contributes nothing anyway.
+                parts.append(np.memmap(bin_path, dtype=dtype, mode="r") if n else np.empty(0, dtype))
+                starts.append(np.fromfile(self._local_path(entry["idx"]), dtype="<i8"))
+            self._splits[name] = TokenSplit(name, parts, starts)
+        return self._splits[name]
+
+
+# ------------------------------------------------------------------------------------------ batches
+
+
+def global_batch_starts(num_tokens: int, context_length: int, batch_size: int, seed: int, step: int) -> np.ndarray:
+    """Start offsets of the `batch_size` windows (context_length + 1 tokens each) of global step `step`."""
+    span = context_length + 1
+    if num_tokens < span:
+        raise ValueError(f"training split has {num_tokens} tokens, fewer than one window of {span}")
+    rng = np.random.Generator(np.random.PCG64([seed, step]))
+    return rng.integers(0, num_tokens - span + 1, size=batch_size, dtype=np.int64)
+
+
+class TrainBatches:
+    """Micro-batches of one rank for a global step: its slice of the step's global batch.
+
+    Rank r of w takes global windows [r*B/w, (r+1)*B/w) and cuts them into `grad_accum` micro-batches
+    of `micro_batch_size`, so the union over ranks and micro-steps is always the same global batch.
+    """
+
+    def __init__(
+        self,
+        split: TokenSplit,
+        context_length: int,
+        batch_size: int,
+        micro_batch_size: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        if batch_size % (micro_batch_size * world_size):
+            raise ValueError(
+                f"batch_size {batch_size} is not a multiple of micro_batch_size x world_size "
+                f"({micro_batch_size} x {world_size})"
+            )
+        self.split = split
+        self.context_length = context_length
+        self.batch_size = batch_size
+        self.micro_batch_size = micro_batch_size
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.grad_accum = batch_size // (micro_batch_size * world_size)
+
+    def micro_batches(self, step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(inputs, targets), each (micro_batch_size, context_length) int64, for each micro-step."""
+        starts = global_batch_starts(len(self.split), self.context_length, self.batch_size, self.seed, step)
+        per_rank = self.batch_size // self.world_size
+        mine = starts[self.rank * per_rank : (self.rank + 1) * per_rank]
+        for i in range(self.grad_accum):
+            chunk = mine[i * self.micro_batch_size : (i + 1) * self.micro_batch_size]
+            yield windows_to_batch(self.split, chunk, self.context_length)
+
+
+def windows_to_batch(split: TokenSplit, starts: np.ndarray, context_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack windows of context_length+1 tokens into (inputs, targets) shifted by one position."""
+    rows = np.stack([split.window(int(s), context_length + 1) for s in starts])
+    data = torch.from_numpy(rows)
+    return data[:, :-1], data[:, 1:]
+
+
+def val_window_starts(num_tokens: int, context_length: int, max_windows: int) -> np.ndarray:
+    """Starts of contiguous, non-overlapping validation windows from the beginning of the split.
+
+    Window k predicts tokens (k*T, (k+1)*T]; it reads one token past its end for the last target.
+    At most `max_windows`, fewer when the split is short.
+    """
+    available = (num_tokens - 1) // context_length
+    if available < 1:
+        raise ValueError(f"validation split has {num_tokens} tokens, fewer than one window of {context_length + 1}")
+    return np.arange(min(available, max_windows), dtype=np.int64) * context_length
+
+
+def val_batches(
+    split: TokenSplit,
+    context_length: int,
+    batch_size: int,
+    num_batches: int,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The deterministic validation batches of one rank: batch j goes to rank j % world_size.
+
+    The same `num_batches * batch_size` windows are evaluated whatever the world size (the last batch
+    may be shorter when the split runs out).
+    """
+    starts = val_window_starts(len(split), context_length, num_batches * batch_size)
+    for j in range(rank, -(-len(starts) // batch_size), world_size):
+        yield windows_to_batch(split, starts[j * batch_size : (j + 1) * batch_size], context_length)
+
+
+# ------------------------------------------------------------------------------------------ writing
+
+
+def write_token_dataset(uri: str, splits: dict[str, list[list[int]]], vocab_size: int) -> None:
+    """Write a one-part-per-split token dataset from lists of documents' token ids (tests, demos).
+
+    Each document is stored as given (callers include bos/eos if they want them), in the dtype the
+    vocabulary needs. Other manifest keys that the tokenize stage writes are not produced.
+    """
+    dtype_name = "uint16" if vocab_size <= 65536 else "uint32"
+    entries: dict[str, list[dict]] = {}
+    for name, docs in splits.items():
+        flat = np.fromiter((t for doc in docs for t in doc), dtype=np.int64)
+        if len(flat) and (flat.min() < 0 or flat.max() >= vocab_size):
+            raise ValueError(f"split {name!r} has token ids outside [0, {vocab_size})")
+        starts = np.concatenate([[0], np.cumsum([len(d) for d in docs], dtype=np.int64)]).astype("<i8")
+        bin_rel, idx_rel = f"{name}/part-00000.bin", f"{name}/part-00000.idx"
+        storage.write_bytes(storage.join(uri, bin_rel), flat.astype(_DTYPES[dtype_name]).tobytes())
+        storage.write_bytes(storage.join(uri, idx_rel), starts.tobytes())
+        entries[name] = [{"bin": bin_rel, "idx": idx_rel, "tokens": int(len(flat)), "docs": len(docs)}]
+    manifest = {
+        "tokens": {
+            "dtype": dtype_name,
+            "vocab_size": int(vocab_size),
+            "bos_id": 2,
+            "eos_id": 3,
+            "pad_id": 0,
+            "splits": entries,
+        }
+    }
+    storage.write_text(storage.join(uri, MANIFEST), json.dumps(manifest, indent=2))

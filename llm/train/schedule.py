@@ -1,0 +1,30 @@
+"""Learning-rate schedule: linear warmup, then cosine, linear or no decay down to a floor."""
+
+from __future__ import annotations
+
+import math
+
+from llm.config import TrainConfig
+
+
+def learning_rate(step: int, cfg: TrainConfig) -> float:
+    """Learning rate for optimizer step `step` (0-based).
+
+    Warmup rises linearly from 0 at step 0 to the peak at `warmup_steps`; the decay then goes from the
+    peak to `min_lr_ratio * peak` at `max_steps` and stays there. With `min_lr_ratio = 0` and cosine
+    decay this is exactly `get_learning_rate(step, warmup_steps, max_steps, max_lr)` of the source
+    text; the floor (a tenth of the peak by default, as in Chinchilla) keeps late steps learning.
+    """
+    peak = cfg.learning_rate
+    if step < cfg.warmup_steps:
+        return peak * step / cfg.warmup_steps
+    if cfg.decay == "constant":
+        return peak
+    floor = cfg.min_lr_ratio * peak
+    span = cfg.max_steps - cfg.warmup_steps
+    # Past max_steps (or with no room left for decay) the schedule holds at the floor instead of
+    # letting the cosine climb back up.
+    progress = 1.0 if span <= 0 else min((step - cfg.warmup_steps) / span, 1.0)
+    if cfg.decay == "cosine":
+        return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return floor + (peak - floor) * (1.0 - progress)

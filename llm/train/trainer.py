@@ -1,0 +1,132 @@
+"""Pre-training on Ray Train: a `TorchTrainer` over `llm.train.loop.ray_train_worker`.
+
+Uses the Ray Train API that `ray.train` / `ray.train.torch` export (V2 by default in Ray 2.60, V1 with
+`RAY_TRAIN_V2_ENABLED=0`); only calls common to both are made: `TorchTrainer`, `ScalingConfig`,
+`RunConfig`, `CheckpointConfig`, `FailureConfig`, and in the workers `ray.train.report` /
+`ray.train.get_checkpoint`. The run's final metrics travel with its last checkpoint, which is how V2
+exposes them (`Result.metrics` are the metrics of the latest checkpoint).
+
+The Ray run is named after a hash of the resolved configs and the token dataset, so calling
+`pretrain` again with the same inputs and output after a crash continues from the latest checkpoint,
+while a changed config starts a new run beside it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from llm import storage
+from llm.config import ModelConfig, TrainConfig, stable_hash
+from llm.tracking import RunTarget
+from llm.train.checkpoint import read_state
+from llm.train.data import TokenManifest
+from llm.train.loop import ray_train_worker
+
+log = logging.getLogger("llm.train")
+
+
+@dataclass
+class PretrainResult:
+    """Outcome of `pretrain`: losses in nats per token, `checkpoint_uri` is `<output_uri>/final`."""
+
+    steps: int
+    final_train_loss: float | None
+    initial_val_loss: float
+    final_val_loss: float
+    tokens_seen: int
+    checkpoint_uri: str
+    seconds: float
+
+
+def resolve_vocab(model_cfg: ModelConfig, tokens_uri: str) -> ModelConfig:
+    """`model_cfg` with `vocab_size` from the token manifest when unset; an error when too small."""
+    vocab = TokenManifest.read(tokens_uri).vocab_size
+    if model_cfg.vocab_size is None:
+        return model_cfg.model_copy(update={"vocab_size": vocab})
+    if model_cfg.vocab_size < vocab:
+        raise ValueError(
+            f"model.vocab_size ({model_cfg.vocab_size}) is smaller than the tokenizer's vocabulary ({vocab}) "
+            f"used by {tokens_uri}: leave it empty to take it from the tokens"
+        )
+    return model_cfg
+
+
+def run_name(model_cfg: ModelConfig, train_cfg: TrainConfig, tokens_uri: str) -> str:
+    """Ray Train run name: the same inputs give the same name (and so resume), others a new one."""
+    digest = stable_hash(
+        {"model": model_cfg.model_dump(mode="json"), "train": train_cfg.model_dump(mode="json"), "tokens": tokens_uri}
+    )
+    return f"pretrain-{digest}"
+
+
+def pretrain(
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    tokens_uri: str,
+    output_uri: str,
+    run_target: RunTarget | None = None,
+) -> PretrainResult:
+    """Train a model on the token dataset `tokens_uri` with Ray Train; checkpoints under `output_uri`.
+
+    Ray's run folder is `<output_uri>/ray/<run name>`; the final checkpoint is copied to
+    `<output_uri>/final/` (model.pt, optimizer.pt, state.json). Metrics stream to `run_target` from
+    rank 0. Starts a local Ray only if none is running in this process.
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    import ray
+    from llm.cluster import ensure_ray
+
+    started = time.perf_counter()
+    # Workers may run in other folders (or hosts): every local path must be absolute.
+    tokens_uri = storage.absolute(tokens_uri)
+    output_uri = storage.absolute(output_uri)
+    model_cfg = resolve_vocab(model_cfg, tokens_uri)
+    if not ray.is_initialized():
+        ensure_ray()
+
+    trainer = TorchTrainer(
+        ray_train_worker,
+        train_loop_config={
+            "model": model_cfg.model_dump(mode="json"),
+            "train": train_cfg.model_dump(mode="json"),
+            "tokens_uri": tokens_uri,
+            "run_target": run_target,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=train_cfg.num_workers,
+            use_gpu=train_cfg.use_gpu,
+            resources_per_worker={"CPU": train_cfg.cpus_per_worker},
+        ),
+        run_config=RunConfig(
+            name=run_name(model_cfg, train_cfg, tokens_uri),
+            storage_path=storage.join(output_uri, "ray"),
+            # Two: the latest, and the one before it in case the latest was being written when a
+            # worker died.
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            failure_config=FailureConfig(max_failures=train_cfg.max_failures),
+        ),
+    )
+    result = trainer.fit()
+    if result.error is not None:  # V1 returns the error; V2 raises it from fit()
+        raise result.error
+    if result.checkpoint is None:
+        raise RuntimeError("training finished without a checkpoint")
+
+    final_uri = storage.join(output_uri, "final")
+    with result.checkpoint.as_directory() as folder:
+        storage.delete(final_uri)
+        storage.upload_dir(folder, final_uri)
+    state = read_state(final_uri)
+    return PretrainResult(
+        steps=int(state["step"]),
+        final_train_loss=state.get("loss"),
+        initial_val_loss=float(state["initial_val_loss"]),
+        final_val_loss=float(state["val_loss"]),
+        tokens_seen=int(state["tokens_seen"]),
+        checkpoint_uri=final_uri,
+        seconds=time.perf_counter() - started,
+    )

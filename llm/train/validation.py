@@ -1,0 +1,46 @@
+"""Held-out loss: mean next-token cross-entropy over the deterministic validation windows."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from llm.train.data import TokenSplit, val_batches
+from llm.train.parallel import all_reduce_sum, world
+
+
+@torch.no_grad()
+def validation_loss(
+    model: nn.Module,
+    split: TokenSplit,
+    context_length: int,
+    batch_size: int,
+    num_batches: int,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None = None,
+) -> tuple[float, int]:
+    """(mean loss in nats per token, tokens evaluated) over `num_batches` batches of `batch_size` windows.
+
+    Every rank of the current process group evaluates its share of the batches and the sums are
+    all-reduced, so the result is the same for any world size. Call it on all ranks. The model is put
+    in eval mode for the duration and restored afterwards.
+    """
+    rank, world_size = world()
+    was_training = model.training
+    model.eval()
+    loss_sum, count = 0.0, 0
+    try:
+        for inputs, targets in val_batches(split, context_length, batch_size, num_batches, rank, world_size):
+            inputs, targets = inputs.to(device), targets.to(device)
+            with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+                logits, _ = model(inputs)
+            # Summed (not averaged) per batch so that a shorter last batch is weighted by its tokens.
+            loss_sum += F.cross_entropy(
+                logits.float().view(-1, logits.size(-1)), targets.reshape(-1), reduction="sum"
+            ).item()
+            count += targets.numel()
+    finally:
+        model.train(was_training)
+    loss_sum, count_f = all_reduce_sum([loss_sum, float(count)], device)
+    return loss_sum / count_f, int(count_f)

@@ -1,0 +1,106 @@
+"""Data stage tasks: crawl, ingest (extract + normalize), exact dedup, shard, tokenizer, tokenize."""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.cache_policies import NONE
+
+from llm import storage
+from llm.config import PipelineConfig, stable_hash
+from llm.data.dataset import dumps, read_manifest
+from tasks.runtime import stage
+
+
+@task(name="crawl", cache_policy=NONE)
+def crawl(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict:
+    """Crawl the configured site (default: a local pydoc server) into WARC files."""
+    from llm.data.crawl import crawl as run_crawl, pydoc_server
+
+    with stage(cfg, parent_run_id, "crawl") as ctx:
+        out = ctx.layout.crawl
+        config_hash = stable_hash(cfg.data.crawl.model_dump(mode="json"))
+        done = storage.join(out, "_manifest.json")
+        if storage.exists(done) and read_manifest(out).get("config_hash") == config_hash:
+            manifest = read_manifest(out)
+        else:
+            if cfg.data.crawl.start_url:
+                result = run_crawl(cfg.data.crawl, cfg.data.crawl.start_url, out, progress=True)
+            else:
+                with pydoc_server() as url:
+                    result = run_crawl(cfg.data.crawl, url, out, progress=True)
+            manifest = {
+                "stage": "crawl", "config_hash": config_hash,
+                "warc_files": [f.rsplit("/", 1)[-1] for f in result.warc_files],
+                "pages_fetched": result.pages_fetched, "pages_failed": result.pages_failed,
+                "robots_disallowed": result.robots_disallowed, "bytes": result.bytes,
+            }
+            storage.write_text(done, dumps(manifest))
+        return ctx.report(manifest, out, {"pages_fetched": manifest["pages_fetched"],
+                                          "pages_failed": manifest["pages_failed"]})
+
+
+@task(name="ingest", cache_policy=NONE)
+def ingest(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict:
+    """Read every source, extract text from HTML and normalize it, one fused pass per input shard."""
+    from llm.data.ingest import run_ingest
+
+    with stage(cfg, parent_run_id, "ingest") as ctx:
+        manifest = run_ingest(cfg, ctx.layout.crawl, ctx.layout.docs, ctx.executor)
+        return ctx.report(manifest, ctx.layout.docs)
+
+
+@task(name="exact_dedup", cache_policy=NONE)
+def exact_dedup(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict:
+    """Drop exact duplicates of the normalized text, keeping the first copy in input order."""
+    from llm.data.exact_dedup import run_exact_dedup
+
+    with stage(cfg, parent_run_id, "exact_dedup") as ctx:
+        manifest = run_exact_dedup(ctx.layout.docs, ctx.layout.dedup, cfg.data.exact_dedup, cfg.data.shard,
+                                   cfg.digest("data.exact_dedup"), ctx.executor)
+        return ctx.report(manifest, ctx.layout.dedup)
+
+
+@task(name="shard", cache_policy=NONE)
+def shard(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict:
+    """Cut the cleaned corpus into Parquet shards of the configured size."""
+    from llm.data.reshard import run_reshard
+
+    with stage(cfg, parent_run_id, "shard") as ctx:
+        manifest = run_reshard(ctx.layout.dedup, ctx.layout.shards, cfg.data.shard,
+                               cfg.digest("data.shard"), ctx.executor)
+        return ctx.report(manifest, ctx.layout.shards)
+
+
+@task(name="tokenizer", cache_policy=NONE)
+def tokenizer(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict:
+    """Train the SentencePiece tokenizer on a sample of the shards and log it to MLflow."""
+    from llm.tokenizer.stage import VOCAB_FILE, run_tokenizer_training, tokenizer_uri
+
+    with stage(cfg, parent_run_id, "tokenizer") as ctx:
+        out = ctx.layout.tokenizer
+        manifest = run_tokenizer_training(ctx.layout.shards, out, cfg.tokenizer, cfg.digest("tokenizer"),
+                                          ctx.executor)
+        if ctx.run is not None:
+            for uri in (tokenizer_uri(out), storage.join(out, VOCAB_FILE)):
+                with storage.local_copy(uri) as path:
+                    ctx.run.log_artifact(path, "tokenizer")
+        return ctx.report(manifest, out, {"vocab_size": manifest["vocab_size"],
+                                          "sample_documents": manifest["sample"]["documents"]})
+
+
+@task(name="tokenize", cache_policy=NONE)
+def tokenize(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict:
+    """Encode the shards into token files with document indexes, split into train and validation."""
+    from llm.data.tokenize import run_tokenize
+    from llm.tokenizer.stage import tokenizer_uri
+
+    with stage(cfg, parent_run_id, "tokenize") as ctx:
+        tok_uri = tokenizer_uri(ctx.layout.tokenizer)
+        config_hash = stable_hash({"tokenize": cfg.digest("tokenize"),
+                                   "tokenizer": read_manifest(ctx.layout.tokenizer)["sha256"]})
+        manifest = run_tokenize(ctx.layout.shards, tok_uri, ctx.layout.tokens, cfg.tokenize, config_hash,
+                                ctx.executor)
+        totals = manifest["tokens"]["totals"]
+        return ctx.report(manifest, ctx.layout.tokens, {"train_tokens": totals.get("train", 0),
+                                                         "val_tokens": totals.get("val", 0),
+                                                         "dtype": manifest["tokens"]["dtype"]})

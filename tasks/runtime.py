@@ -1,0 +1,66 @@
+"""What every stage task shares: Ray, the executor, the nested MLflow run, the returned summary."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+from llm.cluster import ensure_ray
+from llm.config import PipelineConfig
+from llm.executor import RayExecutor
+from llm.layout import Layout
+from llm.tracking import RunTarget, Tracker, log_dict
+
+
+@dataclass
+class StageContext:
+    """Handles a stage body needs: output layout, executor, and its MLflow run (None when disabled)."""
+
+    name: str
+    cfg: PipelineConfig
+    layout: Layout
+    executor: RayExecutor
+    run: RunTarget | None
+
+    def report(self, manifest: dict, uri: str, extra: dict | None = None) -> dict:
+        """Log the manifest's counts to the stage run and return the small summary the flow passes on."""
+        totals = manifest.get("totals", {})
+        counts = totals.get("counts", {})
+        summary = {
+            "stage": self.name,
+            "uri": uri,
+            "config_hash": manifest.get("config_hash"),
+            "shards": totals.get("shards"),
+            "rows": totals.get("rows"),
+            "counts": counts,
+            "steps": totals.get("steps", {}),
+            **(extra or {}),
+        }
+        if self.run is not None:
+            metrics = {}
+            if counts:
+                metrics = {"docs_read": counts["read"], "docs_kept": counts["kept"],
+                           "docs_dropped": sum(counts["dropped"].values()), "docs_quarantined": counts["quarantined"]}
+                metrics.update({f"dropped.{rule}": n for rule, n in counts["dropped"].items()})
+            metrics.update({k: v for k, v in (extra or {}).items() if isinstance(v, (int, float))})
+            if metrics:
+                self.run.log_metrics(metrics, step=0)
+            self.run.client().log_param(self.run.run_id, "output_uri", uri)
+            log_dict(self.run, manifest, f"{self.name}_manifest.json")
+        return summary
+
+
+@contextmanager
+def stage(cfg: PipelineConfig, parent_run_id: str | None, name: str) -> Iterator[StageContext]:
+    """Run a stage body with Ray up and a nested MLflow run open; the run is marked FAILED on error."""
+    ensure_ray(cfg.ray)
+    tracker = Tracker(cfg.tracking, cfg.work_dir)
+    run = tracker.start_run(name, parent=parent_run_id, tags={"llmpipe.stage": name}) if parent_run_id else None
+    ctx = StageContext(name, cfg, Layout.for_work_dir(cfg.work_dir), RayExecutor(progress=True), run)
+    try:
+        yield ctx
+    except BaseException:
+        tracker.finish(run, ok=False)
+        raise
+    tracker.finish(run, ok=True)

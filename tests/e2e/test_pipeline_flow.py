@@ -1,0 +1,94 @@
+"""The whole flow on a tiny config: a real local pydoc crawl, the stdlib code source, Ray, Prefect's
+ephemeral API and an MLflow SQLite store; then every record is read back."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from llm import storage
+from llm.config import build_config
+from llm.data.dataset import read_manifest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+TINY = [
+    "name=tiny",
+    "data.crawl.max_pages=24",
+    "data.crawl.records_per_warc=8",
+    "data.sources=[{kind: crawl, name: web}, {kind: code, name: code, max_files: 40, files_per_shard: 10}]",
+    "data.shard.target_bytes=200000",
+    "tokenizer.vocab_size=512",
+    "model.layers=1", "model.hidden_size=32", "model.attention_heads=2", "model.context_length=64",
+    "train.num_workers=2", "train.batch_size=16", "train.micro_batch_size=8", "train.max_steps=40",
+    "train.warmup_steps=5", "train.eval_every=20", "train.eval_batches=2", "train.checkpoint_every=20",
+    "train.log_every=5", "train.learning_rate=0.01",
+    "eval.batches=4", "eval.max_new_tokens=8",
+    "ray.object_store_memory=134217728",
+]
+
+
+@pytest.fixture()
+def prefect_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect"))
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    return tmp_path / "prefect"
+
+
+def test_pipeline_flow_end_to_end(tmp_path, ray_local, prefect_home):
+    from mlflow.tracking import MlflowClient
+
+    from flows.pipeline import pipeline
+    from llm.summary import format_summary
+
+    cfg = build_config({}, TINY + [f"work_dir={tmp_path / 'work'}"])
+    result = pipeline(cfg)
+    stages = result["stages"]
+    assert list(stages) == ["crawl", "ingest", "exact_dedup", "shard", "tokenizer", "tokenize", "pretrain", "evaluate"]
+
+    # accounting on every document stage, and each stage reads exactly what the previous kept
+    ingest = stages["ingest"]["counts"]
+    assert ingest["read"] > 24 and ingest["kept"] > 0
+    previous_kept = None
+    for name in ["ingest", "exact_dedup", "shard"]:
+        c = stages[name]["counts"]
+        assert c["read"] == c["kept"] + sum(c["dropped"].values()) + c["quarantined"], name
+        if previous_kept is not None:
+            assert c["read"] == previous_kept, name
+        previous_kept = c["kept"]
+    work = tmp_path / "work"
+    web = read_manifest(str(work / "datasets" / "docs"))
+    assert any(s["name"].startswith("web-") for s in web["shards"])
+    assert any(s["name"].startswith("code-") for s in web["shards"])
+
+    # training learned something and evaluation agrees with the checkpoint
+    pre, ev = stages["pretrain"], stages["evaluate"]
+    assert pre["final_val_loss"] < pre["initial_val_loss"] - 0.5
+    assert math.isclose(ev["perplexity"], math.exp(ev["val_loss"]), rel_tol=1e-6)
+    assert storage.exists(storage.join(pre["checkpoint_uri"], "model.pt"))
+
+    # MLflow: parent run, one nested run per stage, metrics and artifacts readable over the client
+    client = MlflowClient(tracking_uri=result["tracking_uri"])
+    parent = client.get_run(result["parent_run_id"])
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["train.max_steps"] == "40"
+    exp = parent.info.experiment_id
+    children = client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    by_stage = {r.data.tags["llmpipe.stage"]: r for r in children}
+    assert set(by_stage) == set(stages)
+    assert by_stage["ingest"].data.metrics["docs_read"] == ingest["read"]
+    history = client.get_metric_history(by_stage["pretrain"].info.run_id, "loss")
+    assert len(history) >= 4 and history[-1].value < history[0].value
+    for name in ("lr", "grad_norm", "tokens_per_s"):
+        assert client.get_metric_history(by_stage["pretrain"].info.run_id, name), name
+    tok_artifacts = [a.path for a in client.list_artifacts(by_stage["tokenizer"].info.run_id, "tokenizer")]
+    assert "tokenizer/spm.model" in tok_artifacts
+    eval_artifacts = {a.path for a in client.list_artifacts(by_stage["evaluate"].info.run_id)}
+    assert any("sample" in p for p in eval_artifacts), eval_artifacts
+
+    text = format_summary(result)
+    assert "mlflow ui --backend-store-uri" in text and "perplexity" in text
+    assert json.loads((work / "eval" / "eval.json").read_text())["val_loss"] == ev["val_loss"]

@@ -1,0 +1,68 @@
+"""Real servers on 127.0.0.1 for integration tests, each stopped by the PID that started it."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited early with {proc.returncode}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture()
+def s3_endpoint(monkeypatch, tmp_path):
+    """An S3-compatible endpoint (moto_server) on loopback, with credentials in the environment and a
+    bucket `llmpipe-test`. The project's code talks plain S3 to it."""
+    port = free_port()
+    moto = Path(sys.executable).with_name("moto_server")
+    log = open(tmp_path / "moto.log", "wb")
+    proc = subprocess.Popen([str(moto), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port, proc)
+        endpoint = f"http://127.0.0.1:{port}"
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+        from llm import storage
+
+        storage._s3_client.cache_clear()
+        storage._s3_client().create_bucket(Bucket="llmpipe-test")
+        yield endpoint
+    finally:
+        stop(proc)
+        log.close()
+        from llm import storage
+
+        storage._s3_client.cache_clear()

@@ -1,0 +1,63 @@
+"""The data stages logged to a real MLflow tracking server over HTTP (artifacts proxied by it)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from llm.config import build_config
+from tests.integration.conftest import free_port, stop, wait_for_port
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture()
+def mlflow_server(tmp_path):
+    port = free_port()
+    mlflow = Path(sys.executable).with_name("mlflow")
+    log = open(tmp_path / "mlflow.log", "wb")
+    proc = subprocess.Popen(
+        [str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+         "--artifacts-destination", str(tmp_path / "artifacts")],
+        stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port, proc, timeout=120)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop(proc)
+        log.close()
+
+
+def test_data_stages_tracked_over_http(tmp_path, shared_data, ray_local, mlflow_server, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from flows.pipeline import DATA_STAGES, run_stages
+
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect"))
+    cfg = build_config({}, [
+        f"work_dir={tmp_path / 'work'}",
+        f"tracking.uri={mlflow_server}",
+        f"data.sources=[{{kind: warc, name: web, uri: '{shared_data / 'warc'}'}}, "
+        "{kind: code, name: code, max_files: 30, files_per_shard: 15}]",
+        "tokenizer.vocab_size=1000",
+    ])
+    result = run_stages(cfg, DATA_STAGES)
+    assert "crawl" not in result["stages"]  # no crawl source configured: nothing fetched
+    client = MlflowClient(tracking_uri=mlflow_server)
+    parent = client.get_run(result["parent_run_id"])
+    assert parent.info.status == "FINISHED" and parent.data.params["tokenizer.vocab_size"] == "1000"
+    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    by_stage = {r.data.tags["llmpipe.stage"]: r for r in children}
+    assert set(by_stage) == {"ingest", "exact_dedup", "shard", "tokenizer", "tokenize"}
+    ingest = result["stages"]["ingest"]["counts"]
+    metrics = by_stage["ingest"].data.metrics
+    assert metrics["docs_read"] == ingest["read"] and metrics["docs_quarantined"] == ingest["quarantined"]
+    assert metrics["docs_read"] == metrics["docs_kept"] + metrics["docs_dropped"] + metrics["docs_quarantined"]
+    local = client.download_artifacts(by_stage["tokenizer"].info.run_id, "tokenizer/spm.model", str(tmp_path / "dl"))
+    assert Path(local).read_bytes() == (tmp_path / "work" / "tokenizer" / "spm.model").read_bytes()
+    manifest = client.download_artifacts(by_stage["tokenize"].info.run_id, "tokenize_manifest.json", str(tmp_path / "dl"))
+    assert '"tokens"' in Path(manifest).read_text()

@@ -1,0 +1,64 @@
+"""Learning-rate schedule against the source text's get_learning_rate."""
+
+import math
+
+import pytest
+
+from llm.config import TrainConfig
+from llm.train.schedule import learning_rate
+
+
+def get_learning_rate(step, warmup_steps, max_steps, max_lr):
+    """Verbatim from the source text."""
+    if step < warmup_steps:
+        return max_lr * step / warmup_steps
+    else:
+        progress = (step - warmup_steps) / (max_steps - warmup_steps)
+        return max_lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def cfg(**kw) -> TrainConfig:
+    base = dict(learning_rate=1e-4, warmup_steps=100, max_steps=1000, min_lr_ratio=0.0, decay="cosine",
+                num_workers=1, batch_size=8, micro_batch_size=8)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.mark.parametrize("step", [0, 1, 50, 99, 100, 101, 250, 550, 999, 1000])
+def test_matches_the_source_formula_without_a_floor(step):
+    c = cfg()
+    assert learning_rate(step, c) == pytest.approx(get_learning_rate(step, 100, 1000, 1e-4), rel=1e-12, abs=1e-18)
+
+
+def test_warmup_is_linear_from_zero_to_peak():
+    c = cfg(min_lr_ratio=0.1)
+    assert learning_rate(0, c) == 0.0
+    assert learning_rate(25, c) == pytest.approx(0.25e-4)
+    assert learning_rate(100, c) == pytest.approx(1e-4)
+    rates = [learning_rate(s, c) for s in range(101)]
+    assert all(b > a for a, b in zip(rates, rates[1:]))
+
+
+def test_floor_is_reached_at_max_steps_and_held_after():
+    c = cfg(min_lr_ratio=0.1)
+    assert learning_rate(1000, c) == pytest.approx(1e-5)
+    assert learning_rate(5000, c) == pytest.approx(1e-5)
+    # halfway through the cosine: halfway between peak and floor
+    assert learning_rate(550, c) == pytest.approx(1e-5 + 0.5 * 0.9e-4)
+    assert min(learning_rate(s, c) for s in range(100, 1200)) >= 1e-5 - 1e-15
+
+
+def test_linear_and_constant_decay():
+    lin = cfg(decay="linear", min_lr_ratio=0.1)
+    assert learning_rate(550, lin) == pytest.approx(1e-5 + 0.5 * 0.9e-4)
+    assert learning_rate(325, lin) == pytest.approx(1e-5 + 0.75 * 0.9e-4)
+    const = cfg(decay="constant", min_lr_ratio=0.1)
+    assert learning_rate(50, const) == pytest.approx(0.5e-4)
+    assert learning_rate(900, const) == pytest.approx(1e-4)
+
+
+def test_no_warmup_and_warmup_covering_the_run():
+    assert learning_rate(0, cfg(warmup_steps=0)) == pytest.approx(1e-4)
+    whole = cfg(warmup_steps=1000, min_lr_ratio=0.1)
+    assert learning_rate(500, whole) == pytest.approx(0.5e-4)
+    assert learning_rate(1000, whole) == pytest.approx(1e-5)  # no room to decay: straight to the floor
