@@ -126,8 +126,10 @@ def size(uri: str) -> int:
     return _local(uri).stat().st_size
 
 
-def list_files(prefix: str, suffix: str = "", recursive: bool = True) -> list[str]:
-    """URIs of the files under a folder URI, sorted, optionally filtered by name suffix."""
+def list_files(prefix: str, suffix: str = "", recursive: bool = True,
+               skip_dirs: frozenset[str] = frozenset()) -> list[str]:
+    """URIs of the files under a folder URI, sorted, optionally filtered by name suffix; folders named
+    in `skip_dirs` are not descended into (a large site-packages under a stdlib folder, say)."""
     if is_s3(prefix):
         bucket, key = _split_s3(prefix)
         key = key.rstrip("/") + "/" if key else ""
@@ -138,7 +140,8 @@ def list_files(prefix: str, suffix: str = "", recursive: bool = True) -> list[st
         out = []
         for page in _s3_call(lambda: list(paginator.paginate(**kwargs)), prefix):
             for obj in page.get("Contents", []):
-                if obj["Key"].endswith(suffix):
+                parts = obj["Key"][len(key):].split("/")[:-1]
+                if obj["Key"].endswith(suffix) and not skip_dirs.intersection(parts):
                     out.append(f"s3://{bucket}/{obj['Key']}")
         return sorted(out)
     root = _local(prefix)
@@ -146,8 +149,13 @@ def list_files(prefix: str, suffix: str = "", recursive: bool = True) -> list[st
         return []
     if root.is_file():
         return [str(root)]
-    it = root.rglob("*") if recursive else root.iterdir()
-    return sorted(str(p) for p in it if p.is_file() and p.name.endswith(suffix))
+    if not recursive:
+        return sorted(str(p) for p in root.iterdir() if p.is_file() and p.name.endswith(suffix))
+    out = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if d not in skip_dirs]
+        out.extend(os.path.join(folder, f) for f in files if f.endswith(suffix))
+    return sorted(out)
 
 
 # ------------------------------------------------------------------------------------------ reads

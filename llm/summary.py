@@ -46,7 +46,7 @@ def format_summary(result: dict) -> str:
     if "evaluate" in stages:
         e = stages["evaluate"]
         lines.append(f"evaluate: validation loss {_f(e.get('val_loss'))}, perplexity {_f(e.get('perplexity'), 2)}"
-                     f" on {e.get('tokens', 0):,} held-out tokens")
+                     f" on {e.get('tokens_evaluated', 0):,} held-out tokens")
     lines.append("")
     lines.append("where to look:")
     for name, s in stages.items():

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import fnmatch
 import gzip
-import io
 import json
 import os
 import re
@@ -93,15 +92,17 @@ def _source_files(source: SourceConfig, crawl_uri: str) -> tuple[str, list[str]]
     else:
         uri = source.uri
     uri = storage.absolute(uri).rstrip("/")
-    if not storage.exists(uri) and not storage.list_files(uri):
+    stdlib_default = source.kind == "code" and source.uri is None
+    listed = storage.list_files(uri, skip_dirs=STDLIB_EXCLUDED_DIRS if stdlib_default else frozenset())
+    # A single file (an S3 object is not a prefix, so it lists nothing): its folder is the root and
+    # the pattern does not apply.
+    if listed == [uri] or (not listed and storage.is_s3(uri) and storage.exists(uri)):
+        return uri.rsplit("/", 1)[0], [uri]
+    if not listed and not storage.exists(uri):
         raise FileNotFoundError(f"source {source.name!r} ({source.kind}): {uri} does not exist")
     patterns = (source.glob,) if source.glob else DEFAULT_PATTERNS[source.kind]
-    listed = storage.list_files(uri)
-    if listed == [uri]:  # a single file: its folder is the root, the pattern does not apply
-        return uri.rsplit("/", 1)[0] if "/" in uri else "", listed
     root = uri
     files = []
-    stdlib_default = source.kind == "code" and source.uri is None
     for path in listed:
         rel = path[len(root):].lstrip("/")
         parts = rel.split("/")
@@ -341,7 +342,8 @@ def coding_cookie(source: bytes) -> str | None:
 def _read_jsonl(unit: InputUnit, uri: str) -> Iterator[dict]:
     """One document per line; bad lines are quarantined with their line number."""
     rel = unit.relative(uri)
-    with storage.open_read(uri) as fh:
+    # A local copy (the file itself when local): S3 response bodies do not iterate by line.
+    with storage.local_copy(uri) as path, open(path, "rb") as fh:
         stream = gzip.GzipFile(fileobj=fh) if uri.endswith(".gz") else fh
         line_no = 0
         seen_bytes = False

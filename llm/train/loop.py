@@ -170,8 +170,13 @@ def train(
         initial_val_loss = resume.state.get("initial_val_loss")
         last_loss = resume.state.get("loss")
         tokens_seen = int(resume.state.get("tokens_seen", step * tokens_per_step))
-        set_rng_state(resume.state.get("rng", {}))
-        log.info("resuming from step %d", step)
+        # The checkpoint holds rank 0's random state; the other ranks get a fresh stream of their own.
+        if rank == 0:
+            set_rng_state(resume.state.get("rng", {}))
+        else:
+            torch.manual_seed(train_cfg.seed + rank + 1_000_003 * step)
+        if rank == 0:
+            log.info("resuming from step %d", step)
     else:
         # Dropout masks differ between ranks (their data differs too); weights were drawn above.
         torch.manual_seed(train_cfg.seed + rank)

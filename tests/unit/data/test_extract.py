@@ -175,7 +175,8 @@ def test_extraction_timeout_is_quarantined() -> None:
 def test_extract_step_on_real_warc_pages() -> None:
     if not (SHARED / "warc").is_dir():
         pytest.skip(f"development WARC files not present at {(SHARED / 'warc').resolve()}")
-    units = plan_inputs([SourceConfig(kind="warc", name="web", uri=str((SHARED / "warc" / "iana.warc.gz").resolve()))], "/x")
+    iana = (SHARED / "warc" / "iana.warc.gz").resolve()
+    units = plan_inputs([SourceConfig(kind="warc", name="web", uri=str(iana))], "/x")
     records = [r for r in read_unit(units[0]) if not is_quarantine(r)]
     raw = pa.Table.from_pylist(records, schema.RAW_SCHEMA)
     out = ExtractStep(ExtractConfig()).apply(raw)
@@ -186,3 +187,23 @@ def test_extract_step_on_real_warc_pages() -> None:
     domains = next(r for r in out.kept.to_pylist() if r["url"] == "http://www.iana.org/domains")
     assert "Domain Name Services" in domains["text"] or "domain" in domains["text"].lower()
     assert "<div" not in domains["text"]
+
+
+def test_http_error_pages_are_dropped_with_their_status():
+    import json as _json
+
+    import pyarrow as _pa
+
+    from llm.config import ExtractConfig as _EC
+    from llm.data import schema as _schema
+    from llm.data.extract import ExtractStep as _Step
+
+    page = b"<html><body><h1>Not Found</h1><p>Nothing matches the given URI, sorry about that.</p></body></html>"
+    rows = [{"id": str(s), "source": "web", "url": f"http://x/{s}", "created": None,
+             "meta": _json.dumps({"status": s}), "payload": page, "content_type": "html", "charset": "utf-8"}
+            for s in (200, 404, 302)]
+    out = _Step(_EC()).apply(_pa.Table.from_pylist(rows, _schema.RAW_SCHEMA))
+    assert out.kept.column("id").to_pylist() == ["200"]
+    dropped = {r["id"]: r for r in out.dropped.to_pylist()}
+    assert dropped["404"]["rule"] == "http_status" and dropped["404"]["value"] == 404.0
+    assert dropped["302"]["rule"] == "http_status"
