@@ -98,6 +98,56 @@ class ExactDedupConfig(Section):
     )
 
 
+class MinHashConfig(Section):
+    """MinHash near-duplicate removal: shingles, LSH banding, verification and clustering without chaining."""
+
+    enabled: bool = Field(True, description="Turn the stage off to pass every document through.")
+    url_dedup: bool = Field(
+        True, description="First drop documents whose normalized URL repeats an earlier document's (cheap)."
+    )
+    shingle: Literal["word", "char"] = Field(
+        "word", description="Shingle unit: words (CJK/Thai split per character) or characters."
+    )
+    ngram: int = Field(5, ge=1, le=64, description="Shingle size in units (words or characters).")
+    bands: int = Field(14, ge=1, le=512, description="LSH bands (ignored when `auto_bands` is on).")
+    rows: int = Field(8, ge=1, le=64, description="Signature values per band (ignored when `auto_bands` is on).")
+    auto_bands: bool = Field(
+        False, description="Choose bands x rows from `threshold` and the error weights, within `num_perm`."
+    )
+    num_perm: int = Field(112, ge=1, le=2048, description="`auto_bands`: signature length to fit bands x rows in.")
+    fp_weight: float = Field(0.5, ge=0, description="`auto_bands`: relative cost of a false candidate.")
+    fn_weight: float = Field(0.5, ge=0, description="`auto_bands`: relative cost of a missed duplicate.")
+    threshold: float = Field(
+        0.8, gt=0, le=1, description="Jaccard similarity at or above which a document is a near-duplicate."
+    )
+    verify: Literal["exact", "estimate", "none"] = Field(
+        "exact",
+        description="Check candidate pairs against `threshold`: exact Jaccard of the shingle sets, the "
+        "signature estimate, or not at all (every band collision counts).",
+    )
+    keeper: Literal["oldest", "longest", "quality", "first"] = Field(
+        "oldest",
+        description="Which document of a cluster is kept: oldest `created`, longest text, highest "
+        "`quality_column`, or first in input order (always the tie-breaker).",
+    )
+    quality_column: str = Field("quality_score", description="`keeper: quality`: numeric column to maximise.")
+    star_width: int = Field(
+        16, ge=1, le=1024,
+        description="Each member of a band collision group is paired with this many best-ranked members "
+        "(all pairs for smaller groups); bounds pairs from huge groups of copies.",
+    )
+    memory_mb: int = Field(
+        256, ge=8, description="Memory budget of each task in MiB: sets signature chunking and the number "
+        "of band-hash buckets and graph partitions.",
+    )
+    min_buckets: int = Field(4, ge=1, le=65536, description="Fewest band-hash buckets (and graph partitions).")
+    seed: int = Field(1, description="Seed of the MinHash permutation family.")
+    index_uri: str | None = Field(
+        None, description="Output URI of an earlier run whose signature index new documents are also "
+        "checked against (its documents stay; incremental refresh).",
+    )
+
+
 class ShardConfig(Section):
     """Final Parquet sharding of the cleaned corpus."""
 
@@ -130,6 +180,157 @@ class TokenizeConfig(Section):
     prepend_bos: bool = Field(True, description="Add the begin-of-document token before each document.")
 
 
+class LangIdConfig(Section):
+    """Language identification with the model that ships inside `py3langid` (nothing downloaded)."""
+
+    enabled: bool = Field(True, description="Run language identification.")
+    sources: list[str] | None = Field(
+        default_factory=lambda: ["web"],
+        description="Source labels the step applies to; other documents pass with null signals. Empty: all.",
+    )
+    keep: list[str] = Field(
+        default_factory=lambda: ["en"],
+        description="ISO 639-1 codes of the languages kept; empty keeps every language.",
+    )
+    min_confidence: float = Field(
+        0.5, ge=0, le=1, description="Documents whose top-language probability is below this are dropped."
+    )
+    min_confidence_per_language: dict[str, float] = Field(
+        default_factory=lambda: {"en": 0.65},
+        description="Per-language threshold overriding `min_confidence` (FineWeb and DCLM used 0.65 for English).",
+    )
+    max_chars: int = Field(
+        4000, ge=100, description="Characters scored per document: long documents are judged on a bounded "
+        "sample (start, middle and end)."
+    )
+
+
+class GopherQualityConfig(Section):
+    """Gopher quality rules (Rae et al. 2021, appendix A); a threshold of null turns that rule off."""
+
+    enabled: bool = Field(True, description="Compute the signals and apply the rules.")
+    min_words: int | None = Field(50, ge=0, description="Fewer words (punctuation-only tokens excluded) drop.")
+    max_words: int | None = Field(100_000, ge=1, description="More words drop.")
+    min_mean_word_length: float | None = Field(3.0, ge=0, description="Shorter mean word length drops.")
+    max_mean_word_length: float | None = Field(10.0, ge=0, description="Longer mean word length drops.")
+    max_symbol_word_ratio: float | None = Field(
+        0.1, ge=0, description="Hash symbols, and separately ellipses, per word above this drop."
+    )
+    max_bullet_lines_ratio: float | None = Field(0.9, ge=0, le=1, description="Share of lines starting with a bullet.")
+    max_ellipsis_lines_ratio: float | None = Field(0.3, ge=0, le=1, description="Share of lines ending in an ellipsis.")
+    min_alpha_words_ratio: float | None = Field(
+        0.8, ge=0, le=1, description="Share of words (punctuation tokens included) holding a letter."
+    )
+    min_stop_words: int | None = Field(2, ge=0, description="Distinct stop words the document must hold.")
+    stop_words: list[str] = Field(
+        default_factory=lambda: ["the", "be", "to", "of", "and", "that", "have", "with"],
+        description="Stop words counted by `min_stop_words` (case-sensitive, as in the paper's code).",
+    )
+
+
+class GopherRepetitionConfig(Section):
+    """Gopher repetition rules with the paper's table A1 values; a threshold of null turns that rule off."""
+
+    enabled: bool = Field(True, description="Compute the signals and apply the rules.")
+    max_dup_para_frac: float | None = Field(0.3, ge=0, le=1, description="Duplicate paragraphs / paragraphs.")
+    max_dup_para_char_frac: float | None = Field(0.2, ge=0, le=1, description="Characters in duplicate paragraphs / characters.")
+    max_dup_line_frac: float | None = Field(0.3, ge=0, le=1, description="Duplicate lines / lines.")
+    max_dup_line_char_frac: float | None = Field(0.2, ge=0, le=1, description="Characters in duplicate lines / characters.")
+    max_top_ngram_char_frac: dict[int, float] = Field(
+        default_factory=lambda: {2: 0.20, 3: 0.18, 4: 0.16},
+        description="n -> limit on the characters of the most frequent n-gram (times its count) / characters.",
+    )
+    max_dup_ngram_char_frac: dict[int, float] = Field(
+        default_factory=lambda: {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10},
+        description="n -> limit on the characters of words inside repeated n-grams / characters.",
+    )
+
+
+class C4QualityConfig(Section):
+    """C4 rules (Raffel et al. 2020): lines that count are those ending in terminal punctuation, with
+    enough words, not mentioning javascript or cookie/terms-of-use policies."""
+
+    enabled: bool = Field(True, description="Compute the signals and apply the rules.")
+    min_sentences: int | None = Field(5, ge=0, description="Sentences in counted lines below this drop.")
+    min_words_per_line: int = Field(3, ge=0, description="Lines with fewer words do not count.")
+    max_word_length: int = Field(1000, ge=1, description="Lines holding a longer word do not count.")
+    lorem_ipsum: bool = Field(True, description="Drop documents with `lorem ipsum` in a counted line.")
+    curly_bracket: bool = Field(True, description="Drop documents with `{` in a counted line.")
+    javascript_lines: bool = Field(True, description="Lines mentioning javascript do not count.")
+    policy_lines: bool = Field(True, description="Lines about cookies or terms of use do not count.")
+
+
+class FineWebQualityConfig(Section):
+    """FineWeb's additional rules (Penedo et al. 2024); a threshold of null turns that rule off."""
+
+    enabled: bool = Field(True, description="Compute the signals and apply the rules.")
+    min_line_punct_ratio: float | None = Field(0.12, ge=0, le=1, description="Share of lines ending in terminal punctuation.")
+    max_short_line_ratio: float | None = Field(0.67, ge=0, le=1, description="Share of lines of at most `short_line_chars`.")
+    short_line_chars: int = Field(30, ge=1, description="A line this long or shorter is short.")
+    max_dup_line_char_ratio: float | None = Field(
+        0.01, ge=0, description="Characters in duplicate lines / characters (newlines excluded)."
+    )
+    max_newline_word_ratio: float | None = Field(0.3, ge=0, description="Newlines per word.")
+
+
+class QualityConfig(Section):
+    """Heuristic quality filtering: every signal is stored as a column, every drop names its rule."""
+
+    enabled: bool = Field(True, description="Run the quality step.")
+    sources: list[str] | None = Field(
+        default_factory=lambda: ["web"],
+        description="Source labels the step applies to (prose, not code); others pass with null signals. Empty: all.",
+    )
+    gopher_repetition: GopherRepetitionConfig = Field(default_factory=GopherRepetitionConfig)
+    gopher: GopherQualityConfig = Field(default_factory=GopherQualityConfig)
+    c4: C4QualityConfig = Field(default_factory=C4QualityConfig)
+    fineweb: FineWebQualityConfig = Field(default_factory=FineWebQualityConfig)
+
+
+class ContentConfig(Section):
+    """Content filtering: a URL domain block list and a word list for adult or abusive content."""
+
+    enabled: bool = Field(True, description="Run the content step (it does nothing without a list).")
+    sources: list[str] | None = Field(
+        default_factory=lambda: ["web"], description="Source labels the step applies to. Empty: all."
+    )
+    blocked_domains_file: str | None = Field(
+        None, description="File (one domain a line, `#` comments) whose domains and their subdomains are dropped."
+    )
+    word_list: Literal["none", "file", "better_profanity"] = Field(
+        "none", description="Where the blocked words come from: none, `blocked_words_file`, or the word list "
+        "that ships with the `better-profanity` package."
+    )
+    blocked_words_file: str | None = Field(None, description="File of blocked words or phrases, one a line.")
+    max_blocked_words: int = Field(
+        0, ge=0, description="Documents with more blocked-word matches than this are dropped (counted, never logged)."
+    )
+
+
+class PiiConfig(Section):
+    """PII scrubbing: matches are replaced in the text; only counts per type are kept."""
+
+    enabled: bool = Field(True, description="Run the PII step.")
+    sources: list[str] | None = Field(None, description="Source labels the step applies to. Empty: all.")
+    types: list[Literal["email", "ip", "phone", "card", "iban", "ssn", "secret"]] = Field(
+        default_factory=lambda: ["email", "ip", "phone", "card", "iban", "ssn", "secret"],
+        description="Kinds of PII scrubbed.",
+    )
+    replacement: Literal["placeholder", "pseudonym"] = Field(
+        "placeholder",
+        description="`placeholder`: `<EMAIL>`, `<PHONE>`, ...; `pseudonym`: `<EMAIL_1a2b3c4d>`, the same for "
+        "the same value under the same `pseudonym_key`.",
+    )
+    pseudonym_key: str = Field(
+        "llmpipe", description="Key of the keyed hash behind pseudonyms; keep it secret to keep them irreversible."
+    )
+    phone_regions: list[str] = Field(
+        default_factory=lambda: ["US"],
+        description="Regions (ISO 3166 alpha-2) whose national phone formats are recognised; "
+        "international (+..) numbers are recognised whatever the region.",
+    )
+
+
 class DataConfig(Section):
     """Everything from raw sources to token files."""
 
@@ -140,7 +341,12 @@ class DataConfig(Section):
     )
     extract: ExtractConfig = Field(default_factory=ExtractConfig)
     normalize: NormalizeConfig = Field(default_factory=NormalizeConfig)
+    langid: LangIdConfig = Field(default_factory=LangIdConfig)
+    quality: QualityConfig = Field(default_factory=QualityConfig)
+    content: ContentConfig = Field(default_factory=ContentConfig)
+    pii: PiiConfig = Field(default_factory=PiiConfig)
     exact_dedup: ExactDedupConfig = Field(default_factory=ExactDedupConfig)
+    minhash: MinHashConfig = Field(default_factory=MinHashConfig)
     shard: ShardConfig = Field(default_factory=ShardConfig)
 
 

@@ -88,6 +88,26 @@ def _decode_declared(payload: bytes, charset: str | None) -> str | None:
         return None
 
 
+_WESTERN_PUNCT = set("\u2018\u2019\u201c\u201d\u2013\u2014\u2026\u20ac\u00a0\u00a9\u00ae\u00b0\u00ab\u00bb\u00b7\u00a3\u00a7")
+
+
+def _as_western_text(payload: bytes) -> str | None:
+    """windows-1252 text when the bytes are mostly (3/4) ASCII and every other byte decodes to a Latin
+    letter or common typography: then that reading is near certain, while statistical detection on
+    a handful of accented letters is a coin toss between a dozen 8-bit charsets."""
+    ascii_share = sum(1 for b in payload if b < 0x80) / len(payload)
+    if ascii_share < 0.75:
+        return None
+    try:
+        text = payload.decode("cp1252")
+    except UnicodeDecodeError:
+        return None
+    for ch in text:
+        if ord(ch) > 0x7F and not (("\u00c0" <= ch <= "\u024f" and ch.isalpha()) or ch in _WESTERN_PUNCT):
+            return None
+    return text
+
+
 def _decode_guessed(payload: bytes) -> str:
     head = payload[:_SNIFF_BYTES]
     nul_share = head.count(0) / len(head)
@@ -102,6 +122,9 @@ def _decode_guessed(payload: bytes) -> str:
     non_ascii_ok = sum(1 for ch in damaged if ord(ch) > 0x7F) - replaced
     if replaced <= _MAX_REPLACED_SHARE * len(damaged) and non_ascii_ok >= replaced:
         return damaged
+    western = _as_western_text(payload)
+    if western is not None:
+        return western
     from charset_normalizer import from_bytes  # imported lazily: rarely needed, slow to import
 
     matches = list(from_bytes(payload))

@@ -30,7 +30,9 @@ def test_data_stages_read_and_write_s3(s3_endpoint, shared_data):
     assert layout.docs == "s3://llmpipe-test/work/datasets/docs"
     ex = LocalExecutor()
     docs = run_ingest(cfg, "", layout.docs, ex)
-    assert docs["totals"]["counts"]["kept"] >= 20
+    counts = docs["totals"]["counts"]
+    assert counts["kept"] >= 15 and counts["dropped"].get("unsupported_content_type", 0) > 0
+    assert counts["read"] == counts["kept"] + sum(counts["dropped"].values()) + counts["quarantined"]
     dedup = run_exact_dedup(layout.docs, layout.dedup, cfg.data.exact_dedup, cfg.data.shard, "d", ex)
     shards = run_reshard(layout.dedup, layout.shards, cfg.data.shard, "s", ex)
     tok = run_tokenizer_training(layout.shards, layout.tokenizer, cfg.tokenizer, "t", ex)

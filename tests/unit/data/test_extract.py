@@ -207,3 +207,11 @@ def test_http_error_pages_are_dropped_with_their_status():
     dropped = {r["id"]: r for r in out.dropped.to_pylist()}
     assert dropped["404"]["rule"] == "http_status" and dropped["404"]["value"] == 404.0
     assert dropped["302"]["rule"] == "http_status"
+
+
+def test_undeclared_western_8bit_text_decodes_as_windows_1252():
+    from llm.data.extract import decode_payload as _decode
+
+    assert _decode("# café\nx = 'é'\n".encode("latin-1"), None) == "# café\nx = 'é'\n"
+    assert _decode("Grüße aus Köln — “quoted”".encode("cp1252"), None) == "Grüße aus Köln — “quoted”"
+    assert _decode("Привет мир, это тест".encode("cp1251"), None) == "Привет мир, это тест"
