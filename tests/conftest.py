@@ -39,3 +39,16 @@ def ray_local():
     ensure_ray(RayConfig(num_cpus=2, object_store_memory=128 * 1024 * 1024))
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_prefect_ephemeral_servers():
+    """Stop Prefect's temporary API servers while pytest's output streams are still open (left to
+    interpreter exit, their shutdown log line hits a closed stream)."""
+    yield
+    import sys
+
+    server_module = sys.modules.get("prefect.server.api.server")
+    if server_module is not None:
+        for server in list(server_module.SubprocessASGIServer._instances.values()):
+            server.stop()

@@ -35,7 +35,7 @@ def mlflow_server(tmp_path):
 def test_data_stages_tracked_over_http(tmp_path, shared_data, ray_local, mlflow_server, monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    from flows.pipeline import DATA_STAGES, run_stages
+    from flows.pipeline import data_refresh
 
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect"))
     cfg = build_config({}, [
@@ -45,7 +45,7 @@ def test_data_stages_tracked_over_http(tmp_path, shared_data, ray_local, mlflow_
         "{kind: code, name: code, max_files: 30, files_per_shard: 15}]",
         "tokenizer.vocab_size=1000",
     ])
-    result = run_stages(cfg, DATA_STAGES)
+    result = data_refresh(cfg)
     assert "crawl" not in result["stages"]  # no crawl source configured: nothing fetched
     client = MlflowClient(tracking_uri=mlflow_server)
     parent = client.get_run(result["parent_run_id"])
