@@ -3,6 +3,8 @@
     llmpipe run configs/demo.yaml train.max_steps=50
     llmpipe ingest configs/demo.yaml
     llmpipe config configs/seed-24x1024.yaml
+    llmpipe explain work/demo/datasets/docs DOC_ID
+    llmpipe stats work/demo/datasets/docs
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ import sys
 
 STAGE_HELP = {
     "crawl": "crawl the configured site (default: a local pydoc server) into WARC files",
-    "ingest": "read sources, extract text from HTML, normalize (one fused pass per shard)",
+    "ingest": "read sources, extract, normalize, scrub PII, language ID, quality and content filters "
+              "(one fused pass per shard)",
     "exact_dedup": "drop exact duplicates of the normalized text",
+    "minhash_dedup": "drop near-duplicates (MinHash LSH, verified, no chaining) and repeated URLs",
     "shard": "cut the cleaned corpus into Parquet shards of the configured size",
     "tokenizer": "train the SentencePiece tokenizer on a sample of the shards",
     "tokenize": "encode shards into token files, split train/validation",
@@ -51,6 +55,13 @@ def _parser() -> argparse.ArgumentParser:
     for name, help_text in STAGE_HELP.items():
         add(name, help_text)
     add("config", "validate a config and print it fully resolved")
+    explain = sub.add_parser("explain", help="why a document was kept or dropped at each step",
+                             description="why a document was kept or dropped at each step, with its signals")
+    explain.add_argument("dataset", help="dataset folder or URI (e.g. work/demo/datasets/docs)")
+    explain.add_argument("doc_id", help="the document's id")
+    stats = sub.add_parser("stats", help="drops per step and rule, documents per language",
+                           description="drops per step and rule, documents per language")
+    stats.add_argument("dataset", help="dataset folder or URI (e.g. work/demo/datasets/docs)")
     return parser
 
 
@@ -69,6 +80,14 @@ def main(argv: list[str] | None = None) -> int:
     from llm.storage import StorageError
 
     try:
+        if args.command in ("explain", "stats"):
+            from llm.data import inspect
+
+            if args.command == "explain":
+                print(inspect.explain(args.dataset, args.doc_id))
+            else:
+                print(inspect.format_stats(inspect.stats(args.dataset)))
+            return 0
         config_path, overrides = _split_config_arg(args)
         cfg = load_config(config_path, overrides)
         if args.command == "config":

@@ -19,7 +19,7 @@ from llm.layout import Layout
 from llm.tracking import Tracker
 from tasks import data, train
 
-DATA_STAGES = ["crawl", "ingest", "exact_dedup", "shard", "tokenizer", "tokenize"]
+DATA_STAGES = ["crawl", "ingest", "exact_dedup", "minhash_dedup", "shard", "tokenizer", "tokenize"]
 TRAIN_STAGES = ["pretrain", "evaluate"]
 STAGES = DATA_STAGES + TRAIN_STAGES
 
@@ -27,6 +27,7 @@ _TASKS = {
     "crawl": data.crawl,
     "ingest": data.ingest,
     "exact_dedup": data.exact_dedup,
+    "minhash_dedup": data.minhash_dedup,
     "shard": data.shard,
     "tokenizer": data.tokenizer,
     "tokenize": data.tokenize,
@@ -69,7 +70,7 @@ def _final_checkpoint(config: PipelineConfig) -> str:
 
 @flow(name="llmpipe-pipeline", log_prints=True)
 def pipeline(config: PipelineConfig = PipelineConfig()) -> dict:
-    """End to end: crawl, ingest, exact dedup, shard, tokenizer, tokenize, pretrain, evaluate."""
+    """End to end: crawl, ingest, exact dedup, MinHash dedup, shard, tokenizer, tokenize, pretrain, evaluate."""
     return run_stages(config, STAGES)
 
 

@@ -137,7 +137,7 @@ class MinHashConfig(Section):
         "(all pairs for smaller groups); bounds pairs from huge groups of copies.",
     )
     memory_mb: int = Field(
-        256, ge=8, description="Memory budget of each task in MiB: sets signature chunking and the number "
+        256, ge=1, description="Memory budget of each task in MiB: sets signature chunking and the number "
         "of band-hash buckets and graph partitions.",
     )
     min_buckets: int = Field(4, ge=1, le=65536, description="Fewest band-hash buckets (and graph partitions).")
@@ -383,8 +383,19 @@ class ModelConfig(Section):
 class TrainConfig(Section):
     """Pre-training: optimizer, schedule, batch, parallelism, checkpoints."""
 
-    strategy: Literal["ddp"] = Field(
-        "ddp", description="Parallel strategy inside the Ray Train workers."
+    strategy: Literal["ddp", "fsdp", "tp", "pp", "fsdp+tp", "ddp+pp"] = Field(
+        "ddp",
+        description="Parallel strategy inside the Ray Train workers: data parallel (ddp, fsdp = FSDP2 "
+        "fully_shard), tensor parallel (tp), pipeline parallel (pp), or a hybrid on a 2-D device mesh.",
+    )
+    tensor_parallel: int = Field(
+        1, ge=1, description="Tensor-parallel degree (tp, fsdp+tp); must divide num_workers and the heads."
+    )
+    pipeline_parallel: int = Field(
+        1, ge=1, description="Pipeline stages (pp, ddp+pp); must divide num_workers and at most `model.layers`."
+    )
+    pipeline_schedule: Literal["gpipe", "1f1b"] = Field(
+        "1f1b", description="Pipeline schedule: GPipe (all forwards, then all backwards) or 1F1B (less memory)."
     )
     num_workers: int = Field(2, ge=1, description="Ray Train workers (processes); one per GPU on GPU.")
     use_gpu: bool = Field(False, description="Train on GPUs (NCCL) instead of CPUs (gloo).")
@@ -399,7 +410,11 @@ class TrainConfig(Section):
     )
     warmup_steps: int = Field(20, ge=0, description="Linear warmup steps from 0 to the peak learning rate.")
     max_steps: int = Field(200, ge=1, description="Optimizer steps.")
-    decay: Literal["cosine", "linear", "constant"] = Field("cosine", description="Decay after warmup.")
+    decay: Literal["cosine", "linear", "step", "constant"] = Field("cosine", description="Decay after warmup.")
+    step_decay_every: int = Field(
+        1000, ge=1, description="Step decay: the learning rate is multiplied by `step_decay_factor` every N steps."
+    )
+    step_decay_factor: float = Field(0.5, gt=0, le=1, description="Step decay: factor applied every `step_decay_every` steps.")
     weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay (matrices only).")
     beta1: float = Field(0.9, ge=0, lt=1, description="AdamW beta1.")
     beta2: float = Field(0.95, ge=0, lt=1, description="AdamW beta2.")
@@ -410,23 +425,80 @@ class TrainConfig(Section):
     checkpoint_every: int = Field(100, ge=1, description="Checkpoint every N steps (and at the end).")
     log_every: int = Field(10, ge=1, description="Log line and metrics every N steps.")
     seed: int = Field(1337, description="Seeds weights and data order.")
-    precision: Literal["fp32", "bf16"] = Field("fp32", description="Compute precision (autocast).")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32",
+        description="Compute precision: autocast to bf16 (CPU, GPU) or fp16 with loss scaling (GPU, ddp only); "
+        "master weights and optimizer state stay fp32.",
+    )
+    activation_checkpointing: int = Field(
+        0, ge=0, description="Recompute activations in backward for every k-th block: 0 none, 1 every block, k every k-th."
+    )
+    spike_factor: float = Field(
+        0.0, ge=0, description="A step whose loss exceeds this multiple of the recent mean is a spike; 0 turns the check off."
+    )
+    rollback_after: int = Field(
+        0, ge=0, description="After this many bad (NaN/inf/spike) steps in a row, roll back to the last checkpoint; 0: only skip."
+    )
+    rollback_lr_factor: float = Field(
+        0.5, gt=0, le=1, description="Learning-rate multiplier applied at each rollback."
+    )
+    early_stopping_patience: int = Field(
+        0, ge=0, description="Stop after this many evaluations without improvement and keep the best weights; 0: off."
+    )
+    early_stopping_min_delta: float = Field(
+        0.001, ge=0, description="Improvement in validation loss (nats/token) that resets the patience counter."
+    )
     max_failures: int = Field(
         0, ge=-1, description="Worker-group restarts (from the latest checkpoint) before the run fails; -1: no limit."
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_ddp_with_tp(cls, data: Any) -> Any:
+        if isinstance(data, dict) and str(data.get("strategy", "")).replace(" ", "") in ("ddp+tp", "tp+ddp"):
+            # DDP only takes plain tensors; tensor-parallel weights are DTensors sharded across ranks.
+            raise ValueError("strategy ddp+tp is not supported (DDP cannot wrap DTensor parameters): use fsdp+tp")
+        return data
+
     @model_validator(mode="after")
     def _batch_divides(self) -> "TrainConfig":
-        per_step = self.micro_batch_size * self.num_workers
+        parts = self.strategy.split("+")
+        if "tp" not in parts and self.tensor_parallel > 1:
+            raise ValueError(f"tensor_parallel ({self.tensor_parallel}) needs strategy tp or fsdp+tp, not {self.strategy}")
+        if "pp" not in parts and self.pipeline_parallel > 1:
+            raise ValueError(f"pipeline_parallel ({self.pipeline_parallel}) needs strategy pp or ddp+pp, not {self.strategy}")
+        model_parallel = self.tensor_parallel * self.pipeline_parallel
+        if self.num_workers % model_parallel:
+            raise ValueError(
+                f"num_workers ({self.num_workers}) must be a multiple of tensor_parallel x pipeline_parallel "
+                f"({model_parallel})"
+            )
+        if self.strategy in ("tp", "pp") and model_parallel != self.num_workers:
+            raise ValueError(
+                f"strategy {self.strategy} uses every worker for the model: set its degree to num_workers "
+                f"({self.num_workers}), or use a hybrid (fsdp+tp, ddp+pp) for data parallelism as well"
+            )
+        if self.precision == "fp16" and not self.use_gpu:
+            raise ValueError("precision fp16 needs use_gpu: true (loss scaling is a GPU feature); use bf16 on CPU")
+        if self.precision == "fp16" and self.strategy != "ddp":
+            raise ValueError(f"precision fp16 is supported with strategy ddp only, not {self.strategy}; use bf16")
+        per_step = self.micro_batch_size * self.data_parallel
         if self.batch_size % per_step:
             raise ValueError(
-                f"batch_size ({self.batch_size}) must be a multiple of micro_batch_size x num_workers ({per_step})"
+                f"batch_size ({self.batch_size}) must be a multiple of micro_batch_size x data-parallel workers "
+                f"({self.micro_batch_size} x {self.data_parallel})"
             )
         return self
 
     @property
+    def data_parallel(self) -> int:
+        """Data-parallel degree: the workers that see different data (the rest split the model)."""
+        return self.num_workers // (self.tensor_parallel * self.pipeline_parallel)
+
+    @property
     def grad_accum_steps(self) -> int:
-        return self.batch_size // (self.micro_batch_size * self.num_workers)
+        """Micro-batches per optimizer step on each data-parallel rank (pipeline micro-batches under pp)."""
+        return self.batch_size // (self.micro_batch_size * self.data_parallel)
 
 
 class EvalConfig(Section):

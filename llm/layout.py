@@ -33,6 +33,10 @@ class Layout:
         return self._at("datasets", "dedup")
 
     @property
+    def near_dedup(self) -> str:
+        return self._at("datasets", "near_dedup")
+
+    @property
     def shards(self) -> str:
         return self._at("datasets", "shards")
 

@@ -49,13 +49,14 @@ def format_summary(result: dict) -> str:
                      f" on {e.get('tokens_evaluated', 0):,} held-out tokens")
     lines.append("")
     lines.append("where to look:")
+    width = max([len(n) for n in stages] + [len("checkpoint")])
     for name, s in stages.items():
         if s.get("uri"):
-            lines.append(f"  {name:<12} {s['uri']}")
+            lines.append(f"  {name:<{width}} {s['uri']}")
     if "pretrain" in stages and stages["pretrain"].get("checkpoint_uri"):
-        lines.append(f"  {'checkpoint':<12} {stages['pretrain']['checkpoint_uri']}")
+        lines.append(f"  {'checkpoint':<{width}} {stages['pretrain']['checkpoint_uri']}")
     if result.get("tracking_uri"):
-        lines.append(f"  {'mlflow':<12} {result['tracking_uri']}")
+        lines.append(f"  {'mlflow':<{width}} {result['tracking_uri']}")
         lines.append("")
         lines.append(f"open the MLflow UI:  {result['mlflow_ui']}")
     return "\n".join(lines) + "\n"

@@ -1,4 +1,4 @@
-"""Data stage tasks: crawl, ingest (extract + normalize), exact dedup, shard, tokenizer, tokenize."""
+"""Data stage tasks: crawl, ingest (extract + normalize), exact dedup, MinHash dedup, shard, tokenizer, tokenize."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from prefect.cache_policies import NONE
 from llm import storage
 from llm.config import PipelineConfig, stable_hash
 from llm.data.dataset import dumps, read_manifest
+from llm.tracking import log_dict
 from tasks.runtime import stage
 
 
@@ -41,11 +42,13 @@ def crawl(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict:
 
 @task(name="ingest", cache_policy=NONE)
 def ingest(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict:
-    """Read every source, extract text from HTML and normalize it, one fused pass per input shard."""
+    """Read every source, extract, normalize, scrub PII and filter by language, quality and content, one
+    fused pass per input shard."""
     from llm.data.ingest import run_ingest
 
     with stage(cfg, parent_run_id, "ingest") as ctx:
         manifest = run_ingest(cfg, ctx.layout.crawl, ctx.layout.docs, ctx.executor)
+        ctx.log_data_stats(ctx.layout.docs)
         return ctx.report(manifest, ctx.layout.docs)
 
 
@@ -60,13 +63,34 @@ def exact_dedup(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict:
         return ctx.report(manifest, ctx.layout.dedup)
 
 
+@task(name="minhash_dedup", cache_policy=NONE)
+def minhash_dedup(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict:
+    """Drop near-duplicates by MinHash LSH with verified pairs and no chaining, after repeated URLs."""
+    from llm.data.minhash.stage import removal_rate, run_minhash_dedup
+
+    with stage(cfg, parent_run_id, "minhash_dedup") as ctx:
+        manifest = run_minhash_dedup(ctx.layout.dedup, ctx.layout.near_dedup, cfg.data.minhash, cfg.data.shard,
+                                     cfg.digest("data.minhash"), ctx.executor)
+        stats = manifest.get("minhash", {})
+        if ctx.run is not None and "s_curve" in stats:
+            # The S-curve as a metric series (step = similarity in percent) so MLflow plots it.
+            for s, p in stats["s_curve"].items():
+                ctx.run.log_metrics({"minhash.p_candidate": p}, step=round(float(s) * 100))
+            for i, n in enumerate(stats.get("candidate_jaccard_hist", [])):
+                ctx.run.log_metrics({"minhash.candidates_by_jaccard": n}, step=i * 5)
+            log_dict(ctx.run, stats, "minhash_stats.json")
+        extra = {"removal_rate": removal_rate(manifest)}
+        extra.update({k: stats[k] for k in ("candidate_pairs", "verified_pairs", "url_duplicates") if k in stats})
+        return ctx.report(manifest, ctx.layout.near_dedup, extra)
+
+
 @task(name="shard", cache_policy=NONE)
 def shard(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict:
     """Cut the cleaned corpus into Parquet shards of the configured size."""
     from llm.data.reshard import run_reshard
 
     with stage(cfg, parent_run_id, "shard") as ctx:
-        manifest = run_reshard(ctx.layout.dedup, ctx.layout.shards, cfg.data.shard,
+        manifest = run_reshard(ctx.layout.near_dedup, ctx.layout.shards, cfg.data.shard,
                                cfg.digest("data.shard"), ctx.executor)
         return ctx.report(manifest, ctx.layout.shards)
 

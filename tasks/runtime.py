@@ -50,6 +50,20 @@ class StageContext:
             log_dict(self.run, manifest, f"{self.name}_manifest.json")
         return summary
 
+    def log_data_stats(self, dataset: str) -> None:
+        """Log drops per step and rule and documents per language (`llmpipe stats`) to the stage run."""
+        if self.run is None:
+            return
+        from llm.data.inspect import format_stats, stats
+
+        data = stats(dataset)
+        metrics = {f"dropped.{step}.{rule}": n for step, c in data["steps"].items() for rule, n in c["dropped"].items()}
+        metrics.update({f"lang.{lang}": n for lang, n in data["languages"]["kept"].items() if lang.isalnum()})
+        if metrics:
+            self.run.log_metrics(metrics, step=0)
+        log_dict(self.run, data, f"{self.name}_stats.json")
+        self.run.client().log_text(self.run.run_id, format_stats(data), f"{self.name}_stats.txt")
+
 
 @contextmanager
 def stage(cfg: PipelineConfig, parent_run_id: str | None, name: str) -> Iterator[StageContext]:

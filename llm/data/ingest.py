@@ -1,8 +1,8 @@
 """The fused per-shard pass: read one input unit, run every per-document step, write one shard.
 
-Extraction and normalization run here today; language ID, quality and PII steps slot into
-`build_steps` and run in the same pass, so a document is read and written once however many
-per-document steps there are.
+Extraction, normalization, PII scrubbing, language ID, quality and content filtering all run in
+the same pass (`build_steps`), so a document is read and written once however many per-document
+steps there are.
 """
 
 from __future__ import annotations
@@ -21,10 +21,34 @@ BATCH_ROWS = 256  # documents per step call: bounds memory for large inputs, amo
 
 def build_steps(cfg: PipelineConfig) -> list[DocumentStep]:
     """The per-document steps in the order they run."""
+    from llm.data.content import ContentStep
     from llm.data.extract import ExtractStep
+    from llm.data.langid import LangIdStep
     from llm.data.normalize import NormalizeStep
+    from llm.data.pii import PiiStep
+    from llm.data.quality import QualityStep
 
-    return [ExtractStep(cfg.data.extract), NormalizeStep(cfg.data.normalize)]
+    d = cfg.data
+    steps: list[DocumentStep] = [ExtractStep(d.extract), NormalizeStep(d.normalize)]
+    # PII runs before any filter that can drop a document, so rejected shards only ever hold scrubbed text.
+    if d.pii.enabled:
+        steps.append(PiiStep(d.pii))
+    if d.langid.enabled:
+        steps.append(LangIdStep(d.langid))
+    if d.quality.enabled:
+        steps.append(QualityStep(d.quality))
+    if d.content.enabled:
+        steps.append(ContentStep(d.content))
+    return steps
+
+
+def output_schema(steps: list[DocumentStep]) -> pa.Schema:
+    """Document columns plus every signal column the steps add, in step order: one schema for every
+    kept and (with the reject fields) every rejected shard, whichever step a row stopped at."""
+    fields = list(schema.DOC_FIELDS)
+    for step in steps:
+        fields += list(getattr(step, "signal_fields", []))
+    return pa.schema(fields)
 
 
 def _batches(records: Iterator[dict]) -> Iterator[tuple[pa.Table, pa.Table]]:
@@ -48,6 +72,8 @@ def process_unit(unit, steps: list[DocumentStep]) -> tuple[pa.Table, pa.Table, p
     from llm.data.readers import read_unit
 
     step_counts = {"read": Counts()} | {s.name: Counts() for s in steps}
+    doc_schema = output_schema(steps)
+    rej_schema = schema.reject_schema(doc_schema)
     kept_parts: list[pa.Table] = []
     dropped_parts: list[list[pa.Table]] = []
     quarantined_parts: list[pa.Table] = []
@@ -68,21 +94,24 @@ def process_unit(unit, steps: list[DocumentStep]) -> tuple[pa.Table, pa.Table, p
             for rule in out.dropped.column("rule").to_pylist():
                 counts.dropped[rule] = counts.dropped.get(rule, 0) + 1
             if out.dropped.num_rows:
-                dropped_parts.append(_doc_part(out.dropped))
+                dropped_parts.append(conform(out.dropped, rej_schema))
             quarantined_parts.append(out.quarantined)
             docs = out.kept
-        kept_parts.append(docs)
-    kept = _concat(kept_parts, schema.DOC_SCHEMA)
-    rejected = _concat(dropped_parts, schema.reject_schema(kept.schema))
+        kept_parts.append(conform(docs, doc_schema))
+    kept = _concat(kept_parts, doc_schema)
+    rejected = _concat(dropped_parts, rej_schema)
     quarantined = _concat(quarantined_parts, schema.QUARANTINE_SCHEMA)
     return kept, rejected, quarantined, step_counts
 
 
-def _doc_part(dropped: pa.Table) -> pa.Table:
-    # Steps may add signal columns; rejected shards keep the document columns and the reason, so
-    # every rejected shard has one schema whichever step dropped the row.
-    cols = [f.name for f in schema.DOC_FIELDS] + [f.name for f in schema.REJECT_FIELDS]
-    return dropped.select(cols)
+def conform(table: pa.Table, target: pa.Schema) -> pa.Table:
+    """`table` with exactly `target`'s columns: signals of steps a row never reached are null, so a
+    rejected row keeps every signal measured before its drop (`llmpipe explain` shows them)."""
+    cols = []
+    for f in target:
+        idx = table.schema.get_field_index(f.name)
+        cols.append(table.column(idx).cast(f.type) if idx >= 0 else pa.nulls(table.num_rows, f.type))
+    return pa.Table.from_arrays(cols, schema=target)
 
 
 def _concat(parts: list[pa.Table], fallback: pa.Schema) -> pa.Table:
@@ -140,6 +169,11 @@ def run_ingest(cfg: PipelineConfig, crawl_uri: str, out_uri: str, executor) -> d
         return write_shard(out_uri, task.name, list(task.inputs), kept, rejected, quarantined,
                            _total(step_counts), step_counts, shard_cfg.row_group_rows, shard_cfg.compression)
 
-    config_hash = cfg.digest("data.sources", "data.extract", "data.normalize")
+    config_hash = cfg.digest("data.sources", "data.extract", "data.normalize", "data.pii", "data.langid",
+                             "data.quality", "data.content")
     inputs = sorted({f for u in units for f in u.files})
-    return run_shard_stage("ingest", out_uri, tasks, make_shard, config_hash, executor, inputs)
+    # The rules travel with the dataset so `llmpipe explain` can show each signal next to its threshold.
+    rules = {step.name: [{"rule": r.name, "signal": r.signal, "kind": r.kind, "threshold": r.threshold}
+                         for r in getattr(step, "rules", [])] for step in build_steps(cfg)}
+    return run_shard_stage("ingest", out_uri, tasks, make_shard, config_hash, executor, inputs,
+                           extra={"rules": {k: v for k, v in rules.items() if v}, "step_order": list(rules)})

@@ -31,12 +31,14 @@ def repetition_signals(text, cfg: GopherRepetitionConfig, words: Pieces) -> dict
         out[f"rep_dup_{name}_frac"] = ts.ratio(pieces.count(dup), pieces.count())
         out[f"rep_dup_{name}_char_frac"] = ts.ratio(pieces.total(pieces.lengths() * dup), n_chars)
     codes, token_len = _codes(words)
-    for n in sorted(cfg.max_top_ngram_char_frac):
-        out[f"rep_top_{n}gram_char_frac"] = ts.ratio(_top_ngram_chars(words.parent, codes, token_len, n,
-                                                                      words.n_docs), n_chars)
-    for n in sorted(cfg.max_dup_ngram_char_frac):
-        out[f"rep_dup_{n}gram_char_frac"] = ts.ratio(_dup_ngram_chars(words.parent, codes, token_len, n,
-                                                                      words.n_docs), n_chars)
+    top, dup = cfg.max_top_ngram_char_frac, cfg.max_dup_ngram_char_frac
+    for n, starts, h, chars in _ngrams(words.parent, codes, token_len, max([*top, *dup], default=0)):
+        if n in top:
+            out[f"rep_top_{n}gram_char_frac"] = ts.ratio(_top_ngram_chars(words.parent, starts, h, chars,
+                                                                          words.n_docs), n_chars)
+        if n in dup:
+            out[f"rep_dup_{n}gram_char_frac"] = ts.ratio(_dup_ngram_chars(words.parent, starts, h, n, token_len,
+                                                                          words.n_docs), n_chars)
     return out
 
 
@@ -47,30 +49,33 @@ def _codes(words: Pieces) -> tuple[np.ndarray, np.ndarray]:
     return codes + np.uint64(1), words.lengths()
 
 
-def _windows(parent: np.ndarray, codes: np.ndarray, token_len: np.ndarray, n: int):
-    """(start positions, hash, character length joined by spaces) of every n-gram inside one document."""
-    m = len(codes) - n + 1
-    if m <= 0:
-        empty = np.zeros(0, np.int64)
-        return empty, np.zeros(0, np.uint64), empty
-    starts = np.flatnonzero(parent[:m] == parent[n - 1:n - 1 + m])
-    h = np.zeros(len(starts), np.uint64)
-    chars = np.full(len(starts), n - 1, np.int64)
+def _ngrams(parent: np.ndarray, codes: np.ndarray, token_len: np.ndarray, max_n: int):
+    """Yield (n, start positions, hash, characters joined by spaces) of every n-gram inside one document,
+    for n = 1..max_n. The hash of n-grams extends that of (n-1)-grams by one token, so each n costs one
+    pass over the tokens."""
+    total = len(codes)
+    cum = np.concatenate([[0], np.cumsum(token_len)])
+    h = np.zeros(total, np.uint64)
     with np.errstate(over="ignore"):
-        for k in range(n):
-            h = h * _MULT + codes[starts + k]
-            chars += token_len[starts + k]
-        h ^= parent[starts].astype(np.uint64) * _DOC_MULT  # keys never meet across documents
-    return starts, h, chars
+        for n in range(1, max_n + 1):
+            m = total - n + 1
+            if m <= 0:
+                empty = np.zeros(0, np.int64)
+                yield n, empty, np.zeros(0, np.uint64), empty
+                continue
+            h = h[:m] * _MULT + codes[n - 1:n - 1 + m]
+            starts = np.flatnonzero(parent[:m] == parent[n - 1:n - 1 + m])
+            chars = cum[starts + n] - cum[starts] + (n - 1)
+            # Keys never meet across documents: the document index is mixed into the key.
+            yield n, starts, h[starts] ^ (parent[starts].astype(np.uint64) * _DOC_MULT), chars
 
 
-def _top_ngram_chars(parent, codes, token_len, n: int, n_docs: int) -> np.ndarray:
+def _top_ngram_chars(parent, starts, h, chars, n_docs: int) -> np.ndarray:
     """Per document: characters of its most frequent n-gram times its count (ties: the earliest)."""
-    starts, h, chars = _windows(parent, codes, token_len, n)
     out = np.zeros(n_docs, np.float64)
     if len(starts) == 0:
         return out
-    _, first, counts = np.unique(h, return_index=True, return_counts=True)
+    first, counts = ts.first_occurrences(h)
     doc = parent[starts[first]]
     order = np.lexsort((first, -counts, doc))  # per document: highest count, then earliest
     doc_sorted = doc[order]
@@ -81,13 +86,13 @@ def _top_ngram_chars(parent, codes, token_len, n: int, n_docs: int) -> np.ndarra
     return out
 
 
-def _dup_ngram_chars(parent, codes, token_len, n: int, n_docs: int) -> np.ndarray:
+def _dup_ngram_chars(parent, starts, h, n: int, token_len, n_docs: int) -> np.ndarray:
     """Per document: characters of the words covered by a repeat of an earlier n-gram, each word once."""
-    starts, h, _ = _windows(parent, codes, token_len, n)
     if len(starts) == 0:
         return np.zeros(n_docs, np.float64)
-    repeat = ~ts.first_seen_mask(parent[starts], h.view(np.int64))
-    cover = np.zeros(len(codes) + 1, np.int64)
+    repeat = np.ones(len(h), bool)
+    repeat[ts.first_occurrences(h)[0]] = False
+    cover = np.zeros(len(token_len) + 1, np.int64)
     np.add.at(cover, starts[repeat], 1)
     np.add.at(cover, starts[repeat] + n, -1)
     covered = np.cumsum(cover[:-1]) > 0

@@ -67,13 +67,26 @@ def first_seen_mask(parent: np.ndarray, keys: np.ndarray) -> np.ndarray:
     """Per element: True when it is the first element of its document with this key."""
     if len(keys) == 0:
         return np.zeros(0, dtype=bool)
-    order = np.lexsort((np.arange(len(keys)), keys, parent))  # stable: earliest first within a key
-    p, k = parent[order], keys[order]
-    starts = np.ones(len(keys), dtype=bool)
-    starts[1:] = (p[1:] != p[:-1]) | (k[1:] != k[:-1])
+    span = int(keys.max()) + 1 if keys.min() >= 0 else 0
+    if 0 < span and (int(parent.max()) + 1) * span < 2**62:
+        combined = parent * span + keys  # exact: one integer per (document, key)
+    else:
+        with np.errstate(over="ignore"):
+            combined = keys.astype(np.uint64) ^ (parent.astype(np.uint64) * np.uint64(0xC2B2AE3D27D4EB4F))
     first = np.zeros(len(keys), dtype=bool)
-    first[order[starts]] = True
+    first[first_occurrences(combined)[0]] = True
     return first
+
+
+def first_occurrences(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(index of the earliest element of each distinct key, elements per key). An unstable sort plus a
+    minimum per run is about twice as fast as `numpy.unique`'s stable sort on 64-bit keys."""
+    order = np.argsort(keys)
+    sorted_keys = keys[order]
+    heads = np.flatnonzero(np.concatenate([[True], sorted_keys[1:] != sorted_keys[:-1]]))
+    first = np.minimum.reduceat(order, heads) if len(order) else order
+    counts = np.diff(np.append(heads, len(order)))
+    return first, counts
 
 
 def _bool(arr: pa.Array | pa.ChunkedArray) -> np.ndarray:
@@ -106,7 +119,9 @@ def words(text: pa.Array) -> Pieces:
     spaced = pc.replace_substring_regex(spaced, _TRAILING, r"\1 \2\3")
     lists = pc.utf8_split_whitespace(spaced)
     parent = pc.list_parent_indices(lists).to_numpy(zero_copy_only=False).astype(np.int64)
-    return Pieces(pc.list_flatten(lists), parent, len(text))
+    values = pc.list_flatten(lists)
+    nonempty = pc.greater(pc.binary_length(values), 0)  # Arrow yields one "" for an empty text
+    return Pieces(values.filter(nonempty), parent[_bool(nonempty)], len(text))
 
 
 def count(text: pa.Array, pattern: str, regex: bool = False) -> np.ndarray:

@@ -47,13 +47,14 @@ def test_pipeline_flow_end_to_end(tmp_path, ray_local, prefect_home):
     cfg = build_config({}, TINY + [f"work_dir={tmp_path / 'work'}"])
     result = pipeline(cfg)
     stages = result["stages"]
-    assert list(stages) == ["crawl", "ingest", "exact_dedup", "shard", "tokenizer", "tokenize", "pretrain", "evaluate"]
+    assert list(stages) == ["crawl", "ingest", "exact_dedup", "minhash_dedup", "shard", "tokenizer", "tokenize",
+                            "pretrain", "evaluate"]
 
     # accounting on every document stage, and each stage reads exactly what the previous kept
     ingest = stages["ingest"]["counts"]
     assert ingest["read"] > 24 and ingest["kept"] > 0
     previous_kept = None
-    for name in ["ingest", "exact_dedup", "shard"]:
+    for name in ["ingest", "exact_dedup", "minhash_dedup", "shard"]:
         c = stages[name]["counts"]
         assert c["read"] == c["kept"] + sum(c["dropped"].values()) + c["quarantined"], name
         if previous_kept is not None:

@@ -52,7 +52,7 @@ def test_data_stages_tracked_over_http(tmp_path, shared_data, ray_local, mlflow_
     assert parent.info.status == "FINISHED" and parent.data.params["tokenizer.vocab_size"] == "1000"
     children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     by_stage = {r.data.tags["llmpipe.stage"]: r for r in children}
-    assert set(by_stage) == {"ingest", "exact_dedup", "shard", "tokenizer", "tokenize"}
+    assert set(by_stage) == {"ingest", "exact_dedup", "minhash_dedup", "shard", "tokenizer", "tokenize"}
     ingest = result["stages"]["ingest"]["counts"]
     metrics = by_stage["ingest"].data.metrics
     assert metrics["docs_read"] == ingest["read"] and metrics["docs_quarantined"] == ingest["quarantined"]

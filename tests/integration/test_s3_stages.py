@@ -25,6 +25,8 @@ def test_data_stages_read_and_write_s3(s3_endpoint, shared_data):
         "work_dir=s3://llmpipe-test/work",
         "data.sources=[{kind: warc, name: web, uri: 's3://llmpipe-test/raw', glob: '*.warc.gz'}]",
         "tokenizer.vocab_size=1000",
+        # this test is about storage: keep the sample archive's pages whatever their language or quality
+        "data.quality.enabled=false", "data.langid.enabled=false",
     ])
     layout = Layout.for_work_dir(cfg.work_dir)
     assert layout.docs == "s3://llmpipe-test/work/datasets/docs"

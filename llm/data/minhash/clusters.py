@@ -103,21 +103,20 @@ def connected_components(a: np.ndarray, b: np.ndarray, max_rounds: int = 100) ->
     return dict(zip(nodes.tolist(), labels.tolist()))
 
 
-def greedy_stars(a: np.ndarray, b: np.ndarray, prio_a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def greedy_stars(a: np.ndarray, b: np.ndarray, prio_a: np.ndarray) -> np.ndarray:
     """Removal by the greedy star rule over verified edges (a better than b in keeper order).
 
     Keeper order is (`prio_a`, `a`), the same key that oriented the edges; edges of different components
     never interact, so one pass over all edges of any set of whole components gives their stars.
-    Returns (removed document, its keeper).
+    Returns the indices of the chosen edges: edge i removes b[i] in favour of keeper a[i].
     """
     order = np.lexsort((b, a, prio_a))
-    claimed: dict[int, int] = {}
-    removed, keepers = [], []
-    # Sequential by nature (each decision depends on earlier ones); cost is one dict lookup per edge.
-    for x, y in zip(a[order].tolist(), b[order].tolist()):
+    claimed: set[int] = set()
+    chosen = []
+    # Sequential by nature (each decision depends on earlier ones); cost is one set lookup per edge.
+    for i, x, y in zip(order.tolist(), a[order].tolist(), b[order].tolist()):
         if x in claimed or y in claimed:
             continue
-        claimed[y] = x
-        removed.append(y)
-        keepers.append(x)
-    return np.array(removed, dtype=np.int64), np.array(keepers, dtype=np.int64)
+        claimed.add(y)
+        chosen.append(i)
+    return np.array(chosen, dtype=np.int64)

@@ -37,11 +37,13 @@ class MinHasher:
             stop = min(total, start + self.chunk_rows)
             x = batch.hashes[start:stop]
             who = owner[start:stop]
+            # (permutations, shingles) layout: the segmented minimum then runs along contiguous memory,
+            # about 4x faster than reducing over the first axis.
             with np.errstate(over="ignore"):
-                h = x[:, None] * self.a[None, :]
-                h += self.b[None, :]
+                h = self.a[:, None] * x[None, :]
+                h += self.b[:, None]
             seg = np.flatnonzero(np.r_[True, who[1:] != who[:-1]])
-            mins = np.minimum.reduceat(h, seg, axis=0)
+            mins = np.minimum.reduceat(h, seg, axis=1).T
             docs_here = who[seg]
             # A document cut by a chunk boundary takes the minimum of its parts.
             sig[docs_here] = np.minimum(sig[docs_here], mins)

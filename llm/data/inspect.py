@@ -1,0 +1,134 @@
+"""Decisions a person can inspect: why one document was kept or dropped, and what a dataset lost where.
+
+`explain` finds a document by id in a dataset's kept, rejected or quarantine shards and walks the steps
+recorded in the manifest; `stats` tabulates drops per step and rule and documents per language.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from llm import storage
+from llm.data.dataset import read_manifest
+from llm.data.schema import DOC_FIELDS, REJECT_FIELDS
+
+_DOC_COLUMNS = {f.name for f in DOC_FIELDS} | {f.name for f in REJECT_FIELDS}
+_PREFIX_STEP = {"lang": "langid", "rep_": "quality", "gopher_": "quality", "c4_": "quality", "fw_": "quality",
+                "content_": "content", "pii_": "pii"}
+
+
+def find_document(dataset: str, doc_id: str) -> tuple[str, dict] | None:
+    """(role, row) of the document: role is data, rejected or quarantine; None when absent."""
+    manifest = read_manifest(dataset)
+    for role in ("data", "rejected", "quarantine"):
+        for shard in manifest["shards"]:
+            rel = shard["files"].get(role)
+            if not rel:
+                continue
+            table = storage.read_parquet(storage.join(dataset, rel))
+            hit = table.filter(pc.equal(table.column("id"), doc_id))
+            if hit.num_rows:
+                return role, hit.slice(0, 1).to_pylist()[0]
+    return None
+
+
+def _step_of(column: str) -> str | None:
+    for prefix, step in _PREFIX_STEP.items():
+        if column.startswith(prefix):
+            return step
+    return None
+
+
+def explain(dataset: str, doc_id: str) -> str:
+    """Text report: the document's fate at each step, with the signals it was judged on."""
+    manifest = read_manifest(dataset)
+    found = find_document(dataset, doc_id)
+    if found is None:
+        raise FileNotFoundError(f"{dataset}: no document with id {doc_id!r} in its kept, rejected or quarantine shards")
+    role, row = found
+    steps = manifest.get("step_order") or [s for s in manifest.get("totals", {}).get("steps", {}) if s != "read"]
+    rules = manifest.get("rules", {})
+    lines = [f"document {doc_id} in {dataset}"]
+    if role == "quarantine":
+        lines += [f"  source {row['source']}  location {row['location']}",
+                  f"  QUARANTINED at {row['stage']}: {row['error']}"]
+        return "\n".join(lines)
+    lines.append(f"  source {row['source']}  url {row.get('url') or '-'}  chars {len(row['text'])}")
+    stopped = row.get("stage") if role == "rejected" else None
+    reached = True
+    for step in steps:
+        if not reached:
+            lines.append(f"  {step:<10} not reached")
+            continue
+        signals = {k: v for k, v in row.items() if k not in _DOC_COLUMNS and _step_of(k) == step}
+        if step == stopped:
+            lines.append(f"  {step:<10} DROPPED by {row['rule']}: value {_fmt(row['value'])} "
+                         f"threshold {_fmt(row['threshold'])}" + (f" ({row['detail']})" if row.get("detail") else ""))
+            reached = False
+        elif signals and all(v is None for v in signals.values()):
+            lines.append(f"  {step:<10} kept (does not apply to source {row['source']!r})")
+            continue
+        else:
+            lines.append(f"  {step:<10} kept")
+        for name, value in signals.items():
+            bounds = []
+            for r in rules.get(step, []):
+                if r["signal"] == name:
+                    fails = isinstance(value, (int, float)) and (
+                        value < r["threshold"] if r["kind"] == "min" else value > r["threshold"])
+                    bounds.append(f"{r['kind']} {_fmt(r['threshold'])}" + (" FAILS" if fails else ""))
+            lines.append(f"      {name:<28} {_fmt(value):<10}" + (f" ({', '.join(bounds)})" if bounds else ""))
+    return "\n".join(lines)
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4g}"
+    return str(value)
+
+
+def stats(dataset: str) -> dict:
+    """{"steps": {step: {"read", "kept", "quarantined", "dropped": {rule: n}}}, "languages": {"kept": {lang: n},
+    "dropped": {lang: n}}} for a dataset written by the ingest pass."""
+    manifest = read_manifest(dataset)
+    steps = manifest.get("totals", {}).get("steps", {})
+    languages = {"kept": Counter(), "dropped": Counter()}
+    for role, key in (("data", "kept"), ("rejected", "dropped")):
+        for shard in manifest["shards"]:
+            rel = shard["files"].get(role)
+            if not rel:
+                continue
+            uri = storage.join(dataset, rel)
+            if "lang" not in _columns(uri):
+                continue
+            col = storage.read_parquet(uri, columns=["lang"]).column("lang")
+            languages[key].update(v if v is not None else "(not identified)" for v in col.to_pylist())
+    return {"steps": steps, "languages": {k: dict(v.most_common()) for k, v in languages.items()}}
+
+
+def _columns(uri: str) -> list[str]:
+    import pyarrow.parquet as pq
+
+    with storage.open_read(uri) as fh:
+        return pq.ParquetFile(pa.BufferReader(fh.read())).schema_arrow.names
+
+
+def format_stats(data: dict) -> str:
+    """The two tables of `stats` as text."""
+    lines = [f"{'step':<10} {'rule':<28} {'dropped':>8}"]
+    for step, counts in data["steps"].items():
+        if not counts["dropped"] and step != "read":
+            lines.append(f"{step:<10} {'(none)':<28} {0:>8}   read {counts['read']} kept {counts['kept']}")
+        for rule, n in sorted(counts["dropped"].items(), key=lambda kv: -kv[1]):
+            lines.append(f"{step:<10} {rule:<28} {n:>8}")
+    lines += ["", f"{'language':<18} {'kept':>8} {'dropped':>8}"]
+    langs = data["languages"]
+    for lang in sorted(set(langs["kept"]) | set(langs["dropped"]), key=lambda l: -langs["kept"].get(l, 0)):
+        lines.append(f"{lang:<18} {langs['kept'].get(lang, 0):>8} {langs['dropped'].get(lang, 0):>8}")
+    return "\n".join(lines)

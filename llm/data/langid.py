@@ -1,0 +1,103 @@
+"""Language identification with the naive-Bayes model that ships inside `py3langid` (no download,
+~0.6 s to load once per process).
+
+Chosen by measurement on the 13-language development set (650 short texts, see README): py3langid
+0.977 accuracy at ~1,300 texts/s, lingua 0.975 at ~360 texts/s after an 18 s model load, CLD2 0.940
+at ~27,000 texts/s but wrong on short Bulgarian/Spanish/Russian and unable to take some valid input.
+
+A document gets `lang` (ISO 639-1 where one exists) and `lang_score` (the model's probability,
+calibrated across lengths). Long documents are judged on a bounded sample (start, middle and end),
+so the dominant language of a mixed document wins and the cost per document is bounded.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import pyarrow as pa
+
+from llm.config import LangIdConfig
+from llm.data.filtering import applies_to, scatter, with_columns
+from llm.data.steps import StepOutput, empty_quarantine, rejected_rows
+
+UNDETERMINED = "und"
+# Below this probability the model is no better than guessing among its classes: no language at all
+# (empty text, digits, binary garbage).
+_NO_LANGUAGE = 0.05
+
+
+@lru_cache(maxsize=1)
+def _identifier():
+    from py3langid.langid import MODEL_FILE, LanguageIdentifier
+
+    return LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+
+
+def supported_languages() -> list[str]:
+    """Language codes the model can answer."""
+    return list(_identifier().labels)
+
+
+def sample(text: str, max_chars: int) -> str:
+    """The text itself when short; else its start, middle and end, a third of `max_chars` each."""
+    if len(text) <= max_chars:
+        return text
+    third = max_chars // 3
+    mid = len(text) // 2 - third // 2
+    return "\n".join((text[:third], text[mid:mid + third], text[-third:]))
+
+
+def identify(texts: list[str], max_chars: int = 4000) -> tuple[list[str], np.ndarray]:
+    """(language code, probability) per text; `und` where no language can be told."""
+    ident = _identifier()
+    langs: list[str] = []
+    scores = np.zeros(len(texts), np.float64)
+    for i, text in enumerate(texts):
+        # One model call per document: the model is a byte-level automaton with no batch entry point.
+        lang, score = ident.classify(sample(text or "", max_chars))
+        if score < _NO_LANGUAGE or lang == "zxx":
+            lang = UNDETERMINED
+        langs.append(lang)
+        scores[i] = score
+    return langs, scores
+
+
+class LangIdStep:
+    """Adds `lang` and `lang_score`; drops documents outside the keep-list or below their threshold."""
+
+    name = "langid"
+    signal_fields = [pa.field("lang", pa.string()), pa.field("lang_score", pa.float64())]
+
+    def __init__(self, cfg: LangIdConfig):
+        self.cfg = cfg
+
+    def threshold(self, lang: str) -> float:
+        return self.cfg.min_confidence_per_language.get(lang, self.cfg.min_confidence)
+
+    def apply(self, docs: pa.Table) -> StepOutput:
+        rows = applies_to(docs, self.cfg.sources)
+        n = docs.num_rows
+        texts = docs.column("text").take(pa.array(rows, pa.int64())).to_pylist() if len(rows) else []
+        langs, scores = identify(texts, self.cfg.max_chars)
+        docs = with_columns(docs, {"lang": scatter(langs, rows, n, pa.string()),
+                                   "lang_score": scatter(scores, rows, n, pa.float64())})
+        keep = set(self.cfg.keep)
+        rule: list[str | None] = [None] * n
+        threshold: list[float | None] = [None] * n
+        for r, lang, score in zip(rows.tolist(), langs, scores.tolist()):
+            if keep and lang not in keep:
+                rule[r] = "lang_not_kept"
+            elif score < self.threshold(lang):
+                rule[r], threshold[r] = "lang_low_confidence", self.threshold(lang)
+        dropped_mask = np.array([r is not None for r in rule], dtype=bool)
+        idx = np.flatnonzero(dropped_mask).tolist()
+        dropped = docs.filter(pa.array(dropped_mask))
+        score_col = docs.column("lang_score").to_pylist()
+        lang_col = docs.column("lang").to_pylist()
+        return StepOutput(
+            kept=docs.filter(pa.array(~dropped_mask)),
+            dropped=rejected_rows(dropped, self.name, [rule[i] for i in idx], [score_col[i] for i in idx],
+                                  [threshold[i] for i in idx], [f"lang={lang_col[i]}" for i in idx]),
+            quarantined=empty_quarantine(),
+        )

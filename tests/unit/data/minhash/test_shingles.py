@@ -1,0 +1,36 @@
+import numpy as np
+
+from llm.data.minhash.shingles import char_shingles, jaccard, tokens, word_shingles
+
+
+def test_tokens_ignore_case_and_punctuation_and_split_cjk_per_character():
+    assert tokens("Hello, World!  It's") == ["hello", "world", "it", "s"]
+    assert tokens("机器学习 is fun") == ["机", "器", "学", "习", "is", "fun"]
+    assert tokens("ภาษาไทย") == list("ภาษาไทย")
+
+
+def test_reformatted_copy_has_the_same_shingles_and_an_edit_lowers_jaccard_exactly():
+    text = "the quick brown fox jumps over the lazy dog and runs far away into the woods"
+    b = word_shingles([text, text.upper().replace(" ", "  \n"), text.replace("lazy", "sleepy")], 5)
+    assert np.array_equal(b.of(0), b.of(1))
+    # 12 five-word shingles; replacing one word changes the 5 that contain it: 7 shared of 17
+    assert b.counts[0] == 12 and jaccard(b.of(0), b.of(2)) == 7 / 17
+
+
+def test_short_and_empty_documents():
+    b = word_shingles(["two words", "", "..."], 5)
+    assert b.counts.tolist() == [1, 0, 0]  # a short text is one shingle; no words, no shingles
+
+
+def test_char_shingles_and_cjk_word_shingles_match_partial_overlap():
+    c = char_shingles(["abcdef", "abcdeg"], 3)
+    assert jaccard(c.of(0), c.of(1)) == 3 / 5
+    w = word_shingles(["我们今天去公园散步吧", "我们今天去公园跑步吧"], 3)
+    assert 0 < jaccard(w.of(0), w.of(1)) < 1
+
+
+def test_shingles_do_not_depend_on_batching():
+    texts = [f"document {i} " + "word " * (i % 7) + "end of text here" for i in range(50)]
+    whole = word_shingles(texts, 3)
+    for i in range(50):
+        assert np.array_equal(whole.of(i), word_shingles([texts[i]], 3).of(0))

@@ -1,0 +1,108 @@
+"""Quality rules: each rule set fires on text built to fail it, every signal is a column, thresholds can
+change without recomputing, and bad input ends in a decision with a reason."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from llm.config import QualityConfig
+from llm.data.filtering import decide
+from llm.data.quality import QualityStep, compute_signals, quality_rules
+
+GOOD = ("The river rises in the hills to the north of the town and flows south to the sea. "
+        "It was used for centuries to carry timber and grain, and the old mills still stand along its banks. "
+        "In the spring the water is high and fast, and the town holds a boat race that draws visitors. "
+        "The bridge that crosses it was built of stone and has been repaired many times since then. "
+        "Today the path along the river is a favourite walk for the people who live in the valley.\n"
+        "Fishing is allowed with a permit from the town hall, which is open every weekday morning.")
+
+
+def _docs(texts, source="web"):
+    return pa.table({"id": [str(i) for i in range(len(texts))], "text": texts, "source": [source] * len(texts)})
+
+
+def _rule(text, cfg=None):
+    out = QualityStep(cfg or QualityConfig()).apply(_docs([text]))
+    return None if out.kept.num_rows else out.dropped.to_pylist()[0]
+
+
+def test_good_prose_is_kept_with_every_signal_stored():
+    step = QualityStep(QualityConfig())
+    out = step.apply(_docs([GOOD]))
+    assert out.kept.num_rows == 1
+    row = out.kept.to_pylist()[0]
+    assert set(step.signals) <= set(row) and all(row[s] is not None for s in step.signals)
+    assert row["gopher_words"] > 90 and row["gopher_stop_words"] >= 4 and row["c4_sentences"] >= 5
+
+
+GROUPS = ("gopher_repetition", "gopher", "c4", "fineweb")
+
+
+def _only(group: str) -> QualityConfig:
+    return QualityConfig.model_validate({g: {"enabled": g == group} for g in GROUPS})
+
+
+@pytest.mark.parametrize("group,text,rule", [
+    ("gopher", "Too short to be a document. The end.", "gopher_min_words"),
+    ("gopher_repetition", "buy cheap pills now " * 60, "rep_top_2gram"),
+    ("gopher", GOOD.replace(".", " #tag #tag #tag #tag #tag."), "gopher_hash_ratio"),
+    ("gopher", "\n".join(["- item number %d of the list that goes on" % i for i in range(60)]), "gopher_bullet_lines"),
+    ("c4", GOOD + "\nLorem ipsum dolor sit amet, consectetur adipiscing elit.", "c4_lorem_ipsum"),
+    ("c4", GOOD + "\nThe config is written as {key: value} in the file.", "c4_curly_bracket"),
+    ("c4", GOOD.replace(". ", "\n"), "c4_min_sentences"),
+    ("fineweb", GOOD.replace(".", ""), "fw_line_punct_ratio"),
+    ("fineweb", "\n".join(w + "." for w in GOOD.split(" ")), "fw_short_line_ratio"),
+    ("fineweb", GOOD + "\n" + GOOD.splitlines()[1], "fw_dup_line_char_ratio"),
+])
+def test_rule_sets_fire_with_value_and_threshold(group, text, rule):
+    dropped = _rule(text, _only(group))
+    assert dropped is not None and dropped["rule"] == rule, dropped and dropped["rule"]
+    assert dropped["stage"] == "quality" and dropped["threshold"] is not None and dropped["value"] is not None
+    assert QualityStep(QualityConfig()).apply(_docs([GOOD])).kept.num_rows == 1
+
+
+def test_repetition_signals_on_known_text():
+    para = "This paragraph is repeated word for word in the document."
+    sig = compute_signals(pa.array([f"{para}\n\n{para}\n\nA different ending paragraph here."]), QualityConfig())
+    assert sig["rep_dup_para_frac"][0] == pytest.approx(1 / 3)
+    assert sig["rep_dup_line_frac"][0] == pytest.approx(1 / 3)
+    assert sig["rep_dup_5gram_char_frac"][0] > 0.3
+
+
+def test_rules_switch_off_and_refilter_from_stored_columns():
+    step = QualityStep(QualityConfig())
+    out = step.apply(_docs([GOOD, "Too short to be a document. The end."]))
+    table = pa.concat_tables([out.kept, out.dropped.select(out.kept.column_names)])
+    relaxed = QualityConfig.model_validate({"gopher": {"min_words": 5}, "c4": {"min_sentences": None},
+                                            "gopher_repetition": {"enabled": False}})
+    first, _ = decide(table, quality_rules(relaxed))  # no signal recomputed
+    assert first.tolist() == [-1, -1]
+    off = QualityConfig.model_validate({"gopher": {"enabled": False}, "c4": {"enabled": False},
+                                        "fineweb": {"enabled": False}})
+    assert all(r.name.startswith("rep_") for r in quality_rules(off))
+
+
+def test_code_and_other_sources_pass_untouched():
+    out = QualityStep(QualityConfig()).apply(_docs(["x = 1\n"], source="code"))
+    assert out.kept.num_rows == 1 and out.kept.column("gopher_words").to_pylist() == [None]
+
+
+def test_bad_input_each_gets_a_decision_with_reason():
+    texts = ["", "\x00\xff\ufffd" * 300, "שלום עולם " * 80, "这是一个没有空格的中文句子" * 50, GOOD * 12_000]
+    out = QualityStep(QualityConfig()).apply(_docs(texts))
+    assert out.kept.num_rows + out.dropped.num_rows == len(texts)
+    assert len(GOOD * 12_000) > 5_000_000
+    reasons = dict(zip(out.dropped.column("id").to_pylist(), out.dropped.column("rule").to_pylist()))
+    assert reasons["0"] == "gopher_min_words" and reasons["1"] and reasons["3"]
+    assert reasons["4"].startswith("rep_")  # the same paragraph 12,000 times
+
+
+def test_real_pages_and_mails(shared_data):
+    rows = [json.loads(line) for line in (shared_data / "mail_dev.jsonl").read_text(encoding="utf-8").splitlines()]
+    out = QualityStep(QualityConfig()).apply(_docs([r["text"] for r in rows]))
+    assert out.kept.num_rows + out.dropped.num_rows == len(rows)
+    assert not np.isnan(np.array(out.dropped.column("value").to_pylist(), dtype=float)).all()
