@@ -28,7 +28,7 @@ class CausalSelfAttention(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.heads = cfg.attention_heads
+        self.head_size = cfg.hidden_size // cfg.attention_heads
         self.dropout = cfg.dropout
         # q, k and v in one matmul: one (d, 3d) weight instead of three (d, d).
         self.qkv = nn.Linear(cfg.hidden_size, 3 * cfg.hidden_size, bias=cfg.bias)
@@ -36,14 +36,16 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, seq, width = x.shape
-        q, k, v = self.qkv(x).split(width, dim=2)
-        # (B, T, d) -> (B, heads, T, d/heads)
-        q, k, v = (t.view(batch, seq, self.heads, width // self.heads).transpose(1, 2) for t in (q, k, v))
+        batch, seq, _ = x.shape
+        # Heads are counted from the width qkv returns, not from the config: a tensor-parallel wrapper
+        # may hand this module a shard holding only some of the heads.
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        # (B, T, heads*Q) -> (B, heads, T, Q)
+        q, k, v = (t.view(batch, seq, -1, self.head_size).transpose(1, 2) for t in (q, k, v))
         y = F.scaled_dot_product_attention(
             q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
         )
-        y = y.transpose(1, 2).contiguous().view(batch, seq, width)
+        y = y.transpose(1, 2).contiguous().view(batch, seq, -1)
         return self.resid_dropout(self.proj(y))
 
 

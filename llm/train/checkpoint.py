@@ -56,21 +56,24 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def save_checkpoint(
     directory: str,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    model: nn.Module | dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer | dict[str, Any] | None,
     step: int,
     model_cfg: ModelConfig,
     train_cfg: TrainConfig,
     metrics: dict[str, Any] | None = None,
 ) -> None:
-    """Write a checkpoint folder (local path) for the plain `model` after `step` optimizer steps.
+    """Write a checkpoint folder (local path) for the plain `model` (or its full state dict) after `step`
+    optimizer steps. `optimizer`: the optimizer or its state dict (sharded strategies pass the full,
+    name-keyed state); None writes no `optimizer.pt`.
 
     `metrics` (val_loss, initial_val_loss, tokens_seen, ...) is stored in `state.json` as it is.
     """
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), folder / MODEL_FILE)
-    torch.save(optimizer.state_dict(), folder / OPTIMIZER_FILE)
+    torch.save(model if isinstance(model, dict) else model.state_dict(), folder / MODEL_FILE)
+    if optimizer is not None:
+        torch.save(optimizer if isinstance(optimizer, dict) else optimizer.state_dict(), folder / OPTIMIZER_FILE)
     state = {
         "step": step,
         "model_config": model_cfg.model_dump(mode="json"),

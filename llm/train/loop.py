@@ -1,23 +1,26 @@
 """The per-worker training loop.
 
-`train` runs in every Ray Train worker (`ray_train_worker` is the entry TorchTrainer calls) and, with no
-process group, in-process as a world of one (unit tests, debugging). One optimizer step:
+`train` runs in every Ray Train worker (`llm.train.ray_worker.ray_train_worker` is the entry that
+TorchTrainer calls) and, with no process group, in-process as a world of one (unit tests, debugging).
+One optimizer step:
 
-    for each micro-batch of this rank's slice of the global batch:   (DDP syncs only on the last)
-        loss = model(x, y) / grad_accum; loss.backward()
-    clip the global gradient norm; AdamW step at learning_rate(step)
+    forward/backward over this rank's micro-batches       (ParallelModel: gradient sync on the last)
+    global gradient norm over all shards and stages        (the same on every rank)
+    judge the step (NaN/inf, spikes): apply, skip, or roll back to the last checkpoint at a lower rate
+    clip to `gradient_clipping`; AdamW step at learning_rate(step)
 
 Rank 0 logs and writes checkpoints; every rank evaluates its share of the validation batches.
 """
 
 from __future__ import annotations
 
-import contextlib
+import copy
 import logging
 import math
+import resource
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -28,6 +31,7 @@ from llm.config import ModelConfig, TrainConfig
 from llm.model.gpt import GPT
 from llm.tracking import RunTarget
 from llm.train.checkpoint import (
+    OPTIMIZER_FILE,
     load_model_state,
     load_optimizer_state,
     read_state,
@@ -35,7 +39,11 @@ from llm.train.checkpoint import (
     set_rng_state,
 )
 from llm.train.data import TokenDataset, TrainBatches
-from llm.train.parallel import all_reduce_sum, parallelize, world
+from llm.train.optim import build_optimizer
+from llm.train.guard import EarlyStopping, StepGuard
+from llm.train.mfu import device_peak_flops, mfu
+from llm.train.parallel import ParallelContext, ParallelModel, all_reduce_sum, clip_grads, world
+from llm.train.parallel.optim_state import NAMED_FORMAT, full_optimizer_state, load_full_optimizer_state
 from llm.train.schedule import learning_rate
 from llm.train.validation import validation_loss
 
@@ -51,14 +59,15 @@ class ResumeState:
     """What a run continues from: a checkpoint's model and optimizer state and its `state.json`."""
 
     model: dict[str, torch.Tensor]
-    optimizer: dict[str, Any]
+    optimizer: dict[str, Any] | None
     state: dict[str, Any]
 
     @classmethod
     def load(cls, checkpoint_uri: str) -> "ResumeState":
+        has_optimizer = storage.exists(storage.join(checkpoint_uri, OPTIMIZER_FILE))
         return cls(
             model=load_model_state(checkpoint_uri),
-            optimizer=load_optimizer_state(checkpoint_uri),
+            optimizer=load_optimizer_state(checkpoint_uri) if has_optimizer else None,
             state=read_state(checkpoint_uri),
         )
 
@@ -73,30 +82,10 @@ class TrainSummary:
     final_val_loss: float
     tokens_seen: int
     seconds: float
-
-
-def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only: norms, biases and embedding tables are not decayed.
-
-    Embeddings are excluded because decay pulls rare tokens' rows towards zero between their updates;
-    with tied embeddings the output projection is the same tensor and follows.
-    """
-    embedding_ids = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    decay, no_decay, seen = [], [], set()
-    for p in model.parameters():
-        if not p.requires_grad or id(p) in seen:
-            continue
-        seen.add(id(p))
-        (decay if p.dim() >= 2 and id(p) not in embedding_ids else no_decay).append(p)
-    groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    # The fused kernel (one launch for all parameters) exists for CUDA and CPU; foreach elsewhere.
-    fused = device.type in ("cuda", "cpu")
-    return torch.optim.AdamW(
-        groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=fused, foreach=None if fused else True
-    )
+    #: One entry per logged step: step, loss, lr, grad_norm (global values, the same on every rank).
+    history: list[dict[str, float]] = field(default_factory=list)
+    skipped_steps: int = 0
+    rollbacks: int = 0
 
 
 def default_device(cfg: TrainConfig) -> torch.device:
@@ -124,6 +113,19 @@ def _log_metrics(run_target: RunTarget | None, metrics: dict[str, float], step: 
         log.warning("could not log metrics to MLflow at step %d: %s", step, exc)
 
 
+def _memory_mib(device: torch.device) -> float:
+    """Peak memory of this process in MiB: CUDA allocator peak on GPU, peak resident set on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _snapshot(module: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """In-memory copy of weights and optimizer state to roll back to (this rank's shards)."""
+    weights = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    return weights, copy.deepcopy(optimizer.state_dict())
+
+
 def train(
     model_cfg: ModelConfig,
     train_cfg: TrainConfig,
@@ -149,23 +151,40 @@ def train(
         raise ValueError(
             f"model vocab_size {model_cfg.vocab_size} is smaller than the token dataset's {dataset.vocab_size}"
         )
+    ctx = ParallelContext.create(train_cfg, device)
     micro_per_rank = train_cfg.micro_batch_size
-    if train_cfg.batch_size % (micro_per_rank * world_size):
+    if train_cfg.batch_size % (micro_per_rank * ctx.dp):
         raise ValueError(
-            f"batch_size {train_cfg.batch_size} is not a multiple of micro_batch_size x workers "
-            f"({micro_per_rank} x {world_size})"
+            f"batch_size {train_cfg.batch_size} is not a multiple of micro_batch_size x data-parallel workers "
+            f"({micro_per_rank} x {ctx.dp})"
         )
-    grad_accum = train_cfg.batch_size // (micro_per_rank * world_size)
+    grad_accum = train_cfg.batch_size // (micro_per_rank * ctx.dp)
     tokens_per_step = train_cfg.batch_size * model_cfg.context_length
 
     # Same seed on every rank: identical initial weights without relying on a broadcast.
     torch.manual_seed(train_cfg.seed)
     model = GPT(model_cfg).to(device)
-    optimizer = build_optimizer(model, train_cfg, device)
+    flops_per_token = model.flops_per_token()
     step, initial_val_loss, last_loss, tokens_seen = 0, None, None, 0
     if resume is not None:
+        # Full (unsharded) weights load before the strategy splits them.
         model.load_state_dict(resume.model)
-        optimizer.load_state_dict(resume.optimizer)
+    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(train_cfg.precision)
+    parallel = ParallelModel(model, ctx, train_cfg, autocast_dtype)
+    optimizer = build_optimizer(parallel.module, train_cfg, device, tied_output=model_cfg.tie_embeddings)
+    # fp16 only (GPU, ddp): scale the loss so small gradients do not flush to zero; bf16 has fp32's range.
+    scaler = torch.amp.GradScaler("cuda") if train_cfg.precision == "fp16" else None
+    if resume is not None:
+        named = resume.state.get("optimizer_format") == NAMED_FORMAT
+        if resume.optimizer is None or named != parallel.sharded:
+            raise ValueError(
+                f"the checkpoint's optimizer state was written by strategy "
+                f"{resume.state.get('train_config', {}).get('strategy')!r} and cannot resume {train_cfg.strategy!r}"
+            )
+        if named:
+            load_full_optimizer_state(parallel, optimizer, resume.optimizer)
+        else:
+            optimizer.load_state_dict(resume.optimizer)
         step = int(resume.state["step"])
         initial_val_loss = resume.state.get("initial_val_loss")
         last_loss = resume.state.get("loss")
@@ -178,20 +197,27 @@ def train(
         if rank == 0:
             log.info("resuming from step %d", step)
     else:
-        # Dropout masks differ between ranks (their data differs too); weights were drawn above.
-        torch.manual_seed(train_cfg.seed + rank)
-    wrapped = parallelize(model, train_cfg.strategy, device)
-    is_ddp = wrapped is not model and hasattr(wrapped, "no_sync")
+        # Dropout masks differ between data-parallel replicas (their data differs too), and are the
+        # same within a tensor-parallel group (replicated activations must stay identical).
+        torch.manual_seed(train_cfg.seed + ctx.dp_rank + 7919 * ctx.pp_rank)
 
-    autocast_dtype = torch.bfloat16 if train_cfg.precision == "bf16" else None
     train_split, val_split = dataset.split("train"), dataset.split("val")
     batches = TrainBatches(
-        train_split, model_cfg.context_length, train_cfg.batch_size, micro_per_rank, train_cfg.seed, rank, world_size
+        train_split, model_cfg.context_length, train_cfg.batch_size, micro_per_rank, train_cfg.seed, ctx.dp_rank, ctx.dp
     )
+    peak = device_peak_flops(device, train_cfg.precision)
+    guard = StepGuard(train_cfg.spike_factor, train_cfg.rollback_after)
+    stopper = EarlyStopping(train_cfg.early_stopping_patience, train_cfg.early_stopping_min_delta)
+    best_weights: dict[str, torch.Tensor] | None = None
+    best_step = step
+    lr_scale = 1.0
+    tokens_per_s = None  # of the latest logging window (training only)
+    history: list[dict[str, float]] = []
 
     def evaluate() -> float:
         loss, _ = validation_loss(
-            model, val_split, model_cfg.context_length, micro_per_rank, train_cfg.eval_batches, device, autocast_dtype
+            model, val_split, model_cfg.context_length, micro_per_rank, train_cfg.eval_batches, device,
+            autocast_dtype, parallel=parallel,
         )
         return loss
 
@@ -207,74 +233,120 @@ def train(
                 0,
             )
 
-    def save(step: int) -> None:
+    def save(step: int, weights: dict[str, torch.Tensor] | None = None, **extra: Any) -> None:
         metrics = {
             "step": step,
             "loss": last_loss,
             "val_loss": val_loss,
             "initial_val_loss": initial_val_loss,
             "tokens_seen": tokens_seen,
+            "tokens_per_s": tokens_per_s,
+            **extra,
         }
         if report is None:
             return
+        # Gathering sharded weights and optimizer state is a collective: every rank takes part, rank 0 writes.
+        state = weights if weights is not None else parallel.full_state_dict()
+        optim_state: Any = optimizer
+        if parallel.sharded:
+            optim_state = full_optimizer_state(parallel, optimizer)
+            metrics["optimizer_format"] = NAMED_FORMAT
         if rank != 0:
             report(metrics, None)
             return
         with tempfile.TemporaryDirectory(prefix="llmpipe-ckpt-") as folder:
-            save_checkpoint(folder, model, optimizer, step, model_cfg, train_cfg, metrics)
+            save_checkpoint(folder, state, optim_state, step, model_cfg, train_cfg, metrics)
             report(metrics, folder)
 
-    model.train()
+    rollback_to = _snapshot(parallel.module, optimizer) if train_cfg.rollback_after else None
+    parallel.module.train()
     window_start, window_tokens = time.perf_counter(), 0
     while step < train_cfg.max_steps:
-        lr = learning_rate(step, train_cfg)
+        lr = learning_rate(step, train_cfg) * lr_scale
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss_sum = torch.zeros((), device=device)
-        for i, (inputs, targets) in enumerate(batches.micro_batches(step)):
-            inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-            # Gradients are all-reduced only after the last micro-batch: one sync per optimizer step.
-            sync = not is_ddp or i == grad_accum - 1
-            with contextlib.nullcontext() if sync else wrapped.no_sync():
-                with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-                    _, loss = wrapped(inputs, targets)
-                # Equal-sized micro-batches: the mean of their means is the global batch's mean.
-                (loss / grad_accum).backward()
-            loss_sum += loss.detach()
-        params = [p for p in model.parameters() if p.grad is not None]
-        if train_cfg.gradient_clipping > 0:
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, train_cfg.gradient_clipping)
-        else:
-            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
-        optimizer.step()
+        micro = [(x.to(device, non_blocking=True), y.to(device, non_blocking=True)) for x, y in batches.micro_batches(step)]
+        loss_sum = parallel.forward_backward(micro, scaler)
+        if scaler is not None:
+            scaler.unscale_(optimizer)  # clip and judge the true gradients
+        grad_norm = parallel.grad_norm()
+        judge = train_cfg.spike_factor > 0 or train_cfg.rollback_after > 0
+        if judge or (step + 1) % train_cfg.log_every == 0 or step + 1 == train_cfg.max_steps:
+            # Mean over every micro-batch of every data-parallel replica: the global batch's loss.
+            total, = all_reduce_sum([loss_sum.item() if ctx.reports else 0.0], device)
+            step_loss = total / (grad_accum * ctx.dp)
+        verdict = guard.check(step_loss, float(grad_norm)) if judge else "ok"
+        if scaler is not None and not math.isfinite(float(grad_norm)):
+            verdict = "ok"  # an fp16 overflow: GradScaler skips the step and lowers its scale
+        if verdict == "ok":
+            if train_cfg.gradient_clipping > 0:
+                clip_grads(parallel.module.parameters(), train_cfg.gradient_clipping, grad_norm)
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
         tokens_seen += tokens_per_step
         window_tokens += tokens_per_step
-
-        last_step = step == train_cfg.max_steps
-        if step % train_cfg.log_every == 0 or last_step:
-            # Mean over every micro-batch of every rank: the global batch's loss.
-            total, = all_reduce_sum([loss_sum.item()], device)
-            last_loss = total / (grad_accum * world_size)
-            tokens_per_s = window_tokens / max(time.perf_counter() - window_start, 1e-9)
+        if verdict != "ok":
+            if verdict == "rollback" and rollback_to is not None:
+                parallel.module.load_state_dict(rollback_to[0])
+                optimizer.load_state_dict(copy.deepcopy(rollback_to[1]))
+                lr_scale *= train_cfg.rollback_lr_factor
             if rank == 0:
-                log.info(
-                    "step %d/%d | loss %.4f | lr %.3e | grad_norm %.3f | %.0f tok/s",
-                    step, train_cfg.max_steps, last_loss, lr, grad_norm.item(), tokens_per_s,
+                log.warning(
+                    "step %d | %s (loss %.4g, grad_norm %.4g)%s", step,
+                    "rolled back to the last checkpoint" if verdict == "rollback" else "skipped a bad step",
+                    step_loss, float(grad_norm), f", lr x{lr_scale:g}" if verdict == "rollback" else "",
                 )
                 _log_metrics(
                     run_target,
-                    {"loss": last_loss, "lr": lr, "grad_norm": grad_norm.item(), "tokens_per_s": tokens_per_s},
+                    {"bad_step": 1.0, "skipped_steps": guard.skipped, "rollbacks": guard.rollbacks, "lr_scale": lr_scale},
                     step,
                 )
+
+        last_step = step == train_cfg.max_steps
+        if step % train_cfg.log_every == 0 or last_step:
+            last_loss = step_loss
+            seconds = max(time.perf_counter() - window_start, 1e-9)
+            tokens_per_s = window_tokens / seconds
+            utilisation = mfu(flops_per_token, tokens_per_s, world_size, peak)
+            memory = _memory_mib(device)
+            history.append({"step": step, "loss": last_loss, "lr": lr, "grad_norm": float(grad_norm)})
+            if rank == 0:
+                log.info(
+                    "step %d/%d | loss %.4f | lr %.3e | grad_norm %.3f | %.0f tok/s | mfu %s | mem %.0f MiB",
+                    step, train_cfg.max_steps, last_loss, lr, float(grad_norm), tokens_per_s,
+                    "n/a" if utilisation is None else f"{utilisation:.1%}", memory,
+                )
+                metrics = {"loss": last_loss, "lr": lr, "grad_norm": float(grad_norm), "tokens_per_s": tokens_per_s,
+                           "step_seconds": seconds / max(window_tokens // tokens_per_step, 1), "memory_mib": memory}
+                if utilisation is not None:
+                    metrics["mfu"] = utilisation
+                _log_metrics(run_target, metrics, step)
+        stop = False
         if step % train_cfg.eval_every == 0 or last_step:
             val_loss = evaluate()
             if rank == 0:
                 log.info("step %d | val_loss %.4f | val_perplexity %.2f", step, val_loss, math.exp(val_loss))
                 _log_metrics(run_target, {"val_loss": val_loss, "val_perplexity": math.exp(val_loss)}, step)
+            if train_cfg.early_stopping_patience:
+                stop = stopper(val_loss)
+                if stopper.improved:
+                    best_weights, best_step = parallel.full_state_dict(), step
+        if stop or (last_step and best_weights is not None):
+            # Keep the best weights as the run's final checkpoint.
+            if rank == 0 and stop:
+                log.info("early stop at step %d: best val_loss %.4f at step %d", step, stopper.best_loss, best_step)
+            val_loss = stopper.best_loss
+            save(step, best_weights, best_step=best_step, early_stopped=stop)
+            break
         if step % train_cfg.checkpoint_every == 0 or last_step:
             save(step)
+            if rollback_to is not None:
+                rollback_to = _snapshot(parallel.module, optimizer)
         if step % train_cfg.log_every == 0 or step % train_cfg.eval_every == 0 or step % train_cfg.checkpoint_every == 0:
             # Throughput counts training only, not evaluation or checkpoint writing.
             window_start, window_tokens = time.perf_counter(), 0
@@ -289,52 +361,7 @@ def train(
         final_val_loss=float(val_loss),
         tokens_seen=tokens_seen,
         seconds=time.perf_counter() - started,
-    )
-
-
-# --------------------------------------------------------------------------------------- Ray Train
-
-
-def _ray_report(metrics: dict[str, Any], directory: str | None) -> None:
-    import ray.train
-
-    clean = {k: v for k, v in metrics.items() if v is not None}
-    checkpoint = ray.train.Checkpoint.from_directory(directory) if directory else None
-    ray.train.report(clean, checkpoint=checkpoint)
-
-
-def ray_train_worker(config: dict[str, Any]) -> None:
-    """Entry point of each Ray Train worker: `config` holds the two configs as dicts, `tokens_uri`
-    and an optional `run_target`. Resumes from Ray Train's latest checkpoint when there is one."""
-    import ray.train
-    import ray.train.torch
-
-    # Make the step lines visible in the worker's log (which Ray forwards to the driver): through the
-    # root handler Ray Train installs, or a handler of our own where there is none.
-    llm_log = logging.getLogger("llm")
-    if llm_log.level == logging.NOTSET:
-        llm_log.setLevel(logging.INFO)
-    if not llm_log.handlers and not logging.getLogger().handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
-        llm_log.addHandler(handler)
-
-    model_cfg = ModelConfig.model_validate(config["model"])
-    train_cfg = TrainConfig.model_validate(config["train"])
-    device = ray.train.torch.get_device()
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    resume = None
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            resume = ResumeState.load(folder)
-    train(
-        model_cfg,
-        train_cfg,
-        config["tokens_uri"],
-        config.get("run_target"),
-        device=device,
-        resume=resume,
-        report=_ray_report,
+        history=history,
+        skipped_steps=guard.skipped,
+        rollbacks=guard.rollbacks,
     )

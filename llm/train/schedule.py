@@ -1,4 +1,4 @@
-"""Learning-rate schedule: linear warmup, then cosine, linear or no decay down to a floor."""
+"""Learning-rate schedule: linear warmup, then cosine, linear, step or no decay down to a floor."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ def learning_rate(step: int, cfg: TrainConfig) -> float:
     """Learning rate for optimizer step `step` (0-based).
 
     Warmup rises linearly from 0 at step 0 to the peak at `warmup_steps`; the decay then goes from the
-    peak to `min_lr_ratio * peak` at `max_steps` and stays there. With `min_lr_ratio = 0` and cosine
+    peak to `min_lr_ratio * peak` at `max_steps` and stays there (step decay: multiplied by
+    `step_decay_factor` every `step_decay_every` steps, clamped at the floor). With `min_lr_ratio = 0` and cosine
     decay this is exactly `get_learning_rate(step, warmup_steps, max_steps, max_lr)` of the source
     text; the floor (a tenth of the peak by default, as in Chinchilla) keeps late steps learning.
     """
@@ -27,4 +28,8 @@ def learning_rate(step: int, cfg: TrainConfig) -> float:
     progress = 1.0 if span <= 0 else min((step - cfg.warmup_steps) / span, 1.0)
     if cfg.decay == "cosine":
         return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    if cfg.decay == "step":
+        # Discrete drops every `step_decay_every` steps after warmup, never below the floor.
+        drops = (min(step, cfg.max_steps) - cfg.warmup_steps) // cfg.step_decay_every
+        return max(floor, peak * cfg.step_decay_factor**drops)
     return floor + (peak - floor) * (1.0 - progress)

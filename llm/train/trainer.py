@@ -1,4 +1,4 @@
-"""Pre-training on Ray Train: a `TorchTrainer` over `llm.train.loop.ray_train_worker`.
+"""Pre-training on Ray Train: a `TorchTrainer` over `llm.train.ray_worker.ray_train_worker`.
 
 Uses the Ray Train API that `ray.train` / `ray.train.torch` export (V2 by default in Ray 2.60, V1 with
 `RAY_TRAIN_V2_ENABLED=0`); only calls common to both are made: `TorchTrainer`, `ScalingConfig`,
@@ -22,7 +22,7 @@ from llm.config import ModelConfig, TrainConfig, stable_hash
 from llm.tracking import RunTarget
 from llm.train.checkpoint import read_state
 from llm.train.data import TokenManifest
-from llm.train.loop import ray_train_worker
+from llm.train.ray_worker import ray_train_worker
 
 log = logging.getLogger("llm.train")
 

@@ -7,7 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from llm.train.data import TokenSplit, val_batches
-from llm.train.parallel import all_reduce_sum, world
+from llm.train.parallel import ParallelModel, all_reduce_sum, world
 
 
 @torch.no_grad()
@@ -19,22 +19,35 @@ def validation_loss(
     num_batches: int,
     device: torch.device,
     autocast_dtype: torch.dtype | None = None,
+    parallel: ParallelModel | None = None,
 ) -> tuple[float, int]:
     """(mean loss in nats per token, tokens evaluated) over `num_batches` batches of `batch_size` windows.
 
     Every rank of the current process group evaluates its share of the batches and the sums are
     all-reduced, so the result is the same for any world size. Call it on all ranks. The model is put
     in eval mode for the duration and restored afterwards.
+
+    `parallel`: the model as a strategy split it; batches are then shared by data-parallel rank, and
+    only the ranks that hold the logits (last stage, first tensor-parallel rank) add to the sums.
     """
     rank, world_size = world()
+    contributes = True
+    if parallel is not None:
+        model = parallel.module
+        rank, world_size, contributes = parallel.ctx.dp_rank, parallel.ctx.dp, parallel.ctx.reports
     was_training = model.training
     model.eval()
     loss_sum, count = 0.0, 0
     try:
         for inputs, targets in val_batches(split, context_length, batch_size, num_batches, rank, world_size):
             inputs, targets = inputs.to(device), targets.to(device)
-            with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-                logits, _ = model(inputs)
+            if parallel is not None:
+                logits = parallel.logits(inputs)
+            else:
+                with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+                    logits, _ = model(inputs)
+            if logits is None or not contributes:
+                continue
             # Summed (not averaged) per batch so that a shorter last batch is weighted by its tokens.
             loss_sum += F.cross_entropy(
                 logits.float().view(-1, logits.size(-1)), targets.reshape(-1), reduction="sum"

@@ -58,3 +58,30 @@ def test_pretrain_two_workers_checkpoints_and_metrics(ray_local, tmp_path):
     val_history = client.get_metric_history(run.info.run_id, "val_loss")
     assert [m.step for m in val_history] == [0, 20, 40]
     assert val_history[-1].value == pytest.approx(result.final_val_loss)
+
+
+def test_pretrain_pipeline_parallel_on_ray_writes_a_whole_model(ray_local, tmp_path):
+    """pp over two Ray Train workers: the loss comes from the last stage, the checkpoint merges both
+    stages into one GPT state dict that reproduces the workers' validation loss."""
+    import torch
+
+    from llm.train.checkpoint import load_model
+    from llm.train.data import TokenDataset
+    from llm.train.trainer import pretrain
+    from llm.train.validation import validation_loss
+
+    tokens = str(tmp_path / "tokens")
+    write_token_dataset(tokens, {"train": counting_docs(200, 0), "val": counting_docs(40, 1)}, vocab_size=VOCAB)
+    model_cfg = ModelConfig(layers=2, hidden_size=32, attention_heads=2, context_length=32)
+    train_cfg = TrainConfig(
+        strategy="pp", pipeline_parallel=2, num_workers=2, batch_size=8, micro_batch_size=2, learning_rate=1e-2,
+        warmup_steps=5, max_steps=20, eval_every=20, eval_batches=4, checkpoint_every=20, log_every=10, seed=3,
+    )
+    result = pretrain(model_cfg, train_cfg, tokens, str(tmp_path / "out"))
+    assert result.steps == 20 and result.final_train_loss is not None
+    assert result.final_val_loss < 0.8 * result.initial_val_loss
+    model, state = load_model(result.checkpoint_uri)
+    assert state["train_config"]["strategy"] == "pp"
+    val = TokenDataset(tokens).split("val")
+    loss, _ = validation_loss(model, val, 32, train_cfg.micro_batch_size, train_cfg.eval_batches, torch.device("cpu"))
+    assert abs(loss - result.final_val_loss) < 1e-5

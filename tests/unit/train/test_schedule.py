@@ -62,3 +62,23 @@ def test_no_warmup_and_warmup_covering_the_run():
     whole = cfg(warmup_steps=1000, min_lr_ratio=0.1)
     assert learning_rate(500, whole) == pytest.approx(0.5e-4)
     assert learning_rate(1000, whole) == pytest.approx(1e-5)  # no room to decay: straight to the floor
+
+
+def test_step_decay_drops_by_the_factor_and_stops_at_the_floor():
+    c = cfg(decay="step", step_decay_every=200, step_decay_factor=0.5, min_lr_ratio=0.1)
+    assert learning_rate(50, c) == pytest.approx(0.5e-4)  # warmup as for every decay
+    assert learning_rate(100, c) == pytest.approx(1e-4)
+    assert learning_rate(299, c) == pytest.approx(1e-4)
+    assert learning_rate(300, c) == pytest.approx(0.5e-4)
+    assert learning_rate(500, c) == pytest.approx(0.25e-4)
+    assert learning_rate(900, c) == pytest.approx(1e-5)  # 1e-4 / 16 is below the floor of 1e-5
+    assert learning_rate(5000, c) == pytest.approx(1e-5)
+
+
+@pytest.mark.parametrize("decay", ["cosine", "linear", "step", "constant"])
+def test_every_decay_starts_at_the_peak_after_warmup_and_never_rises(decay):
+    c = cfg(decay=decay, min_lr_ratio=0.1, step_decay_every=100)
+    rates = [learning_rate(s, c) for s in range(100, 1300)]
+    assert rates[0] == pytest.approx(1e-4)
+    assert all(b <= a + 1e-18 for a, b in zip(rates, rates[1:]))
+    assert min(rates) >= (1e-5 if decay != "constant" else 1e-4) - 1e-15

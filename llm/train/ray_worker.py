@@ -1,0 +1,56 @@
+"""Ray Train glue: the function every `TorchTrainer` worker runs, and how it reports checkpoints."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from llm.config import ModelConfig, TrainConfig
+from llm.train.loop import ResumeState, train
+
+
+def _ray_report(metrics: dict[str, Any], directory: str | None) -> None:
+    import ray.train
+
+    clean = {k: v for k, v in metrics.items() if v is not None}
+    checkpoint = ray.train.Checkpoint.from_directory(directory) if directory else None
+    ray.train.report(clean, checkpoint=checkpoint)
+
+
+def ray_train_worker(config: dict[str, Any]) -> None:
+    """Entry point of each Ray Train worker: `config` holds the two configs as dicts, `tokens_uri`
+    and an optional `run_target`. Resumes from Ray Train's latest checkpoint when there is one."""
+    import ray.train
+    import ray.train.torch
+
+    # Make the step lines visible in the worker's log (which Ray forwards to the driver): through the
+    # root handler Ray Train installs, or a handler of our own where there is none.
+    llm_log = logging.getLogger("llm")
+    if llm_log.level == logging.NOTSET:
+        llm_log.setLevel(logging.INFO)
+    if not llm_log.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
+        llm_log.addHandler(handler)
+
+    model_cfg = ModelConfig.model_validate(config["model"])
+    train_cfg = TrainConfig.model_validate(config["train"])
+    device = ray.train.torch.get_device()
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    resume = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            resume = ResumeState.load(folder)
+    train(
+        model_cfg,
+        train_cfg,
+        config["tokens_uri"],
+        config.get("run_target"),
+        device=device,
+        resume=resume,
+        report=_ray_report,
+    )

@@ -1,0 +1,123 @@
+"""Activation checkpointing, bad-step handling, early stopping and precision rules of the training step."""
+
+import logging
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from llm.config import TrainConfig
+from llm.model import GPT
+from llm.train.checkpoint import load_model, read_state
+from llm.train.guard import EarlyStopping, StepGuard
+from llm.train.loop import checkpoint_to, train
+from llm.train.parallel.sharding import apply_activation_checkpointing
+from tests.unit.train.tiny import VOCAB, tiny_model, tiny_train
+
+
+def _grads(every: int) -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    # dropout on: recomputation must replay the same masks
+    model = GPT(tiny_model().model_copy(update={"vocab_size": VOCAB, "layers": 4, "dropout": 0.1}))
+    apply_activation_checkpointing(model, every)
+    x = torch.randint(0, VOCAB, (4, 32), generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(2)
+    _, loss = model(x, x)
+    loss.backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("every", [1, 2, 3])
+def test_activation_checkpointing_gives_equal_gradients(every):
+    plain, ckpt = _grads(0), _grads(every)
+    assert plain.keys() == ckpt.keys()  # parameter names unchanged
+    for name in plain:
+        torch.testing.assert_close(ckpt[name], plain[name], atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_step_guard_skips_bad_steps_and_asks_for_rollback():
+    guard = StepGuard(spike_factor=3.0, rollback_after=2, min_history=3)
+    assert [guard.check(x, 1.0) for x in (4.0, 3.9, 3.8)] == ["ok"] * 3
+    assert guard.check(float("nan"), 1.0) == "skip"
+    assert guard.check(3.7, 1.0) == "ok"  # a good step resets the count
+    assert guard.check(3.6, float("inf")) == "skip"
+    assert guard.check(50.0, 1.0) == "rollback"  # a spike: > 3x the recent mean, second bad in a row
+    assert guard.check(11.0, 1.0) == "ok"  # below 3 x mean(4.0, 3.9, 3.8, 3.7) = 11.55
+    assert (guard.skipped, guard.rollbacks) == (3, 1)
+
+
+def test_early_stopping_matches_the_source_class():
+    stop = EarlyStopping(patience=2, min_delta=0.01)
+    decisions = [stop(v) for v in (3.0, 2.5, 2.495, 2.6, 2.4, 2.395, 2.39)]
+    assert decisions == [False, False, False, True, False, False, True]
+    assert stop.best_loss == 2.4
+
+
+def test_repeated_bad_steps_roll_back_to_the_checkpoint_and_lower_the_rate(tokens_uri, tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="llm.train")
+    # spike_factor 0.5: any loss above half the recent mean is a "spike", so every step after the first
+    # five (the spike reference) is bad; the run then must end on the weights of step 5.
+    cfg = tiny_train(max_steps=9, checkpoint_every=5, eval_every=9, spike_factor=0.5, rollback_after=2)
+    seen = {}
+
+    def keep(metrics, folder):
+        if folder is not None:
+            checkpoint_to(str(tmp_path / f"step{metrics['step']}"))(metrics, folder)
+            seen[metrics["step"]] = True
+
+    from mlflow.tracking import MlflowClient
+
+    from llm.tracking import RunTarget
+
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=tracking_uri)
+    run = client.create_run(client.create_experiment("guard"))
+    target = RunTarget(tracking_uri=tracking_uri, run_id=run.info.run_id)
+    summary = train(tiny_model(), cfg, tokens_uri, target, report=keep)
+    assert (summary.skipped_steps, summary.rollbacks) == (4, 2)
+    # each bad step is an MLflow event at its step, with the running counts and the rate multiplier
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "bad_step")] == [6, 7, 8, 9]
+    assert [m.value for m in client.get_metric_history(run.info.run_id, "rollbacks")] == [0, 1, 1, 2]
+    assert [m.value for m in client.get_metric_history(run.info.run_id, "lr_scale")] == [1, 0.5, 0.5, 0.25]
+    five, _ = load_model(str(tmp_path / "step5"))
+    nine, _ = load_model(str(tmp_path / "step9"))
+    for k, v in five.state_dict().items():
+        torch.testing.assert_close(nine.state_dict()[k], v, atol=0, rtol=0, msg=k)
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("rolled back" in m for m in messages) == 2 and any("lr x0.25" in m for m in messages)
+
+
+def test_early_stopping_keeps_the_best_weights(tokens_uri, tmp_path):
+    # min_delta 10 nats: only the first evaluation counts as an improvement, the second stops the run.
+    cfg = tiny_train(max_steps=60, eval_every=5, checkpoint_every=60, early_stopping_patience=1,
+                     early_stopping_min_delta=10.0)
+    summary = train(tiny_model(), cfg, tokens_uri, report=checkpoint_to(str(tmp_path / "final")))
+    assert summary.steps == 10
+    state = read_state(str(tmp_path / "final"))
+    assert state["best_step"] == 5 and state["early_stopped"] is True
+    # the saved weights are step 5's: they reproduce the best validation loss, not step 10's
+    from llm.train.data import TokenDataset
+    from llm.train.validation import validation_loss
+
+    model, _ = load_model(str(tmp_path / "final"))
+    val = TokenDataset(tokens_uri).split("val")
+    loss, _ = validation_loss(model, val, 32, cfg.micro_batch_size, cfg.eval_batches, torch.device("cpu"))
+    assert loss == pytest.approx(state["val_loss"], abs=1e-6)
+    assert summary.final_val_loss == pytest.approx(loss, abs=1e-6)
+
+
+def test_precision_and_strategy_rules_fail_at_load():
+    with pytest.raises(ValidationError, match="fp16 needs use_gpu"):
+        TrainConfig(precision="fp16")
+    with pytest.raises(ValidationError, match="ddp\\+tp is not supported"):
+        TrainConfig(strategy="ddp+tp", tensor_parallel=2)
+    with pytest.raises(ValidationError, match="tensor_parallel"):
+        TrainConfig(strategy="ddp", tensor_parallel=2)
+    assert TrainConfig(precision="fp16", use_gpu=True).precision == "fp16"
+    # the batch divides over data-parallel ranks only: 4 workers as 2 (dp) x 2 (tp)
+    hybrid = TrainConfig(strategy="fsdp+tp", num_workers=4, tensor_parallel=2, batch_size=8, micro_batch_size=2)
+    assert (hybrid.data_parallel, hybrid.grad_accum_steps) == (2, 2)
+    with pytest.raises(ValidationError, match="at least as many micro-batches"):
+        TrainConfig(strategy="pp", num_workers=2, pipeline_parallel=2, batch_size=8, micro_batch_size=8)
+    with pytest.raises(ValidationError, match="data-parallel"):
+        TrainConfig(strategy="fsdp+tp", num_workers=4, tensor_parallel=2, batch_size=6, micro_batch_size=2)
