@@ -10,8 +10,13 @@
 Both are pinned to the same single CPU; each side runs `--repeat` times, alternating, fastest counts.
 Thresholds are the same (each library's defaults, which are the papers' values).
 
+Both throughput runs remove lines as C4 does and measure FineWeb's rules on the text C4 left (llmpipe's
+default `data.quality.c4.remove_lines`, datatrove's C4 filter rewriting the document in its pipeline).
+
 Agreement is measured per rule set and per rule, each rule set applied by both sides to every original
-document (datatrove's filters called one by one, so C4's line removal does not feed the next set). Known
+document (datatrove's filters called one by one, llmpipe with `c4.remove_lines` off, so C4's line
+removal does not feed the next set). Then the line removal itself: on the documents both C4s keep, the
+share whose rewritten text is identical, and FineWeb's decision on each side's rewritten text. Known
 differences: C4 sentences are counted by a punctuation pattern here and by spaCy's sentencizer there;
 word tokens split leading/trailing punctuation here and follow spaCy's rules there (contractions,
 abbreviations); the duplicate n-gram fraction marks every word covered by a repeated n-gram (the
@@ -74,10 +79,10 @@ def build_corpus(args: argparse.Namespace, tmp: str) -> list[str]:
     return texts
 
 
-def _quality_cfg():
+def _quality_cfg(remove_lines: bool = True):
     from llm.config import QualityConfig
 
-    return QualityConfig(sources=None)
+    return QualityConfig.model_validate({"sources": None, "c4": {"remove_lines": remove_lines}})
 
 
 def run_llmpipe(texts: list[str]) -> tuple[int, int, float]:
@@ -132,7 +137,7 @@ def agreement(texts: list[str]) -> None:
     from llm.data.filtering import decide
     from llm.data.quality import QualityStep, quality_rules
 
-    cfg = _quality_cfg()
+    cfg = _quality_cfg(remove_lines=False)
     ours = QualityStep(cfg).apply(pa.table({"id": [str(i) for i in range(len(texts))], "text": texts,
                                             "source": ["web"] * len(texts)}))
     table = pa.concat_tables([ours.kept, ours.dropped.select(ours.kept.column_names)])
@@ -155,6 +160,39 @@ def agreement(texts: list[str]) -> None:
                 continue
             agree = sum((a == rule) == (b == rule) for a, b in zip(mine, theirs)) / len(texts)
             print(f"  {rule:<30} {agree:>7.3f} {Counter(mine)[rule]:>14} {Counter(theirs)[rule]:>16}")
+    line_removal_agreement(texts)
+
+
+def line_removal_agreement(texts: list[str]) -> None:
+    """C4's line removal on both sides: identical rewritten text, and FineWeb's decision on it, over the
+    documents both C4 filters keep."""
+    import pyarrow as pa
+    from datatrove.data import Document
+
+    from llm.config import QualityConfig
+    from llm.data.filtering import decide
+    from llm.data.quality import QualityStep, quality_rules
+
+    docs = pa.table({"id": [str(i) for i in range(len(texts))], "text": texts, "source": ["web"] * len(texts)})
+    c4_only = QualityConfig.model_validate({"sources": None, **{g: {"enabled": g == "c4"} for g in GROUPS}})
+    kept = QualityStep(c4_only).apply(docs).kept
+    ours = dict(zip(kept.column("id").to_pylist(), kept.column("text").to_pylist()))
+    # FineWeb's signals are measured on the rewritten text for every row, whatever the row's fate.
+    full = QualityStep(_quality_cfg()).apply(docs)
+    table = pa.concat_tables([full.kept, full.dropped.select(full.kept.column_names)])
+    first, _ = decide(table, [r for r in quality_rules(_quality_cfg()) if r.name.startswith("fw_")])
+    fw_keeps = dict(zip(table.column("id").to_pylist(), (first < 0).tolist()))
+    c4, fw = _dt_filters()["c4"], _dt_filters()["fineweb"]
+    same = both = fw_same = 0
+    for i, text in enumerate(texts):
+        doc = Document(text=text, id=str(i))
+        if c4.filter(doc) is not True or str(i) not in ours:  # datatrove's C4 rewrites doc.text in place
+            continue
+        both += 1
+        same += doc.text == ours[str(i)]
+        fw_same += fw_keeps[str(i)] == (fw.filter(doc) is True)
+    print(f"{'c4 line removal: same text':<32} {same / max(both, 1):>7.3f}   on {both} documents both keep")
+    print(f"{'fineweb after line removal':<32} {fw_same / max(both, 1):>7.3f}")
 
 
 def main() -> None:

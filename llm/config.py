@@ -258,6 +258,11 @@ class C4QualityConfig(Section):
     curly_bracket: bool = Field(True, description="Drop documents with `{` in a counted line.")
     javascript_lines: bool = Field(True, description="Lines mentioning javascript do not count.")
     policy_lines: bool = Field(True, description="Lines about cookies or terms of use do not count.")
+    remove_lines: bool = Field(
+        True, description="As C4 does, rewrite each kept document to the lines that count (the others are "
+        "removed; their number is stored as `c4_removed_lines`) before the FineWeb rules measure it. "
+        "False: C4 only decides keep or drop and the text is left as it is."
+    )
 
 
 class FineWebQualityConfig(Section):
@@ -487,6 +492,14 @@ class TrainConfig(Section):
             raise ValueError(
                 f"batch_size ({self.batch_size}) must be a multiple of micro_batch_size x data-parallel workers "
                 f"({self.micro_batch_size} x {self.data_parallel})"
+            )
+        if self.grad_accum_steps < self.pipeline_parallel:
+            # Fewer micro-batches than stages leaves stages idle for most of the step (and 1F1B needs
+            # at least one micro-batch in flight per stage).
+            raise ValueError(
+                f"pipeline_parallel {self.pipeline_parallel} needs at least as many micro-batches per step "
+                f"(batch_size / (micro_batch_size x data-parallel workers) = {self.grad_accum_steps}): "
+                "lower micro_batch_size"
             )
         return self
 

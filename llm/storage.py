@@ -188,6 +188,62 @@ def open_read(uri: str) -> Iterator[io.BufferedIOBase]:
             yield fh
 
 
+class _S3Range(io.RawIOBase):
+    """A seekable read-only S3 object: each read is one ranged GET, so a Parquet reader fetches the
+    footer and the column chunks it needs, not the whole object."""
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        self.bucket, self.key = _split_s3(uri)
+        self.client = _s3_client()
+        self.length = size(uri)
+        self.pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.length}[whence]
+        self.pos = max(0, base + offset)
+        return self.pos
+
+    def readinto(self, buffer) -> int:
+        n = min(len(buffer), self.length - self.pos)
+        if n <= 0:
+            return 0
+        body = _s3_call(self.client.get_object, self.uri, Bucket=self.bucket, Key=self.key,
+                        Range=f"bytes={self.pos}-{self.pos + n - 1}")["Body"]
+        data = body.read()
+        buffer[:len(data)] = data
+        self.pos += len(data)
+        return len(data)
+
+
+@contextmanager
+def parquet_file(uri: str) -> Iterator[pq.ParquetFile]:
+    """A Parquet file opened for selective reads (footer, statistics, single row groups and columns):
+    local files through the OS, S3 objects through ranged GETs."""
+    if not is_s3(uri):
+        pf = pq.ParquetFile(str(_local(uri)))
+        try:
+            yield pf
+        finally:
+            pf.close()
+        return
+    with _S3Range(uri) as raw:
+        pf = pq.ParquetFile(raw)
+        try:
+            yield pf
+        finally:
+            pf.close()
+
+
 def read_parquet(uri: str, columns: list[str] | None = None) -> pa.Table:
     if is_s3(uri):
         return pq.read_table(io.BytesIO(read_bytes(uri)), columns=columns)

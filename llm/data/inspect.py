@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 from collections import Counter
 
-import pyarrow as pa
 import pyarrow.compute as pc
 
 from llm import storage
@@ -29,10 +28,29 @@ def find_document(dataset: str, doc_id: str) -> tuple[str, dict] | None:
             rel = shard["files"].get(role)
             if not rel:
                 continue
-            table = storage.read_parquet(storage.join(dataset, rel))
-            hit = table.filter(pc.equal(table.column("id"), doc_id))
-            if hit.num_rows:
-                return role, hit.slice(0, 1).to_pylist()[0]
+            row = find_in_shard(storage.join(dataset, rel), doc_id)
+            if row is not None:
+                return role, row
+    return None
+
+
+def find_in_shard(uri: str, doc_id: str) -> dict | None:
+    """The row with this id in one Parquet shard, or None. Reads the footer, skips the row groups whose
+    `id` statistics exclude the id, reads only the `id` column of the others, and all columns of the
+    one row group that holds it: a lookup touches a small part of a shard of long documents."""
+    with storage.parquet_file(uri) as pf:
+        meta = pf.metadata
+        if meta.num_row_groups == 0 or "id" not in pf.schema_arrow.names:
+            return None
+        leaf = next(j for j in range(meta.num_columns) if meta.row_group(0).column(j).path_in_schema == "id")
+        for rg in range(meta.num_row_groups):
+            st = meta.row_group(rg).column(leaf).statistics
+            if st is not None and st.has_min_max and isinstance(st.min, str) and not st.min <= doc_id <= st.max:
+                continue
+            ids = pf.read_row_group(rg, columns=["id"]).column("id")
+            idx = pc.index(ids, doc_id).as_py()
+            if idx >= 0:
+                return pf.read_row_group(rg).slice(idx, 1).to_pylist()[0]
     return None
 
 
@@ -113,10 +131,8 @@ def stats(dataset: str) -> dict:
 
 
 def _columns(uri: str) -> list[str]:
-    import pyarrow.parquet as pq
-
-    with storage.open_read(uri) as fh:
-        return pq.ParquetFile(pa.BufferReader(fh.read())).schema_arrow.names
+    with storage.parquet_file(uri) as pf:  # the footer only
+        return pf.schema_arrow.names
 
 
 def format_stats(data: dict) -> str:

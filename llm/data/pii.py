@@ -51,13 +51,15 @@ PLACEHOLDER = {"email": "<EMAIL>", "ip": "<IP>", "phone": "<PHONE>", "card": "<C
 # Order matters: secrets and e-mails first (they contain digits and dots), phones last (any other
 # number left could look like one).
 ORDER = ["secret", "email", "ip", "card", "iban", "ssn", "phone"]
+# A release suffix marks a version; other words after an address do not ("1.2.3.4-generic" is a host).
+_VERSION_AFTER = re.compile(r"\.\d|[\-_]?[a-zA-Z]\d|[\-_](?:alpha|beta|rc|dev|pre|snapshot|final|stable)\b", re.I)
 _VERSION_BEFORE = re.compile(r"(?:\b[vV]|version|release|ver\.?|build|[\d.][.\-]?)\s*$", re.I)
 
 
 def _public_ipv4(m: re.Match) -> bool:
     text, start, end = m.string, m.start(), m.end()
     # Version-number look-alikes: "v1.2.3.4", "version 10.0.0.1", "1.2.3.4.5", "10.0.0.1-beta".
-    if _VERSION_BEFORE.search(text[max(0, start - 12):start]) or re.match(r"\.\d|[\-_]?[a-zA-Z]\d", text[end:end + 3]):
+    if _VERSION_BEFORE.search(text[max(0, start - 12):start]) or _VERSION_AFTER.match(text, end):
         return False
     try:
         addr = ipaddress.IPv4Address(m.group(0))
@@ -113,6 +115,24 @@ def _ssn(m: re.Match) -> bool:
     return area not in ("000", "666") and area[0] != "9" and group != "00" and serial != "0000"
 
 
+_DOTTED_QUAD = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}")
+# Only ASCII letters join: CJK text has no spaces, and a number there is followed directly by a word.
+_JOINED_AFTER = re.compile(r"[A-Za-z0-9_@]|[.\-][A-Za-z0-9]|:\d")
+
+
+def phone_context_ok(text: str, start: int, end: int) -> bool:
+    """False for digits the phone library accepts that are part of something else: a host name or
+    mail local part ("dsl-65-185-76-173.example.net", "bounce-56446664-12@"), a dotted quad (an
+    address or a version), or a date followed by a time ("24.07.2002 15:57")."""
+    before = text[start - 1] if start else ""
+    joined_dot = before == "." and start > 1 and text[start - 2].isalnum()
+    if (before.isascii() and before.isalnum()) or before in "-_@/" or joined_dot:
+        return False
+    if _JOINED_AFTER.match(text, end):
+        return False
+    return not _DOTTED_QUAD.fullmatch(text[start:end])
+
+
 @dataclass(frozen=True)
 class Detector:
     """One PII type: a batch pre-filter (RE2), a Python pattern and the check a match must pass."""
@@ -143,6 +163,25 @@ DETECTORS = {
     "iban": Detector("iban", IBAN, lambda m: iban_ok(m.group(0))),
     "ssn": Detector("ssn", SSN, _ssn),
 }
+
+
+# Kinds whose pattern allows spaces or dashes between digit groups: a match can run on into a
+# neighbouring number ("ref 12 4111 1111 1111 1111", "DE89 3704 0044 0532 0130 00 2024"), fail its
+# checksum as a whole and still hold a valid value.
+_SPLITTABLE = {"card", "iban"}
+
+
+def _valid_part(det: Detector, value: str) -> tuple[int, int] | None:
+    """(start, end) of the longest run of whole digit groups inside a failed match that matches the
+    pattern on its own and passes the check; None when there is none."""
+    pieces = [(p.start(), p.end()) for p in re.finditer(r"[^ \-]+", value)]
+    spans = sorted(((pieces[i][0], pieces[j][1]) for i in range(len(pieces)) for j in range(i, len(pieces))
+                    if (i, j) != (0, len(pieces) - 1)), key=lambda se: se[0] - se[1])
+    for start, end in spans:
+        m = det.compiled.fullmatch(value[start:end])
+        if m is not None and (det.check is None or det.check(m)):
+            return start, end
+    return None
 
 
 class Scrubber:
@@ -189,10 +228,16 @@ class Scrubber:
 
             def replace(m: re.Match) -> str:
                 nonlocal found
+                value = m.group(0)
                 if det.check is not None and not det.check(m):
-                    return m.group(0)
+                    part = _valid_part(det, value) if det.kind in _SPLITTABLE else None
+                    if part is None:
+                        return value
+                    found += 1
+                    start, end = part
+                    return value[:start] + self.token(det.kind, value[start:end]) + value[end:]
                 found += 1
-                return self.token(det.kind, m.group(0))
+                return self.token(det.kind, value)
 
             values[r] = pattern.sub(replace, values[r])
             counts[r] = found
@@ -211,6 +256,8 @@ class Scrubber:
             spans: list[tuple[int, int]] = []
             for region in self.cfg.phone_regions:
                 for match in phonenumbers.PhoneNumberMatcher(value, region, phonenumbers.Leniency.VALID):
+                    if not phone_context_ok(value, match.start, match.end):
+                        continue
                     if not any(s < match.end and match.start < e for s, e in spans):
                         spans.append((match.start, match.end))
             for start, end in sorted(spans, reverse=True):

@@ -5,9 +5,15 @@ change and `QualityStep.rules` + `filtering.decide` re-filter a stored dataset w
 Rules run in the order FineWeb's pipeline applies the rule sets (repetition, Gopher, C4, FineWeb); a
 dropped document records the first rule it failed, its measured value and the threshold.
 
-Differences from the published code, on purpose: C4 here only decides keep or drop and never rewrites
-the text (its line removal is a transformation, not a filter); sentences are counted with a
-punctuation pattern, not a sentence splitter.
+C4 removes lines as well as dropping documents: with `c4.remove_lines` (the default, as in C4) a kept
+document's text becomes its counted lines, citations removed, and `c4_removed_lines` stores how many
+non-blank lines went. The Gopher and C4 signals are measured on the text as it came in and the FineWeb
+signals on the text after line removal, the order of FineWeb's own pipeline; a dropped document keeps
+its original text in `rejected/`, so a person sees what was judged. The line rules depend only on
+config, so stored signals stay valid for re-filtering with other document thresholds.
+
+Difference from the published code, on purpose: sentences are counted with a punctuation pattern, not
+a sentence splitter.
 """
 
 from __future__ import annotations
@@ -54,7 +60,9 @@ def gopher_signals(text: pa.Array, words: ts.Pieces, stop_words: list[str]) -> d
     }
 
 
-def c4_signals(text: pa.Array, cfg) -> dict[str, np.ndarray]:
+def c4_signals(text: pa.Array, cfg) -> tuple[dict[str, np.ndarray], pa.Array | None]:
+    """C4's line rules: the signals, and with `cfg.remove_lines` each text rewritten to its counted lines
+    (None otherwise)."""
     lines = ts.split(text, "\n")
     stripped = pc.utf8_trim_whitespace(lines.values)
     word_lists = pc.utf8_split_whitespace(stripped)
@@ -76,12 +84,27 @@ def c4_signals(text: pa.Array, cfg) -> dict[str, np.ndarray]:
     if cfg.policy_lines:
         counted &= ~low.matches(_POLICY)
     sentences = np.maximum(ts.count(cleaned, _SENTENCE_END, regex=True), 1)
-    return {
+    signals = {
         "c4_sentences": line.total(sentences * counted),
         "c4_counted_lines": line.count(counted).astype(np.float64),
         "c4_lorem_ipsum": line.count(lorem).astype(np.float64),
         "c4_curly_bracket": line.count(curly).astype(np.float64),
     }
+    if not cfg.remove_lines:
+        return signals, None
+    nonblank = ts.lengths(stripped) > 0
+    signals["c4_removed_lines"] = line.count(nonblank & ~counted).astype(np.float64)
+    return signals, _join_lines(cleaned, lines.parent, counted, lines.n_docs)
+
+
+def _join_lines(lines: pa.Array, parent: np.ndarray, keep: np.ndarray, n_docs: int) -> pa.Array:
+    """Per document, its kept lines joined by newlines (one Arrow list join, no loop over documents);
+    "" for a document with none."""
+    per_doc = np.bincount(parent[keep], minlength=n_docs)
+    offsets = pa.array(np.concatenate([[0], np.cumsum(per_doc)]).astype(np.int32))
+    kept = lines.filter(pa.array(keep)) if len(lines) else lines
+    joined = pc.binary_join(pa.ListArray.from_arrays(offsets, kept), "\n")
+    return pc.utf8_trim_whitespace(joined)  # as C4, which strips the joined text
 
 
 def fineweb_signals(text: pa.Array, words: ts.Pieces, cfg) -> dict[str, np.ndarray]:
@@ -154,6 +177,7 @@ def signal_names(cfg: QualityConfig) -> list[str]:
                   "gopher_stop_words"]
     if cfg.c4.enabled:
         names += ["c4_sentences", "c4_counted_lines", "c4_lorem_ipsum", "c4_curly_bracket"]
+        names += ["c4_removed_lines"] if cfg.c4.remove_lines else []
     if cfg.fineweb.enabled:
         names += ["fw_line_punct_ratio", "fw_short_line_ratio", "fw_dup_line_char_ratio", "fw_newline_word_ratio"]
     return names
@@ -161,6 +185,11 @@ def signal_names(cfg: QualityConfig) -> list[str]:
 
 def compute_signals(text: pa.Array, cfg: QualityConfig) -> dict[str, np.ndarray]:
     """Every enabled signal for a batch of texts (one value per text)."""
+    return signals_and_text(text, cfg)[0]
+
+
+def signals_and_text(text: pa.Array, cfg: QualityConfig) -> tuple[dict[str, np.ndarray], pa.Array | None]:
+    """Every enabled signal, and the texts after C4's line removal (None when it is off)."""
     text = ts.as_array(text)
     out: dict[str, np.ndarray] = {}
     words = ts.words(text) if (cfg.gopher.enabled or cfg.gopher_repetition.enabled or cfg.fineweb.enabled) else None
@@ -168,11 +197,15 @@ def compute_signals(text: pa.Array, cfg: QualityConfig) -> dict[str, np.ndarray]
         out.update(repetition_signals(text, cfg.gopher_repetition, words))
     if cfg.gopher.enabled:
         out.update(gopher_signals(text, words, cfg.gopher.stop_words))
+    rewritten = None
     if cfg.c4.enabled:
-        out.update(c4_signals(text, cfg.c4))
+        c4, rewritten = c4_signals(text, cfg.c4)
+        out.update(c4)
     if cfg.fineweb.enabled:
-        out.update(fineweb_signals(text, words, cfg.fineweb))
-    return out
+        # FineWeb measures the text C4 left, as in its own pipeline (one more tokenization, only then).
+        fw_text = text if rewritten is None else rewritten
+        out.update(fineweb_signals(fw_text, words if rewritten is None else ts.words(fw_text), cfg.fineweb))
+    return out, rewritten
 
 
 class QualityStep:
@@ -192,9 +225,30 @@ class QualityStep:
 
     def apply(self, docs: pa.Table) -> StepOutput:
         rows = applies_to(docs, self.cfg.sources)
-        values = compute_signals(docs.column("text").take(pa.array(rows, pa.int64())), self.cfg) if len(rows) else {}
+        values, rewritten = ({}, None)
+        if len(rows):
+            values, rewritten = signals_and_text(docs.column("text").take(pa.array(rows, pa.int64())), self.cfg)
         n = docs.num_rows
         docs = with_columns(docs, {
             name: scatter(values.get(name, np.zeros(0)), rows, n, pa.float64()) for name in self.signals
         })
-        return split_by_rules(docs, self.name, self.rules)
+        if rewritten is None:
+            return split_by_rules(docs, self.name, self.rules)
+        # The rewritten text rides along as a column through the split: kept rows take it, dropped rows
+        # keep the text they were judged on.
+        original = docs.column("text").combine_chunks()
+        new_text = rewritten if len(rows) == n else _put(original, rows, rewritten)
+        out = split_by_rules(docs.append_column(_REWRITTEN, new_text), self.name, self.rules)
+        kept = out.kept.set_column(out.kept.schema.get_field_index("text"), docs.schema.field("text"),
+                                   out.kept.column(_REWRITTEN)).drop_columns([_REWRITTEN])
+        return StepOutput(kept=kept, dropped=out.dropped.drop_columns([_REWRITTEN]), quarantined=out.quarantined)
+
+
+_REWRITTEN = "__c4_text"
+
+
+def _put(values: pa.Array, rows: np.ndarray, new: pa.Array) -> pa.Array:
+    """`values` with the entries at `rows` (ascending) replaced by `new`, in order."""
+    mask = np.zeros(len(values), dtype=bool)
+    mask[rows] = True
+    return pc.replace_with_mask(values, pa.array(mask), new)

@@ -4,15 +4,20 @@ step's block lists."""
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from flows.cli import main
+from llm import storage
 from llm.config import ContentConfig, build_config
 from llm.data.content import ContentStep
 from llm.data.ingest import run_ingest
-from llm.data.inspect import explain, stats
+from llm.data.inspect import explain, find_in_shard, stats
 from llm.executor import LocalExecutor
 
 PROSE = ("The river rises in the hills to the north of the town and flows south to the sea. "
@@ -70,3 +75,27 @@ def test_content_step_domains_and_words(tmp_path):
     rules = dict(zip(out.dropped.column("id").to_pylist(), out.dropped.column("rule").to_pylist()))
     assert rules == {"a": "content_blocked_domain", "c": "content_blocked_words", "d": "content_blocked_words"}
     assert "badword" not in str(out.dropped.column("detail").to_pylist())
+
+
+def test_lookup_reads_the_id_column_and_one_row_group(tmp_path):
+    """A lookup must not read a shard whole: bytes read by this process (Linux `rchar`) stay well
+    under the file size, for ids in no particular order (statistics cannot skip anything then)."""
+    proc_io = Path("/proc/self/io")
+    if not proc_io.exists():
+        pytest.skip("counting bytes read needs /proc/self/io")
+    rng = np.random.default_rng(0)
+    ids = [f"{h:016x}" for h in rng.integers(0, 2**62, 4000)]
+    texts = [rng.bytes(1500).hex() for _ in ids]  # ~3 KB each, hardly compressible
+    uri = str(tmp_path / "shard.parquet")
+    storage.write_parquet(uri, pa.table({"id": ids, "text": texts, "source": ["web"] * len(ids)}), row_group_rows=500)
+    size = Path(uri).stat().st_size
+
+    def rchar() -> int:
+        return int(re.search(r"rchar: (\d+)", proc_io.read_text()).group(1))
+
+    before = rchar()
+    row = find_in_shard(uri, ids[2750])
+    used = rchar() - before
+    assert row is not None and row["text"] == texts[2750] and row["id"] == ids[2750]
+    assert used < size / 4, (used, size)  # 8 row groups: the id column plus one group's text
+    assert find_in_shard(uri, "no-such-id") is None

@@ -32,6 +32,14 @@ def _header_fields(text: str) -> list[tuple[str, str]]:
     return fields
 
 
+class Quiet(list):
+    """A list of labelled units whose repr gives only its length, so that a failing test's report
+    never prints the real text or the values labelled in it."""
+
+    def __repr__(self) -> str:
+        return f"<{len(self)} labelled units>"
+
+
 def labelled_units(shared_data) -> list[dict]:
     """Header fields of the real mails with their PII labelled by methods other than the scrubber's:
     addresses by the standard library's address parser, IPs by splitting on delimiters and asking
@@ -79,7 +87,7 @@ def evaluate(units: list[dict], kind: str) -> tuple[float, float, int]:
 
 @pytest.fixture(scope="module")
 def units(shared_data):
-    return labelled_units(shared_data)
+    return Quiet(labelled_units(shared_data))
 
 
 @pytest.mark.parametrize("kind", ["email", "ip"])
@@ -113,9 +121,10 @@ def test_phone_numbers_international_and_national():
 def test_cards_need_luhn_and_issuer_prefix():
     assert luhn_ok("4111111111111111") and not luhn_ok("4111111111111112")
     texts = ["visa 4111 1111 1111 1111", "amex 3782-822463-10005", "bad 4111 1111 1111 1112",
-             "not a card 1234567890123456", "tracking 9400111899223100001234"]
-    _, counts = Scrubber(PiiConfig(types=["card"])).scrub(pa.array(texts))
-    assert counts["card"].tolist() == [1, 1, 0, 0, 0]
+             "not a card 1234567890123456", "tracking 9400111899223100001234", "ref 12 4111 1111 1111 1111"]
+    out, counts = Scrubber(PiiConfig(types=["card"])).scrub(pa.array(texts))
+    assert counts["card"].tolist() == [1, 1, 0, 0, 0, 1]
+    assert out[5].as_py() == "ref 12 <CARD>"  # the run-on number is cut back to the valid card
 
 
 def test_ibans_need_their_checksum():
@@ -155,8 +164,10 @@ def test_step_keeps_every_row_and_no_original_survives(shared_data):
     assert out.kept.num_rows == len(rows) and out.dropped.num_rows == 0
     assert sum(out.kept.column("pii_email").to_pylist()) > 500
     body = "\n".join(out.kept.column("text").to_pylist())
-    for addr in ("ilug-admin@linux.ie", "mfrench42@yahoo.co.uk", "194.125.145.45", "216.136.174.115"):
-        assert addr not in body
+    gold = {v for u in labelled_units(shared_data) for v in u["gold"]}
+    tokens = {t.rstrip(".") for t in re.split(r"[\s<>\"'(),;:\[\]=]+", body)}  # one pass, not one per value
+    left = sum(1 for v in gold if v in tokens)
+    assert len(gold) > 300 and left <= len(gold) // 100, (left, len(gold))  # counts only, never a value
     assert "127.0.0.1" in body  # loopback is not personal
 
 

@@ -106,3 +106,31 @@ def test_real_pages_and_mails(shared_data):
     out = QualityStep(QualityConfig()).apply(_docs([r["text"] for r in rows]))
     assert out.kept.num_rows + out.dropped.num_rows == len(rows)
     assert not np.isnan(np.array(out.dropped.column("value").to_pylist(), dtype=float)).all()
+
+
+NAVIGATION = "\n".join(["Home", "About us", "Contact", "Enable javascript in your browser to see the map.",
+                        "We use cookies to improve this site.", "Sign in", "", "Privacy"])
+
+
+def test_c4_removes_lines_and_counts_them():
+    step = QualityStep(QualityConfig())
+    docs = _docs([GOOD + "\n" + NAVIGATION, "Home\nAbout us", "print(x)"])
+    docs = docs.set_column(2, "source", pa.array(["web", "web", "code"]))
+    out = step.apply(docs)
+    kept = {r["id"]: r for r in out.kept.to_pylist()}
+    assert kept["0"]["text"] == GOOD and kept["0"]["c4_removed_lines"] == 7  # blank lines are not counted
+    assert kept["2"]["text"] == "print(x)" and kept["2"]["c4_removed_lines"] is None  # not prose: untouched
+    dropped = out.dropped.to_pylist()
+    assert [d["id"] for d in dropped] == ["1"] and dropped[0]["text"] == "Home\nAbout us"  # judged text kept
+    assert dropped[0]["c4_removed_lines"] == 2
+
+
+def test_fineweb_measures_the_text_c4_left():
+    text = GOOD + "\n" + NAVIGATION + "\nShop\nBlog\nCareers\nPress\nHelp"  # 10 short lines of 14
+    on = QualityStep(QualityConfig()).apply(_docs([text]))
+    assert on.kept.num_rows == 1 and on.kept.column("fw_short_line_ratio").to_pylist() == [0.0]
+    off_cfg = QualityConfig.model_validate({"c4": {"remove_lines": False}})
+    off = QualityStep(off_cfg).apply(_docs([text]))
+    assert off.kept.num_rows == 0 and off.dropped.column("rule").to_pylist()[0].startswith("fw_")
+    assert "c4_removed_lines" not in off.dropped.column_names
+    assert off.dropped.column("text").to_pylist() == [text]
