@@ -37,8 +37,13 @@ demo: install
 test: install-dev
 	$(PY) -m pytest -q
 
+# Every CPU benchmark in bench/ (bench/README.md lists them and the GPU one).
 bench: install-dev
 	$(PY) bench/extract_vs_datatrove.py
+	$(PY) bench/filters_vs_datatrove.py
+	$(PY) bench/minhash_vs_datatrove.py --docs 20000
+	$(PY) bench/train_step_vs_bare_torch.py
+	$(PY) bench/checkpointing_memory.py
 
 clean:
 	rm -rf work/demo

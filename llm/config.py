@@ -456,6 +456,16 @@ class TrainConfig(Section):
     max_failures: int = Field(
         0, ge=-1, description="Worker-group restarts (from the latest checkpoint) before the run fails; -1: no limit."
     )
+    compile: bool = Field(
+        False, description="Compile the model with torch.compile in each worker (faster steps after a warm-up)."
+    )
+    registered_model: str | None = Field(
+        "llmpipe-gpt",
+        description="MLflow registry name the final model is registered under (when tracking is on); empty: none.",
+    )
+    registered_model_alias: str = Field(
+        "current", min_length=1, description="Registry alias moved to the new version (MLflow reserves `latest`)."
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -22,6 +22,7 @@ from llm.config import ModelConfig, TrainConfig, stable_hash
 from llm.tracking import RunTarget
 from llm.train.checkpoint import read_state
 from llm.train.data import TokenManifest
+from llm.train.publish import log_loss_curve, register_model
 from llm.train.ray_worker import ray_train_worker
 
 log = logging.getLogger("llm.train")
@@ -121,6 +122,18 @@ def pretrain(
         storage.delete(final_uri)
         storage.upload_dir(folder, final_uri)
     state = read_state(final_uri)
+    if run_target is not None:
+        # Observability after the fact: a failure here must not lose a finished training run.
+        try:
+            log_loss_curve(run_target)
+            if train_cfg.registered_model:
+                version = register_model(
+                    run_target, final_uri, train_cfg.registered_model, train_cfg.registered_model_alias
+                )
+                log.info("registered %s version %s as @%s", train_cfg.registered_model, version,
+                         train_cfg.registered_model_alias)
+        except Exception as exc:
+            log.warning("could not publish the loss curve or the model to MLflow: %s", exc)
     return PretrainResult(
         steps=int(state["step"]),
         final_train_loss=state.get("loss"),

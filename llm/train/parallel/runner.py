@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 
 import torch
 import torch.nn as nn
@@ -38,6 +39,9 @@ from llm.train.parallel.sharding import (
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
+log = logging.getLogger("llm.train")
+
+
 class ParallelModel:
     """Owns the wrapped model of this rank. `module` holds the parameters to optimize (a pipeline
     stage under pp); `full_state_dict` gives the whole GPT's weights in GPT's layout."""
@@ -62,6 +66,9 @@ class ParallelModel:
             for part in (model.wte, model.wpe, model.ln_f, model.lm_head, *model.blocks):
                 if not any(id(p) in mine for p in part.parameters()):
                     part.to("meta")
+            if cfg.compile:
+                # The pipeline schedule runs the stage module itself; compiling it is not supported here.
+                log.warning("train.compile is ignored under pipeline parallelism")
             return
         if ctx.tp > 1:
             apply_tensor_parallel(model, ctx.mesh["tp"])
@@ -71,6 +78,10 @@ class ParallelModel:
             # DDP all-reduces (averages) gradients in buckets during backward; gloo on CPU, NCCL on GPU.
             device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
             self.wrapped = DistributedDataParallel(model, device_ids=device_ids, process_group=ctx.group("dp"))
+        if cfg.compile:
+            # Compiled from outside, around the wrapper, so DDP's bucketed all-reduce and FSDP's hooks stay
+            # in charge of communication; the weights remain those of `model` (state dicts are unchanged).
+            self.wrapped = torch.compile(self.wrapped)
 
     @property
     def sharded(self) -> bool:
