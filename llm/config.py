@@ -459,6 +459,11 @@ class TrainConfig(Section):
     compile: bool = Field(
         False, description="Compile the model with torch.compile in each worker (faster steps after a warm-up)."
     )
+    system_metrics: bool = Field(
+        True,
+        description="Log the training host's CPU, memory, disk, network and GPU use to the MLflow run "
+        "(system/... metrics, sampled every few seconds by rank 0).",
+    )
     registered_model: str | None = Field(
         "llmpipe-gpt",
         description="MLflow registry name the final model is registered under (when tracking is on); empty: none.",

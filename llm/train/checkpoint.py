@@ -1,5 +1,8 @@
 """Checkpoints: a folder with `model.pt`, `optimizer.pt` and `state.json`.
 
+Under fsdp/tp the model and optimizer state are instead per-rank DCP shards in `sharded/`
+(`llm.train.parallel.sharded_checkpoint`) and there is no `optimizer.pt`; `model.pt` is still written.
+
 `model.pt` is the state dict of the plain (unwrapped) model, so a checkpoint written by any parallel
 strategy loads into `GPT` directly. `state.json` holds the step, both configs, the vocabulary size, the
 RNG states (base64) and the losses so far; it is written last, so a folder with a `state.json` is

@@ -9,7 +9,8 @@ One optimizer step:
     judge the step (NaN/inf, spikes): apply, skip, or roll back to the last checkpoint at a lower rate
     clip to `gradient_clipping`; AdamW step at learning_rate(step)
 
-Rank 0 logs and writes checkpoints; every rank evaluates its share of the validation batches.
+Rank 0 logs and writes checkpoints (every rank writes its own shards under fsdp/tp); every rank
+evaluates its share of the validation batches.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import resource
 import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -44,31 +46,50 @@ from llm.train.guard import EarlyStopping, StepGuard
 from llm.train.mfu import device_peak_flops, mfu
 from llm.train.parallel import ParallelContext, ParallelModel, all_reduce_sum, clip_grads, world
 from llm.train.parallel.optim_state import NAMED_FORMAT, full_optimizer_state, load_full_optimizer_state
+from llm.train.parallel.sharded_checkpoint import DCP_FORMAT, SHARDED_DIR, load_sharded, save_sharded
 from llm.train.schedule import learning_rate
+from llm.train.system_metrics import SystemMetrics
 from llm.train.validation import validation_loss
 
 log = logging.getLogger("llm.train")
 
-#: Called on every rank at each checkpoint with the metrics so far and, on rank 0 only, a local
-#: folder holding the checkpoint (valid only during the call; None on other ranks).
+#: Called on every rank at each checkpoint with the metrics so far and a local folder holding the
+#: checkpoint (valid only during the call): on rank 0 only (None on other ranks), except under fsdp/tp,
+#: where every rank's folder holds its DCP shards and the folders together are the checkpoint.
 Reporter = Callable[[dict[str, Any], "str | None"], None]
 
 
 @dataclass
 class ResumeState:
-    """What a run continues from: a checkpoint's model and optimizer state and its `state.json`."""
+    """What a run continues from: a checkpoint's model and optimizer state and its `state.json`.
 
-    model: dict[str, torch.Tensor]
+    For a sharded (DCP) checkpoint `model` and `optimizer` are None and `sharded_dir` is the local DCP
+    folder, read after the strategy has split the model: it must stay in place until `train` has begun.
+    """
+
+    model: dict[str, torch.Tensor] | None
     optimizer: dict[str, Any] | None
     state: dict[str, Any]
+    sharded_dir: str | None = None
+    #: Keeps a downloaded copy of a remote DCP folder alive as long as this object.
+    _download: Any = None
 
     @classmethod
     def load(cls, checkpoint_uri: str) -> "ResumeState":
+        state = read_state(checkpoint_uri)
+        if state.get("optimizer_format") == DCP_FORMAT:
+            remote = storage.join(checkpoint_uri, SHARDED_DIR)
+            if not storage.is_s3(remote):
+                return cls(model=None, optimizer=None, state=state, sharded_dir=remote)
+            # DCP's file reader reads local folders: fetch the shards (all ranks' files) once.
+            download = tempfile.TemporaryDirectory(prefix="llmpipe-resume-")
+            storage.download_dir(remote, download.name)
+            return cls(model=None, optimizer=None, state=state, sharded_dir=download.name, _download=download)
         has_optimizer = storage.exists(storage.join(checkpoint_uri, OPTIMIZER_FILE))
         return cls(
             model=load_model_state(checkpoint_uri),
             optimizer=load_optimizer_state(checkpoint_uri) if has_optimizer else None,
-            state=read_state(checkpoint_uri),
+            state=state,
         )
 
 
@@ -97,9 +118,22 @@ def checkpoint_to(uri: str) -> Reporter:
     """A reporter that keeps the latest checkpoint in the folder `uri` (local or s3://), for runs outside Ray."""
 
     def report(metrics: dict[str, Any], directory: str | None) -> None:
-        if directory is not None:
+        if directory is None:
+            return
+        rank, world_size = world()
+        if world_size == 1 or not (Path(directory) / SHARDED_DIR).is_dir():
             storage.delete(uri)
             storage.upload_dir(directory, uri)
+            return
+        # A sharded checkpoint: every rank holds a part (and so reports a folder). Rank 0 clears the
+        # old checkpoint before any rank writes, and all parts are in place when any rank returns.
+        import torch.distributed as dist
+
+        if rank == 0:
+            storage.delete(uri)
+        dist.barrier()
+        storage.upload_dir(directory, uri)
+        dist.barrier()
 
     return report
 
@@ -139,8 +173,26 @@ def train(
     """Train on `tokens_uri` in the current process group (or alone), returning the run's summary.
 
     Checkpoints go to `report` every `checkpoint_every` steps and at the end; `resume` continues a run
-    from a checkpoint (the data order depends only on the step, so it continues exactly).
+    from a checkpoint (the data order depends only on the step, so it continues exactly). With
+    `train.system_metrics`, rank 0 samples its host's CPU, memory (and GPU) into `run_target` meanwhile.
     """
+    rank, _ = world()
+    # One sampler per run, on rank 0: its metric names carry no rank, so two would mix their samples.
+    with SystemMetrics(run_target if rank == 0 else None, enabled=train_cfg.system_metrics):
+        return _train(model_cfg, train_cfg, tokens_uri, run_target, device=device, resume=resume, report=report)
+
+
+def _train(
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    tokens_uri: str,
+    run_target: RunTarget | None,
+    *,
+    device: torch.device | None,
+    resume: ResumeState | None,
+    report: Reporter | None,
+) -> TrainSummary:
+    """The body of `train`."""
     started = time.perf_counter()
     rank, world_size = world()
     device = device or default_device(train_cfg)
@@ -166,7 +218,7 @@ def train(
     model = GPT(model_cfg).to(device)
     flops_per_token = model.flops_per_token()
     step, initial_val_loss, last_loss, tokens_seen = 0, None, None, 0
-    if resume is not None:
+    if resume is not None and resume.model is not None:
         # Full (unsharded) weights load before the strategy splits them.
         model.load_state_dict(resume.model)
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(train_cfg.precision)
@@ -175,13 +227,23 @@ def train(
     # fp16 only (GPU, ddp): scale the loss so small gradients do not flush to zero; bf16 has fp32's range.
     scaler = torch.amp.GradScaler("cuda") if train_cfg.precision == "fp16" else None
     if resume is not None:
-        named = resume.state.get("optimizer_format") == NAMED_FORMAT
-        if resume.optimizer is None or named != parallel.sharded:
+        written = resume.state.get("optimizer_format")
+        wanted = DCP_FORMAT if parallel.distributed_checkpoint else NAMED_FORMAT if parallel.sharded else None
+        saved_cfg = resume.state.get("train_config", {})
+        if written != wanted or (written != DCP_FORMAT and resume.optimizer is None):
             raise ValueError(
                 f"the checkpoint's optimizer state was written by strategy "
-                f"{resume.state.get('train_config', {}).get('strategy')!r} and cannot resume {train_cfg.strategy!r}"
+                f"{saved_cfg.get('strategy')!r} and cannot resume {train_cfg.strategy!r}"
             )
-        if named:
+        if written == DCP_FORMAT:
+            if saved_cfg.get("tensor_parallel", 1) != train_cfg.tensor_parallel:
+                # The fused qkv rows of a tensor-parallel shard are laid out for its degree.
+                raise ValueError(
+                    f"a sharded checkpoint written with tensor_parallel {saved_cfg.get('tensor_parallel', 1)} "
+                    f"cannot resume with tensor_parallel {train_cfg.tensor_parallel}"
+                )
+            load_sharded(parallel, optimizer, resume.sharded_dir)
+        elif written == NAMED_FORMAT:
             load_full_optimizer_state(parallel, optimizer, resume.optimizer)
         else:
             optimizer.load_state_dict(resume.optimizer)
@@ -244,6 +306,18 @@ def train(
             **extra,
         }
         if report is None:
+            return
+        if parallel.distributed_checkpoint:
+            # Every rank writes its model and optimizer shards (DCP); rank 0 adds the full model.pt that
+            # evaluation and export read, and state.json. Both are collectives: every rank takes part.
+            metrics["optimizer_format"] = DCP_FORMAT
+            with tempfile.TemporaryDirectory(prefix="llmpipe-ckpt-") as folder:
+                save_sharded(parallel, optimizer, folder, model_state=weights)
+                full = parallel.full_state_dict(weights)
+                if rank == 0:
+                    save_checkpoint(folder, full, None, step, model_cfg, train_cfg, metrics)
+                del full
+                report(metrics, folder)
             return
         # Gathering sharded weights and optimizer state is a collective: every rank takes part, rank 0 writes.
         state = weights if weights is not None else parallel.full_state_dict()
@@ -335,7 +409,12 @@ def train(
             if train_cfg.early_stopping_patience:
                 stop = stopper(val_loss)
                 if stopper.improved:
-                    best_weights, best_step = parallel.full_state_dict(), step
+                    if parallel.distributed_checkpoint:
+                        # This rank's shards only: the full copy is built when the checkpoint is written.
+                        best_weights = {k: v.detach().clone() for k, v in parallel.module.state_dict().items()}
+                    else:
+                        best_weights = parallel.full_state_dict()
+                    best_step = step
         if stop or (last_step and best_weights is not None):
             # Keep the best weights as the run's final checkpoint.
             if rank == 0 and stop:

@@ -6,8 +6,11 @@ the final checkpoint, so they see the whole run including any restarts after a w
 
 from __future__ import annotations
 
+import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
 import torch.nn as nn
@@ -67,6 +70,32 @@ def log_loss_curve(target: RunTarget) -> str:
     return LOSS_CURVE_ARTIFACT
 
 
+@contextmanager
+def _fluent_uris(uri: str) -> Iterator[None]:
+    """Point MLflow's process-wide tracking and registry URIs at `uri`, then put back exactly what was
+    there. `mlflow.set_tracking_uri` also writes `MLFLOW_TRACKING_URI` into the environment, and
+    restoring it through the same call would pin the process (and every later stage that reads the
+    variable) to whatever default MLflow resolved, so the module state and the variables are
+    snapshotted and restored as they were."""
+    import mlflow
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    saved = (tracking_utils._tracking_uri, registry_utils._registry_uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        tracking_utils._tracking_uri, registry_utils._registry_uri = saved
+        for key, value in env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def register_model(target: RunTarget, checkpoint_uri: str, name: str, alias: str) -> str:
     """Log the checkpoint's model to the run (MLflow pytorch flavour, with an input example so the
     signature is recorded), register it as `name` and point `alias` at the new version; returns it."""
@@ -89,19 +118,12 @@ def register_model(target: RunTarget, checkpoint_uri: str, name: str, alias: str
         inputs=Schema([TensorSpec(np.dtype("int64"), (-1, -1))]),
         outputs=Schema([TensorSpec(np.dtype("float32"), (-1, -1, int(state["model_config"]["vocab_size"])))]),
     )
-    # The fluent API below reads process-wide URIs; point both at the run's store and put them back after.
-    previous_uri, previous_registry = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    mlflow.set_tracking_uri(target.tracking_uri)
-    mlflow.set_registry_uri(target.tracking_uri)
-    try:
+    with _fluent_uris(target.tracking_uri):
         with mlflow.start_run(run_id=target.run_id):
             info = mlflow.pytorch.log_model(
                 LogitsOnly(model), name="model", input_example=example, signature=signature,
                 registered_model_name=name,
             )
-    finally:
-        mlflow.set_tracking_uri(previous_uri)
-        mlflow.set_registry_uri(previous_registry)
     version = str(info.registered_model_version)
     client = MlflowClient(tracking_uri=target.tracking_uri, registry_uri=target.tracking_uri)
     client.set_registered_model_alias(name, alias, version)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -42,15 +43,17 @@ def ray_train_worker(config: dict[str, Any]) -> None:
         torch.cuda.set_device(device)
     resume = None
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            resume = ResumeState.load(folder)
-    train(
-        model_cfg,
-        train_cfg,
-        config["tokens_uri"],
-        config.get("run_target"),
-        device=device,
-        resume=resume,
-        report=_ray_report,
-    )
+    with contextlib.ExitStack() as stack:
+        if checkpoint is not None:
+            # Kept open while training: a sharded (DCP) checkpoint is read from this folder only after
+            # the strategy has split the model, inside `train`.
+            resume = ResumeState.load(stack.enter_context(checkpoint.as_directory()))
+        train(
+            model_cfg,
+            train_cfg,
+            config["tokens_uri"],
+            config.get("run_target"),
+            device=device,
+            resume=resume,
+            report=_ray_report,
+        )

@@ -72,7 +72,7 @@ def pretrain(
     """Train a model on the token dataset `tokens_uri` with Ray Train; checkpoints under `output_uri`.
 
     Ray's run folder is `<output_uri>/ray/<run name>`; the final checkpoint is copied to
-    `<output_uri>/final/` (model.pt, optimizer.pt, state.json). Metrics stream to `run_target` from
+    `<output_uri>/final/` (model.pt, state.json, and optimizer.pt or the fsdp/tp shards in sharded/). Metrics stream to `run_target` from
     rank 0. Starts a local Ray only if none is running in this process.
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig

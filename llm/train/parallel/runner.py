@@ -84,6 +84,12 @@ class ParallelModel:
             self.wrapped = torch.compile(self.wrapped)
 
     @property
+    def distributed_checkpoint(self) -> bool:
+        """Whether checkpoints hold this run's model and optimizer state as per-rank DCP shards
+        (fsdp, tp, fsdp+tp) rather than gathered into full files (pipeline stages are merged instead)."""
+        return self.sharded and self.kind != "pp"
+
+    @property
     def sharded(self) -> bool:
         """Whether parameters or optimizer state are split across ranks (no plain optimizer state dict)."""
         return self.kind in ("fsdp", "pp") or self.ctx.tp > 1
@@ -150,12 +156,15 @@ class ParallelModel:
             logits, _ = self.module(inputs)
             return logits
 
-    def full_state_dict(self) -> dict[str, torch.Tensor]:
-        """The whole GPT's state dict on CPU, in GPT's layout. Collective: call on every rank."""
+    def full_state_dict(self, state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """The whole GPT's state dict on CPU, in GPT's layout. Collective: call on every rank.
+
+        `state`: a copy of this rank's `model.state_dict()` to gather instead of the live weights (not pp).
+        """
         import torch.distributed as dist
 
         if self.kind != "pp":
-            return full_state_dict(self.model, self.ctx.tp)
+            return full_state_dict(self.model if state is None else state, self.ctx.tp)
         parts: list[dict[str, torch.Tensor] | None] = [None] * self.ctx.pp
         dist.all_gather_object(parts, full_state_dict(self.module), group=self.ctx.group("pp"))
         merged: dict[str, torch.Tensor] = {}

@@ -86,13 +86,15 @@ def apply_fsdp(model: GPT, mesh: DeviceMesh) -> None:
     fully_shard(model, mesh=mesh)
 
 
-def full_state_dict(module: nn.Module, tp: int = 1) -> dict[str, torch.Tensor]:
-    """The module's state dict with every DTensor gathered and fused qkv rows back in GPT's layout.
+def full_state_dict(module: nn.Module | dict[str, torch.Tensor], tp: int = 1) -> dict[str, torch.Tensor]:
+    """The module's state dict (or a state dict of its layout) with every DTensor gathered and fused
+    qkv rows back in GPT's layout.
 
     A collective under FSDP/TP: call it on every rank. Tensors are detached CPU copies.
     """
     out: dict[str, torch.Tensor] = {}
-    for name, value in module.state_dict().items():
+    state = module if isinstance(module, dict) else module.state_dict()
+    for name, value in state.items():
         if isinstance(value, DTensor):
             value = value.full_tensor()
         value = value.detach().to("cpu", copy=True)

@@ -60,3 +60,18 @@ def test_final_model_is_registered_with_alias_and_predicts_like_the_checkpoint(t
         expected, _ = model(torch.from_numpy(ids))
     assert logits.shape == (1, 6, model.cfg.vocab_size)
     np.testing.assert_allclose(logits, expected.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_publishing_leaves_the_process_tracking_settings_as_they_were(tmp_path, monkeypatch):
+    """Registering a model must not repoint later stages: MLflow's fluent URI setters write
+    MLFLOW_TRACKING_URI into the environment, which the pipeline reads to find its store."""
+    import os
+
+    from llm.train.publish import _fluent_uris
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", "sqlite:///elsewhere.db")
+    with _fluent_uris(f"sqlite:///{tmp_path / 'x.db'}"):
+        assert os.environ["MLFLOW_TRACKING_URI"].endswith("x.db")
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    assert os.environ["MLFLOW_REGISTRY_URI"] == "sqlite:///elsewhere.db"
