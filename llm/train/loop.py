@@ -37,6 +37,7 @@ from llm.train.checkpoint import (
     load_model_state,
     load_optimizer_state,
     read_state,
+    rng_state,
     save_checkpoint,
     set_rng_state,
 )
@@ -251,8 +252,13 @@ def _train(
         initial_val_loss = resume.state.get("initial_val_loss")
         last_loss = resume.state.get("loss")
         tokens_seen = int(resume.state.get("tokens_seen", step * tokens_per_step))
-        # The checkpoint holds rank 0's random state; the other ranks get a fresh stream of their own.
-        if rank == 0:
+        # Every rank continues its own random stream (dropout masks) where it stopped. A checkpoint
+        # from another world size has no state for this rank: rank 0 takes the saved one, the others a
+        # fresh stream of their own.
+        per_rank = resume.state.get("rng_per_rank") or []
+        if len(per_rank) == world_size:
+            set_rng_state(per_rank[rank])
+        elif rank == 0:
             set_rng_state(resume.state.get("rng", {}))
         else:
             torch.manual_seed(train_cfg.seed + rank + 1_000_003 * step)
@@ -307,6 +313,9 @@ def _train(
         }
         if report is None:
             return
+        # Every rank's random state goes into state.json (a collective: every rank is here). Kept out of
+        # the reported metrics, which are small numbers.
+        rngs = _gather_rng_states(world_size)
         if parallel.distributed_checkpoint:
             # Every rank writes its model and optimizer shards (DCP); rank 0 adds the full model.pt that
             # evaluation and export read, and state.json. Both are collectives: every rank takes part.
@@ -315,7 +324,7 @@ def _train(
                 save_sharded(parallel, optimizer, folder, model_state=weights)
                 full = parallel.full_state_dict(weights)
                 if rank == 0:
-                    save_checkpoint(folder, full, None, step, model_cfg, train_cfg, metrics)
+                    save_checkpoint(folder, full, None, step, model_cfg, train_cfg, {**metrics, "rng_per_rank": rngs})
                 del full
                 report(metrics, folder)
             return
@@ -329,7 +338,7 @@ def _train(
             report(metrics, None)
             return
         with tempfile.TemporaryDirectory(prefix="llmpipe-ckpt-") as folder:
-            save_checkpoint(folder, state, optim_state, step, model_cfg, train_cfg, metrics)
+            save_checkpoint(folder, state, optim_state, step, model_cfg, train_cfg, {**metrics, "rng_per_rank": rngs})
             report(metrics, folder)
 
     rollback_to = _snapshot(parallel.module, optimizer) if train_cfg.rollback_after else None
@@ -444,3 +453,14 @@ def _train(
         skipped_steps=guard.skipped,
         rollbacks=guard.rollbacks,
     )
+
+
+def _gather_rng_states(world_size: int) -> list[dict[str, Any]]:
+    """Every rank's RNG state, in rank order (a collective when world_size > 1)."""
+    if world_size == 1:
+        return [rng_state()]
+    import torch.distributed as dist
+
+    states: list[Any] = [None] * world_size
+    dist.all_gather_object(states, rng_state())
+    return states

@@ -12,6 +12,8 @@ missing gradient sync, a wrong tied-weight sum, a norm counted twice, a wrong qk
 by 1e-3 or more already at the first step.
 """
 
+import json
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -120,7 +122,9 @@ def test_bf16_autocast_under_sharding_matches_ddp_bf16(runs, name):
     assert ours[-1]["loss"] < ours[0]["loss"] - 0.1  # it trains
 
 
-RESUME = {"fsdp": TWO["fsdp"], "tp": TWO["tp"], "pp": TWO["pp-1f1b"]}
+# ddp-dropout: each rank draws its own dropout masks, so a resume is exact only if every rank's random
+# state comes back (rank 1 restarting from a fresh stream would change the loss at step 3).
+RESUME = {"fsdp": TWO["fsdp"], "tp": TWO["tp"], "pp": TWO["pp-1f1b"], "ddp-dropout": dict(strategy="ddp", dropout=0.1)}
 
 
 def _resume_worker(rank, world_size, store, tokens_uri, out, results):
@@ -130,15 +134,17 @@ def _resume_worker(rank, world_size, store, tokens_uri, out, results):
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size)
     try:
         for name, extra in RESUME.items():
+            extra = dict(extra)
+            model_cfg = tiny_model().model_copy(update={"dropout": extra.pop("dropout", 0.0)})
             cfg = tiny_train(num_workers=world_size, **{**CFG, "checkpoint_every": 2}, **extra)
 
             def keep(metrics, folder, name=name):
                 if folder is not None:
                     checkpoint_to(f"{out}/{name}-step{metrics['step']}")(metrics, folder)
 
-            full = train(tiny_model(), cfg, tokens_uri, report=keep)
+            full = train(model_cfg, cfg, tokens_uri, report=keep)
             dist.barrier()  # rank 0 has written the step-2 checkpoint
-            resumed = train(tiny_model(), cfg, tokens_uri, resume=ResumeState.load(f"{out}/{name}-step2"),
+            resumed = train(model_cfg, cfg, tokens_uri, resume=ResumeState.load(f"{out}/{name}-step2"),
                             report=checkpoint_to(f"{out}/{name}-resumed"))
             results[(name, rank)] = (full.history, resumed.history)
     finally:
@@ -162,6 +168,8 @@ def test_sharded_strategies_resume_exactly(resumed_runs, name):
     results, out = resumed_runs
     full, resumed = results[(name, 0)]
     assert [h["step"] for h in resumed] == [3, 4]
+    state = json.loads((out / f"{name}-step2" / "state.json").read_text())
+    assert len(state["rng_per_rank"]) == 2  # every rank's random state is in the checkpoint
     assert resumed == full[2:]
     a, b = _weights(out / f"{name}-step4"), _weights(out / f"{name}-resumed")
     for k in a:
