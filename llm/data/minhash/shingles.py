@@ -1,35 +1,45 @@
 """Shingles: the set of hashed word or character n-grams of a document's normalized text.
 
-Hashing is vectorised over a whole batch of documents: tokens are hashed once by pandas' C hash, and
-n-grams are combined with numpy over the concatenated token hashes of the batch, so there is no Python
-loop over shingles. Windows that would cross a document boundary are masked out.
+A batch of documents is lower-cased and laid out as one array of code points; compiled loops
+(`kernels`) then find the tokens (the same ones `tokens` finds with its regular expression, by a table
+of every code point's class), hash them, and combine n consecutive token hashes into a shingle hash.
+Nothing loops over tokens or shingles in Python.
+
+- A token's hash is a sum over its characters of (code point + 1) times a fixed random odd 64-bit
+  multiplier for the character's position, mixed with its length by splitmix64's finalizer.
+- An n-gram's hash is the same kind of random linear combination of its n token hashes, mixed once.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
 import numpy as np
 
+from llm.data.minhash import kernels
+
 # Scripts written without spaces between words: each character is a token, so a 5-gram is 5 characters
 # (a sensible unit for Chinese and Japanese, and a workable one for Thai, Lao, Khmer and Burmese without a
 # dictionary segmenter). Hangul is left out: Korean separates words with spaces.
-_NO_SPACE_SCRIPTS = (
-    "\u0e00-\u0e7f"  # Thai
-    "\u0e80-\u0eff"  # Lao
-    "\u1000-\u109f"  # Myanmar
-    "\u1780-\u17ff"  # Khmer
-    "\u3040-\u30ff"  # Hiragana, Katakana
-    "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"  # CJK ideographs
+_NO_SPACE_RANGES = (
+    (0x0E00, 0x0E7F),  # Thai
+    (0x0E80, 0x0EFF),  # Lao
+    (0x1000, 0x109F),  # Myanmar
+    (0x1780, 0x17FF),  # Khmer
+    (0x3040, 0x30FF),  # Hiragana, Katakana
+    (0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF),  # CJK ideographs
 )
+_NO_SPACE_SCRIPTS = "".join(f"{chr(lo)}-{chr(hi)}" for lo, hi in _NO_SPACE_RANGES)
 # A token is one character of those scripts or a run of other letters/digits; punctuation, symbols and
-# whitespace only separate tokens, so re-punctuated or re-spaced copies still match.
+# whitespace only separate tokens, so re-punctuated or re-spaced copies still match. This regular
+# expression is the definition; `kernels.tokenize` finds the same tokens without it.
 _TOKEN = re.compile(f"[{_NO_SPACE_SCRIPTS}]|[^\\W_{_NO_SPACE_SCRIPTS}]+")
 
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MAX_POS = 64  # characters past the 64th of a token share the last position multiplier
 
 
 def mix64(x: np.ndarray) -> np.ndarray:
@@ -42,6 +52,29 @@ def mix64(x: np.ndarray) -> np.ndarray:
         x *= _M2
         x ^= x >> np.uint64(31)
     return x
+
+
+def _odd_multipliers(seed: int, count: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 2**63, size=count, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+
+
+# Fixed constants (not the MinHash seed): shingle hashes must not change between runs or releases.
+_CHAR_POS = _odd_multipliers(0x5EED_C4A2, _MAX_POS)
+_NGRAM_POS = _odd_multipliers(0x5EED_6A11, 65)  # one per n-gram position (n <= 64), and one for width
+
+
+@functools.lru_cache(maxsize=1)
+def _char_classes() -> np.ndarray:
+    """Class of every code point: separator, word character (what the regular expression's `[^\\W_]`
+    matches), or a token by itself (no-space scripts). Built once per process (~0.1 s)."""
+    table = np.zeros(0x110000, np.uint8)
+    # The word-character class is read off the regular expression itself, run over every code point.
+    for run in re.finditer(r"[^\W_]+", "".join(map(chr, range(0x110000)))):
+        table[run.start():run.end()] = kernels.WORD
+    for lo, hi in _NO_SPACE_RANGES:
+        table[lo:hi + 1] = kernels.SINGLE
+    return table
 
 
 def tokens(text: str) -> list[str]:
@@ -65,27 +98,35 @@ class ShingleBatch:
         return np.diff(self.offsets)
 
 
-def _ngram_hashes(units: np.ndarray, lengths: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Combine per-unit hashes into n-gram hashes per document. Documents shorter than n units get one
-    shingle of all their units, so short texts still have a signature. Returns (hashes, owner doc)."""
-    docs = len(lengths)
-    owner = np.repeat(np.arange(docs, dtype=np.int64), lengths)
-    starts = np.zeros(docs + 1, dtype=np.int64)
-    np.cumsum(lengths, out=starts[1:])
-    total = len(units)
-    if total == 0:
-        return np.zeros(0, np.uint64), np.zeros(0, np.int64)
-    # Window i covers units i .. i+w-1 where w = min(n, length of its document).
-    width = np.minimum(n, lengths)[owner]
-    pos = np.arange(total, dtype=np.int64) - starts[owner]
-    valid = pos + width <= lengths[owner]
-    h = np.zeros(total, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        for k in range(n):
-            idx = np.minimum(np.arange(total) + k, total - 1)
-            part = np.where(k < width, units[idx], np.uint64(0))
-            h = mix64(h * _GOLDEN + part)
-    return h[valid], owner[valid]
+@dataclass
+class TokenSpans:
+    """The tokens of a batch of documents: their hashes, and where they lie in the batch's lower-cased
+    code points."""
+
+    codes: np.ndarray  # uint32, the documents' lower-cased text, concatenated
+    hashes: np.ndarray  # uint64, one per token
+    starts: np.ndarray  # int64, where each token starts in `codes`
+    lengths: np.ndarray  # int64, each token's length in code points
+    token_ends: np.ndarray  # int64, tokens in documents 0..d
+
+    @property
+    def per_doc(self) -> np.ndarray:
+        return np.diff(np.r_[0, self.token_ends])
+
+    def strings(self) -> list[list[str]]:
+        """The tokens as strings, per document (for tests and inspection)."""
+        words = [self.codes[s:s + n].tobytes().decode("utf-32-le") for s, n in zip(self.starts, self.lengths)]
+        bounds = np.r_[0, self.token_ends]
+        return [words[bounds[i]:bounds[i + 1]] for i in range(len(self.token_ends))]
+
+
+def token_spans(texts: list[str]) -> TokenSpans:
+    """Tokens of every text, with their hashes."""
+    lowered = [t.lower() for t in texts]
+    doc_ends = np.cumsum(np.fromiter(map(len, lowered), dtype=np.int64, count=len(lowered)))
+    codes = np.frombuffer("".join(lowered).encode("utf-32-le"), dtype=np.uint32)
+    hashes, starts, lengths, token_ends = kernels.tokenize(codes, doc_ends, _char_classes(), _CHAR_POS)
+    return TokenSpans(codes, hashes, starts, lengths, token_ends)
 
 
 _SHINGLE_BITS = 40  # shingles are 40-bit: collisions within one document's few thousand are ~1e-6 rare
@@ -93,11 +134,12 @@ _OWNER_LIMIT = 1 << (64 - _SHINGLE_BITS)
 
 
 def _unique_per_doc(hashes: np.ndarray, owner: np.ndarray, docs: int) -> ShingleBatch:
-    # One 64-bit key (document, shingle) sorts 3-7x faster than a two-key lexsort.
+    # One 64-bit key (document, shingle) sorts 3-7x faster than a two-key lexsort, and the default sort
+    # kind is numpy's vectorised quicksort (equal keys are equal values, so stability is moot).
     if docs >= _OWNER_LIMIT:
         raise ValueError(f"at most {_OWNER_LIMIT - 1} documents per shingle batch")
     key = (owner.astype(np.uint64) << np.uint64(_SHINGLE_BITS)) | (hashes >> np.uint64(64 - _SHINGLE_BITS))
-    key = np.sort(key, kind="stable")
+    key = np.sort(key)
     if len(key):
         key = key[np.r_[True, key[1:] != key[:-1]]]
     owner = (key >> np.uint64(_SHINGLE_BITS)).astype(np.int64)
@@ -108,24 +150,16 @@ def _unique_per_doc(hashes: np.ndarray, owner: np.ndarray, docs: int) -> Shingle
 
 def word_shingles(texts: list[str], n: int) -> ShingleBatch:
     """Hashed word n-grams of each text."""
-    import pandas as pd
-
-    toks = [tokens(t) for t in texts]
-    lengths = np.fromiter((len(t) for t in toks), dtype=np.int64, count=len(toks))
-    flat = np.array([w for t in toks for w in t], dtype=object)
-    # pandas' hash_array is a keyed SipHash in C with a fixed key: the same on every run and process.
-    units = pd.util.hash_array(flat) if len(flat) else np.zeros(0, np.uint64)
-    h, owner = _ngram_hashes(units.astype(np.uint64), lengths, n)
+    spans = token_spans(texts)
+    h, owner = kernels.ngram_hashes(spans.hashes, spans.token_ends, n, _NGRAM_POS)
     return _unique_per_doc(h, owner, len(texts))
 
 
 def char_shingles(texts: list[str], n: int) -> ShingleBatch:
     """Hashed character n-grams of each text, over its tokens joined by single spaces."""
-    norm = [" ".join(tokens(t)) for t in texts]
-    codes = [np.frombuffer(t.encode("utf-32-le"), dtype=np.uint32) for t in norm]
-    lengths = np.fromiter((len(c) for c in codes), dtype=np.int64, count=len(codes))
-    units = mix64(np.concatenate(codes).astype(np.uint64)) if codes and lengths.sum() else np.zeros(0, np.uint64)
-    h, owner = _ngram_hashes(units, lengths, n)
+    spans = token_spans(texts)
+    units, unit_ends = kernels.char_units(spans.codes, spans.starts, spans.lengths, spans.token_ends)
+    h, owner = kernels.ngram_hashes(units, unit_ends, n, _NGRAM_POS)
     return _unique_per_doc(h, owner, len(texts))
 
 

@@ -30,11 +30,12 @@ from llm.config import MinHashConfig, ShardConfig
 from llm.data.dataset import Counts, ShardRecord, ShardTask, dumps, is_done, read_manifest, run_shard_stage
 from llm.data.ingest import write_shard
 from llm.data.minhash import index as mh_index
+from llm.data.minhash import kernels
 from llm.data.minhash import partitions
-from llm.data.minhash.clusters import greedy_stars
+from llm.data.minhash.clusters import connected_components, greedy_stars
 from llm.data.minhash.components import labels_of_partition, run_components
 from llm.data.minhash.lsh import bucket_of, candidate_pairs, s_curve, unique_pairs
-from llm.data.minhash.shingles import ShingleBatch, jaccard, shingle
+from llm.data.minhash.shingles import ShingleBatch, shingle
 from llm.data.minhash.signatures import MinHasher, band_hashes, estimated_jaccard
 from llm.data.minhash.urls import url_hashes
 from llm.data.steps import empty_quarantine, rejected_rows
@@ -42,6 +43,9 @@ from llm.data.steps import empty_quarantine, rejected_rows
 STAGE = "minhash_dedup"
 # Bytes per (document, band) entry in a bucket task, sort temporaries included.
 _BAND_ENTRY_BYTES = 8 * 4 * 3
+# Bytes per verified edge when the whole graph is clustered in one task: the edge arrays, both
+# directions of the component records and their sort temporaries, the label dictionary.
+_EDGE_BYTES = 512
 _BANDS = {"band": "int32", "hash": "uint64", "doc": "int64", "prio": "float64"}
 _PAIRS = {"a": "int64", "b": "int64", "pa": "float64", "pb": "float64"}
 _EDGES = {"a": "int64", "b": "int64", "pa": "float64", "j": "float64"}
@@ -101,14 +105,19 @@ def keeper_priority(docs: pa.Table, cfg: MinHashConfig) -> np.ndarray:
     return out
 
 
+# Bytes per character of text while a batch is shingled: its code point, worst-case token arrays
+# (hash, start, length), n-gram hashes with their owners, and the sort.
+_BYTES_PER_CHAR = 4 + 3 * 8 + 2 * 8 + 8
+
+
 def _shingles_of(texts: list[str], cfg: MinHashConfig, hasher: MinHasher) -> tuple[ShingleBatch, np.ndarray]:
-    """Shingles and signatures of one shard, in batches whose shingle arrays stay within the budget."""
-    budget_shingles = max(1, (cfg.memory_mb << 20) // (8 * 16))  # tokens, hashes, n-gram temporaries
+    """Shingles and signatures of one shard, in batches whose arrays stay within the memory budget."""
+    budget_chars = max(1, (cfg.memory_mb << 20) // _BYTES_PER_CHAR)
     parts, sigs, start = [], [], 0
     while start < len(texts):
         stop, chars = start, 0
-        while stop < len(texts) and (stop == start or chars + len(texts[stop]) // 4 < budget_shingles):
-            chars += len(texts[stop]) // 4  # ~ words per character, an upper bound on shingles in practice
+        while stop < len(texts) and (stop == start or chars + len(texts[stop]) < budget_chars):
+            chars += len(texts[stop])
             stop += 1
         batch = shingle(texts[start:stop], cfg.shingle, cfg.ngram)
         parts.append(batch)
@@ -131,7 +140,7 @@ def _signature_task(plan: Plan, s: int) -> int:
     n = docs.num_rows
     doc = plan.bases[s] + np.arange(n, dtype=np.int64)
     prio = keeper_priority(docs, cfg)
-    hasher = MinHasher(plan.bands * plan.rows, cfg.seed, cfg.memory_mb << 20)
+    hasher = MinHasher(plan.bands * plan.rows, cfg.seed)
     batch, sig = _shingles_of(docs.column("text").to_pylist(), cfg, hasher)
     has = batch.counts > 0  # a document with no shingles has no signature to match
     bh = band_hashes(sig, plan.bands, plan.rows)
@@ -143,9 +152,10 @@ def _signature_task(plan: Plan, s: int) -> int:
         uh, ok = url_hashes(docs.column("url").to_pylist())
         partitions.write_partitioned(plan.folder("urls"), name, bucket_of(uh[ok], plan.partitions),
                                      plan.partitions, hash=uh[ok], doc=doc[ok], prio=prio[ok])
-    partitions.save(storage.join(plan.folder("sig"), f"{name}.npz"), sig=sig, bands=bh, has=has,
-                    shingles=batch.hashes if cfg.verify == "exact" else np.zeros(0, np.uint64),
-                    offsets=batch.offsets)
+    partitions.save(storage.join(plan.folder("sig"), f"{name}.npz"), sig=sig, bands=bh, has=has)
+    if cfg.verify == "exact":  # read again only by verification, so kept apart from the signatures
+        partitions.save(storage.join(plan.folder("shingles"), f"{name}.npz"), shingles=batch.hashes,
+                        offsets=batch.offsets)
     storage.write_text(marker, dumps({"docs": n}))
     return n
 
@@ -197,22 +207,25 @@ def _verify_task(plan: Plan, s: int, index: "mh_index.Index | None") -> tuple[in
     url_gone = _url_removed(plan, s)["doc"]
     live = ~np.isin(b, url_gone)
     j = np.zeros(len(a))
-    own = partitions.load(storage.join(plan.folder("sig"), f"{plan.names[s]}.npz"))
+    exact = cfg.verify == "exact"
+    kind = "shingles" if exact else "sig"
+    own = partitions.load(storage.join(plan.folder(kind), f"{plan.names[s]}.npz"))
+    own_sig = own["sig"] if not exact else None
     rows_b = b - plan.bases[s]
     shard_a = plan.shard_of(a)
     for t in np.unique(shard_a).tolist():
         sel = np.flatnonzero(shard_a == t)
         if t < 0:  # the keeper candidate is an index document: its shingles are not kept, estimate
-            j[sel] = estimated_jaccard(index.signatures(a[sel]), own["sig"][rows_b[sel]])
+            if own_sig is None:
+                own_sig = partitions.load(storage.join(plan.folder("sig"), f"{plan.names[s]}.npz"))["sig"]
+            j[sel] = estimated_jaccard(index.signatures(a[sel]), own_sig[rows_b[sel]])
             continue
-        other = own if t == s else partitions.load(storage.join(plan.folder("sig"), f"{plan.names[t]}.npz"))
+        other = own if t == s else partitions.load(storage.join(plan.folder(kind), f"{plan.names[t]}.npz"))
         live[sel] &= ~np.isin(a[sel], _url_removed(plan, t)["doc"]) if cfg.url_dedup else True
         rows_a = a[sel] - plan.bases[t]
-        if cfg.verify == "exact":
-            oa, ob = other["offsets"], own["offsets"]
-            sa, sb = other["shingles"], own["shingles"]
-            j[sel] = [jaccard(sa[oa[x]:oa[x + 1]], sb[ob[y]:ob[y + 1]])
-                      for x, y in zip(rows_a.tolist(), rows_b[sel].tolist())]
+        if exact:
+            j[sel] = kernels.pair_jaccard(other["shingles"], other["offsets"], rows_a,
+                                          own["shingles"], own["offsets"], rows_b[sel])
         else:
             j[sel] = estimated_jaccard(other["sig"][rows_a], own["sig"][rows_b[sel]])
         del other  # at most two shards' files at a time
@@ -231,6 +244,21 @@ def _label_task(plan: Plan, stars: str, p: int) -> None:
     e = partitions.read_partition(plan.folder("edges"), p, _EDGES)
     label = labels[np.searchsorted(nodes, e["a"])] if len(e["a"]) else e["a"]
     partitions.write_partitioned(plan.folder("labelled"), f"{p:05d}", label, plan.partitions, label=label, **e)
+
+
+def _cluster_all_task(plan: Plan) -> list[int]:
+    """The whole verified graph in one task (it fits the budget): components and greedy stars in memory,
+    the same clusters, keepers and labels as the distributed rounds. Returns the cluster sizes."""
+    parts = [partitions.read_partition(plan.folder("edges"), p, _EDGES) for p in range(plan.partitions)]
+    e = {k: np.concatenate([part[k] for part in parts]) for k in _EDGES}
+    label_of = connected_components(e["a"], e["b"])
+    label = np.array([label_of[x] for x in e["a"].tolist()], dtype=np.int64)
+    chosen = greedy_stars(e["a"], e["b"], e["pa"])
+    doc, keeper = e["b"][chosen], e["a"][chosen]
+    partitions.write_partitioned(plan.folder("removed"), "all", plan.shard_of(doc), len(plan.names),
+                                 doc=doc, keeper=keeper, j=e["j"][chosen], label=label[chosen],
+                                 url=np.zeros(len(doc), bool))
+    return np.unique(keeper, return_counts=True)[1].tolist()
 
 
 def _star_task(plan: Plan, p: int) -> list[int]:
@@ -325,10 +353,13 @@ def run_minhash_dedup(in_uri: str, out_uri: str, cfg: MinHashConfig, shard_cfg: 
         stats["candidate_pairs"] = sum(v[0] for v in verified)
         stats["verified_pairs"] = sum(v[1] for v in verified)
         stats["candidate_jaccard_hist"] = np.sum([v[2] for v in verified], axis=0).tolist() if verified else []
-        stars = run_components(plan.folder("cc"), n_parts, executor)
-        executor.map(lambda p: _label_task(plan, stars, p), part_ids, desc="minhash: labels")
-        sizes = [x for part in executor.map(lambda p: _star_task(plan, p), part_ids, desc="minhash: stars")
-                 for x in part]
+        if stats["verified_pairs"] * _EDGE_BYTES <= cfg.memory_mb << 20:
+            sizes = executor.map(lambda _: _cluster_all_task(plan), [0], desc="minhash: clusters")[0]
+        else:  # rounds over graph partitions, each task bounded by its partition
+            stars = run_components(plan.folder("cc"), n_parts, executor)
+            executor.map(lambda p: _label_task(plan, stars, p), part_ids, desc="minhash: labels")
+            sizes = [x for part in executor.map(lambda p: _star_task(plan, p), part_ids, desc="minhash: stars")
+                     for x in part]
         stats["cluster_size_hist"] = cluster_size_histogram(sizes)
     elif cfg.enabled:
         stats = _previous_stats(out_uri, config_hash) or stats  # nothing recomputed: keep what was measured

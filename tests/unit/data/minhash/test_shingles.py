@@ -1,6 +1,6 @@
 import numpy as np
 
-from llm.data.minhash.shingles import char_shingles, jaccard, tokens, word_shingles
+from llm.data.minhash.shingles import char_shingles, jaccard, token_spans, tokens, word_shingles
 
 
 def test_tokens_ignore_case_and_punctuation_and_split_cjk_per_character():
@@ -34,3 +34,21 @@ def test_shingles_do_not_depend_on_batching():
     whole = word_shingles(texts, 3)
     for i in range(50):
         assert np.array_equal(whole.of(i), word_shingles([texts[i]], 3).of(0))
+
+
+def test_compiled_tokenizer_finds_the_regex_tokens_on_real_multilingual_text(shared_data):
+    import json
+
+    texts = []
+    for name in ("langid_dev.jsonl", "mail_dev.jsonl", "html_dev.jsonl"):
+        for line in open(shared_data / name, encoding="utf-8"):
+            texts += [v for v in json.loads(line).values() if isinstance(v, str)]
+    texts += ["x" * 70 + " İstanbul ÉCOLE straße", "", "...", "a_b", "ǅemal Ⅻ ½ ٣"]
+    spans = token_spans(texts)
+    assert len(texts) > 3000
+    assert spans.strings() == [tokens(t) for t in texts]
+    # one hash per distinct token, and the same hash in every batch
+    words = [w for doc in spans.strings() for w in doc]
+    assert len(set(zip(words, spans.hashes.tolist()))) == len(set(words)) == len(set(spans.hashes.tolist()))
+    tail = token_spans(texts[-5:])
+    assert np.array_equal(tail.hashes, spans.hashes[-len(tail.hashes):])

@@ -94,6 +94,28 @@ def test_same_clusters_every_run_and_after_a_killed_run(tmp_path, planted):
     assert _tree(tmp_path / "b") == tree
 
 
+def test_graph_rounds_give_the_same_clusters_as_one_task(tmp_path, planted, monkeypatch):
+    from llm.data.minhash import stage
+
+    write_dataset(str(tmp_path / "in"), planted.texts[:600], shards=3)
+    cfg = MinHashConfig(keeper="longest", min_buckets=3)
+    phases = []
+
+    class Recording(LocalExecutor):
+        def map(self, fn, items, desc=""):
+            phases.append(desc)
+            return super().map(fn, items, desc)
+
+    one = _run(tmp_path, cfg, "one", executor=Recording())
+    assert "minhash: clusters" in phases and "minhash: large-star" not in phases
+    phases.clear()
+    monkeypatch.setattr(stage, "_EDGE_BYTES", 1 << 40)  # no graph fits: partitions and rounds
+    rounds = _run(tmp_path, cfg, "rounds", executor=Recording())
+    assert "minhash: clusters" not in phases and {"minhash: large-star", "minhash: stars"} <= set(phases)
+    assert one["totals"]["counts"]["dropped"]["near_duplicate"] > 20
+    assert one == rounds and _tree(tmp_path / "one") == _tree(tmp_path / "rounds")
+
+
 def test_keeper_rules(tmp_path, words):
     base = " ".join(words[1000:1300])
     texts = [base, base + " a short tail", base.replace(words[1100], "changed", 1)]

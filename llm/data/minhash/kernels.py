@@ -1,0 +1,181 @@
+"""Compiled loops of the MinHash stage (numba): tokens, n-grams, signatures and exact Jaccard.
+
+These are the per-character and per-shingle loops; written in numpy they are a dozen passes over
+arrays much larger than the cache, compiled they are one pass. Each kernel takes and returns plain
+arrays and has no Python objects inside, so callers batch many documents per call. Compiled code is
+cached beside this file (`cache=True`), so a process pays the compile once per installation and a
+fraction of a second to load it after that.
+
+All arithmetic is on uint64 and wraps modulo 2**64 (numba, like C, does not check overflow); mixing
+uint64 with signed integers would promote to float, so every constant is a uint64.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_ONE = np.uint64(1)
+WORD, SINGLE = 1, 2  # character classes (0 separates tokens)
+
+
+@njit(cache=True, inline="always")
+def mix(x):
+    """splitmix64's finalizer: a bijective 64-bit mixer."""
+    x ^= x >> np.uint64(30)
+    x *= _M1
+    x ^= x >> np.uint64(27)
+    x *= _M2
+    x ^= x >> np.uint64(31)
+    return x
+
+
+@njit(cache=True, inline="always")
+def _finish_token(h, length):
+    return mix(h ^ (np.uint64(length) * _GOLDEN))
+
+
+@njit(cache=True)
+def tokenize(codes, doc_ends, classes, char_pos):
+    """Tokens of documents given as one array of code points (`doc_ends`: cumulative lengths).
+
+    A token is a run of word characters or one character of a no-space script (`classes` 1 and 2).
+    Its hash is sum((code + 1) * char_pos[position]) mixed with its length; positions past the last
+    multiplier share it. Returns (hashes, starts, lengths, token_ends): `token_ends[d]` is the number
+    of tokens in documents 0..d."""
+    n = codes.shape[0]
+    hashes = np.empty(n, np.uint64)
+    starts = np.empty(n, np.int64)
+    lengths = np.empty(n, np.int64)
+    token_ends = np.zeros(doc_ends.shape[0], np.int64)
+    last = char_pos.shape[0] - 1
+    t = 0
+    begin = 0
+    for d in range(doc_ends.shape[0]):
+        end = doc_ends[d]
+        h = np.uint64(0)
+        length = 0
+        for i in range(begin, end):
+            c = codes[i]
+            k = classes[c]
+            if k == WORD:
+                if length == 0:
+                    starts[t] = i
+                h += (np.uint64(c) + _ONE) * char_pos[min(length, last)]
+                length += 1
+                continue
+            if length:
+                hashes[t], lengths[t] = _finish_token(h, length), length
+                t += 1
+                h, length = np.uint64(0), 0
+            if k == SINGLE:
+                hashes[t], starts[t], lengths[t] = _finish_token((np.uint64(c) + _ONE) * char_pos[0], 1), i, 1
+                t += 1
+        if length:
+            hashes[t], lengths[t] = _finish_token(h, length), length
+            t += 1
+        token_ends[d] = t
+        begin = end
+    return hashes[:t], starts[:t], lengths[:t], token_ends
+
+
+@njit(cache=True)
+def char_units(codes, starts, lengths, token_ends):
+    """Character units of each document: its tokens' characters joined by single spaces, each mixed
+    into a 64-bit hash. Returns (units, unit_ends)."""
+    total = 0
+    for t in range(lengths.shape[0]):
+        total += lengths[t] + 1
+    units = np.empty(total, np.uint64)
+    unit_ends = np.zeros(token_ends.shape[0], np.int64)
+    u = 0
+    t = 0
+    for d in range(token_ends.shape[0]):
+        first = True
+        while t < token_ends[d]:
+            if not first:
+                units[u] = mix(np.uint64(32))
+                u += 1
+            first = False
+            for i in range(starts[t], starts[t] + lengths[t]):
+                units[u] = mix(np.uint64(codes[i]))
+                u += 1
+            t += 1
+        unit_ends[d] = u
+    return units[:u], unit_ends
+
+
+@njit(cache=True)
+def ngram_hashes(units, unit_ends, n, pos):
+    """Hashes of every window of n consecutive units of a document: mix(sum(units[i + j] * pos[j])).
+    A document shorter than n units gets one shingle of all its units (marked with pos[n] x its
+    width), so short texts still have a signature. Returns (hashes, owner document)."""
+    docs = unit_ends.shape[0]
+    out = np.empty(units.shape[0] + docs, np.uint64)
+    owner = np.empty(units.shape[0] + docs, np.int64)
+    k = 0
+    begin = 0
+    for d in range(docs):
+        end = unit_ends[d]
+        size = end - begin
+        if size >= n:
+            for i in range(begin, end - n + 1):
+                h = np.uint64(0)
+                for j in range(n):
+                    h += units[i + j] * pos[j]
+                out[k], owner[k] = mix(h), d
+                k += 1
+        elif size > 0:
+            h = np.uint64(size) * pos[n]
+            for j in range(size):
+                h += units[begin + j] * pos[j]
+            out[k], owner[k] = mix(h), d
+            k += 1
+        begin = end
+    return out[:k], owner[:k]
+
+
+@njit(cache=True)
+def minhash(shingles, offsets, a, b, empty):
+    """(documents, permutations) signature: per document and permutation p, the minimum over its
+    shingles x of a[p] * x + b[p] (mod 2**64); `empty` for a document without shingles."""
+    docs = offsets.shape[0] - 1
+    perms = a.shape[0]
+    sig = np.empty((docs, perms), np.uint64)
+    for d in range(docs):
+        row = sig[d]
+        row[:] = empty
+        for i in range(offsets[d], offsets[d + 1]):
+            x = shingles[i]
+            for p in range(perms):  # the inner loop vectorises: one multiply-add-min per lane
+                h = a[p] * x + b[p]
+                if h < row[p]:
+                    row[p] = h
+    return sig
+
+
+@njit(cache=True)
+def pair_jaccard(shingles_a, offsets_a, rows_a, shingles_b, offsets_b, rows_b):
+    """Exact Jaccard of each pair (rows_a[i] of set A, rows_b[i] of set B) of sorted unique shingle
+    arrays, by a merge of the two; 1.0 for two empty sets."""
+    out = np.empty(rows_a.shape[0], np.float64)
+    for k in range(rows_a.shape[0]):
+        i, i_end = offsets_a[rows_a[k]], offsets_a[rows_a[k] + 1]
+        j, j_end = offsets_b[rows_b[k]], offsets_b[rows_b[k] + 1]
+        size = (i_end - i) + (j_end - j)
+        common = 0
+        while i < i_end and j < j_end:
+            x, y = shingles_a[i], shingles_b[j]
+            if x < y:
+                i += 1
+            elif x > y:
+                j += 1
+            else:
+                common += 1
+                i += 1
+                j += 1
+        out[k] = 1.0 if size == 0 else common / (size - common)
+    return out
