@@ -269,9 +269,12 @@ def local_copy(uri: str) -> Iterator[str]:
 # ----------------------------------------------------------------------------------------- writes
 
 
-def write_bytes(uri: str, data: bytes) -> str:
-    """Atomically write bytes; returns the sha256 of what was written."""
-    digest = hashlib.sha256(data).hexdigest()
+def write_bytes(uri: str, data: bytes, durable: bool = True) -> str:
+    """Atomically write bytes; returns the sha256 of what was written.
+
+    `durable=False` is for scratch files of a run: no fsync and no digest (returns ""); the file still
+    appears whole or not at all."""
+    digest = hashlib.sha256(data).hexdigest() if durable else ""
     if is_s3(uri):
         bucket, key = _split_s3(uri)
         _s3_call(_s3_client().put_object, uri, Bucket=bucket, Key=key, Body=data)
@@ -282,8 +285,9 @@ def write_bytes(uri: str, data: bytes) -> str:
     try:
         with open(tmp, "wb") as fh:
             fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     finally:
         if tmp.exists():

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Iterator
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from llm.config import PipelineConfig
 from llm.data import schema
@@ -145,7 +146,7 @@ def write_shard(dataset: str, name: str, inputs: list[str], kept: pa.Table, reje
     if quarantined.num_rows:
         files["quarantine"] = f"quarantine/{name}.parquet"
         write_table(dataset, files["quarantine"], quarantined, row_group_rows, compression)
-    text_bytes = sum(len(t.encode("utf-8")) for t in kept.column("text").to_pylist()) if kept.num_rows else 0
+    text_bytes = (pc.sum(pc.binary_length(kept.column("text"))).as_py() or 0) if kept.num_rows else 0
     counts.check(f"{dataset}/{name}")
     return ShardRecord(
         name=name, inputs=list(inputs), rows=kept.num_rows, bytes=nbytes, sha256=sha, counts=counts,

@@ -30,7 +30,7 @@ def _settings(plan) -> dict:
 def write_shard_index(plan, s: int, gone: np.ndarray, ids: list[str]) -> str:
     """Index file of shard s's kept documents; returns its path relative to the output."""
     name = plan.names[s]
-    sig = partitions.load(storage.join(plan.folder("sig"), f"{name}.npz"))
+    sig = partitions.get(plan.file("sig", s))
     keep = ~gone & sig["has"]
     rel = f"{INDEX}/{name}.npz"
     partitions.save(storage.join(plan.out_uri, rel), sig=sig["sig"][keep], bands=sig["bands"][keep],

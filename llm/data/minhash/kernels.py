@@ -38,6 +38,50 @@ def _finish_token(h, length):
     return mix(h ^ (np.uint64(length) * _GOLDEN))
 
 
+_EXPANDS = np.uint32(0x80000000)  # lower-case table flag: one more code point follows (see `decode_lower`)
+_LOW_BITS = np.uint32(0x7FFFFFFF)
+
+
+@njit(cache=True)
+def decode_lower(data, offsets, lower, expand_from, expand_to):
+    """Lower-cased code points of documents given as UTF-8 bytes (`data[offsets[d]:offsets[d + 1]]`,
+    valid UTF-8, as Arrow guarantees). `lower` maps a code point to its lower case; when it carries the
+    `_EXPANDS` flag the lower case is two code points, the second `expand_to[k]` for the k with
+    `expand_from[k]` equal to the code point. Returns (codes, doc_ends)."""
+    docs = offsets.shape[0] - 1
+    codes = np.empty(2 * (offsets[docs] - offsets[0]), np.uint32)  # a byte gives at most two code points
+    doc_ends = np.empty(docs, np.int64)
+    n = 0
+    for d in range(docs):
+        i, stop = offsets[d], offsets[d + 1]
+        while i < stop:
+            b0 = np.uint32(data[i])
+            if b0 < 0x80:
+                cp = b0
+                i += 1
+            elif b0 < 0xE0:
+                cp = ((b0 & np.uint32(0x1F)) << np.uint32(6)) | (np.uint32(data[i + 1]) & np.uint32(0x3F))
+                i += 2
+            elif b0 < 0xF0:
+                cp = (((b0 & np.uint32(0x0F)) << np.uint32(12)) | ((np.uint32(data[i + 1]) & np.uint32(0x3F)) << np.uint32(6))
+                      | (np.uint32(data[i + 2]) & np.uint32(0x3F)))
+                i += 3
+            else:
+                cp = (((b0 & np.uint32(0x07)) << np.uint32(18)) | ((np.uint32(data[i + 1]) & np.uint32(0x3F)) << np.uint32(12))
+                      | ((np.uint32(data[i + 2]) & np.uint32(0x3F)) << np.uint32(6)) | (np.uint32(data[i + 3]) & np.uint32(0x3F)))
+                i += 4
+            low = lower[cp]
+            codes[n] = low & _LOW_BITS
+            n += 1
+            if low & _EXPANDS:
+                for k in range(expand_from.shape[0]):
+                    if expand_from[k] == cp:
+                        codes[n] = expand_to[k]
+                        n += 1
+        doc_ends[d] = n
+    return codes[:n], doc_ends
+
+
 @njit(cache=True)
 def tokenize(codes, doc_ends, classes, char_pos):
     """Tokens of documents given as one array of code points (`doc_ends`: cumulative lengths).
@@ -150,10 +194,8 @@ def minhash(shingles, offsets, a, b, empty):
         row[:] = empty
         for i in range(offsets[d], offsets[d + 1]):
             x = shingles[i]
-            for p in range(perms):  # the inner loop vectorises: one multiply-add-min per lane
-                h = a[p] * x + b[p]
-                if h < row[p]:
-                    row[p] = h
+            for p in range(perms):  # branch-free, so it vectorises: one multiply-add-min per lane
+                row[p] = min(row[p], a[p] * x + b[p])
     return sig
 
 

@@ -17,6 +17,8 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from llm.data.minhash import kernels
 
@@ -77,6 +79,31 @@ def _char_classes() -> np.ndarray:
     return table
 
 
+@functools.lru_cache(maxsize=1)
+def _lower_table() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Python's `str.lower` as a table over every code point, for `kernels.decode_lower`: (table,
+    expand_from, expand_to). Code points whose lower case is two code points (U+0130 becomes "i" and a
+    combining dot) are flagged in the table and listed. Built once per process, a block at a time."""
+    table = np.arange(0x110000, dtype=np.uint32)
+    expand_from, expand_to = [], []
+    for lo in range(0, 0x110000, 4096):
+        block = "".join(map(chr, range(lo, lo + 4096)))
+        low = block.lower()
+        if len(low) == len(block):
+            table[lo:lo + 4096] = np.frombuffer(low.encode("utf-32-le", "surrogatepass"), np.uint32)
+            continue
+        for c in range(lo, lo + 4096):
+            lc = chr(c).lower()
+            if len(lc) > 2:
+                raise RuntimeError(f"U+{c:04X} lower-cases to {len(lc)} characters; the tokenizer supports two")
+            table[c] = ord(lc[0])
+            if len(lc) == 2:
+                table[c] |= kernels._EXPANDS
+                expand_from.append(c)
+                expand_to.append(ord(lc[1]))
+    return table, np.array(expand_from, np.uint32), np.array(expand_to, np.uint32)
+
+
 def tokens(text: str) -> list[str]:
     """Normalized word tokens of `text` (lower-cased; CJK/Thai split per character)."""
     return _TOKEN.findall(text.lower())
@@ -120,11 +147,23 @@ class TokenSpans:
         return [words[bounds[i]:bounds[i + 1]] for i in range(len(self.token_ends))]
 
 
-def token_spans(texts: list[str]) -> TokenSpans:
-    """Tokens of every text, with their hashes."""
-    lowered = [t.lower() for t in texts]
-    doc_ends = np.cumsum(np.fromiter(map(len, lowered), dtype=np.int64, count=len(lowered)))
-    codes = np.frombuffer("".join(lowered).encode("utf-32-le"), dtype=np.uint32)
+def _utf8(texts: "list[str] | pa.Array | pa.ChunkedArray") -> tuple[np.ndarray, np.ndarray]:
+    """The UTF-8 bytes and offsets of texts, straight from Arrow's buffers (a list is converted once)."""
+    if isinstance(texts, pa.ChunkedArray):
+        texts = texts.combine_chunks()
+    if not isinstance(texts, pa.Array):
+        texts = pa.array(texts, pa.large_string())
+    if texts.null_count:
+        texts = pc.fill_null(texts, "")
+    _, offsets, data = texts.buffers()
+    width = np.int64 if pa.types.is_large_string(texts.type) else np.int32
+    offsets = np.frombuffer(offsets, width, texts.offset + len(texts) + 1)[texts.offset:]
+    return (np.frombuffer(data, np.uint8) if data is not None else np.zeros(0, np.uint8)), offsets
+
+
+def token_spans(texts: "list[str] | pa.Array | pa.ChunkedArray") -> TokenSpans:
+    """Tokens of every text (a list of strings or an Arrow string array), with their hashes."""
+    codes, doc_ends = kernels.decode_lower(*_utf8(texts), *_lower_table())
     hashes, starts, lengths, token_ends = kernels.tokenize(codes, doc_ends, _char_classes(), _CHAR_POS)
     return TokenSpans(codes, hashes, starts, lengths, token_ends)
 
@@ -148,14 +187,14 @@ def _unique_per_doc(hashes: np.ndarray, owner: np.ndarray, docs: int) -> Shingle
     return ShingleBatch(key & np.uint64((1 << _SHINGLE_BITS) - 1), offsets)
 
 
-def word_shingles(texts: list[str], n: int) -> ShingleBatch:
+def word_shingles(texts: "list[str] | pa.Array", n: int) -> ShingleBatch:
     """Hashed word n-grams of each text."""
     spans = token_spans(texts)
     h, owner = kernels.ngram_hashes(spans.hashes, spans.token_ends, n, _NGRAM_POS)
     return _unique_per_doc(h, owner, len(texts))
 
 
-def char_shingles(texts: list[str], n: int) -> ShingleBatch:
+def char_shingles(texts: "list[str] | pa.Array", n: int) -> ShingleBatch:
     """Hashed character n-grams of each text, over its tokens joined by single spaces."""
     spans = token_spans(texts)
     units, unit_ends = kernels.char_units(spans.codes, spans.starts, spans.lengths, spans.token_ends)
@@ -163,7 +202,7 @@ def char_shingles(texts: list[str], n: int) -> ShingleBatch:
     return _unique_per_doc(h, owner, len(texts))
 
 
-def shingle(texts: list[str], kind: str, n: int) -> ShingleBatch:
+def shingle(texts: "list[str] | pa.Array", kind: str, n: int) -> ShingleBatch:
     """Shingles of `texts`: `kind` is "word" or "char"."""
     if kind == "word":
         return word_shingles(texts, n)

@@ -2,24 +2,26 @@
 
 1. signatures (per input shard): shingles -> MinHash -> band hashes, written to band-hash-range
    buckets; URL hashes to URL buckets; shingle sets kept for exact verification.
-2. candidates (per bucket): band collisions -> (better, worse) pairs, sent to the better one's shard.
-   URL groups (per URL bucket): every copy after the best is a `url_duplicate`.
-3. verify (per shard): exact or estimated Jaccard of each pair against the threshold.
-4. components (per graph partition, a few rounds): see `components`.
-5. stars (per component bucket): the greedy star rule, so nothing is removed by chaining.
+2. buckets (per bucket): band collisions -> (better, worse) candidate pairs, sent to the better one's
+   shard; URL groups: every copy after the best is a `url_duplicate`.
+3. send, verify (per shard): see `verify`; exact or estimated Jaccard against the threshold.
+4. clusters: one task when the verified graph fits the memory budget; otherwise components by rounds
+   over graph partitions (`components`) and the greedy star rule per component bucket. Either way no
+   document is removed by chaining (`clusters`).
+5. ids (per shard): each shard looks up the ids of its keepers and cluster labels that other shards'
+   removed documents refer to, and sends them there.
 6. filter (per shard): kept documents go on; removed ones go to `rejected/` with cluster and keeper.
 
-Documents are numbered globally by (input shard order, row); the driver only plans and collects small
-per-task summaries. Every task's memory is bounded by one shard, one bucket or one partition, and the
-number of buckets grows with the corpus so a bucket stays within `memory_mb`.
+The driver only plans and collects small per-task summaries. Every task's memory is bounded by one
+shard, one bucket or one partition, and the number of buckets grows with the corpus so a bucket stays
+within `memory_mb`. No task reads another shard's files: what crosses shards goes through shuffles
+whose size follows the pairs, so reading stays linear in the corpus.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
-from datetime import datetime
 
 import numpy as np
 import pyarrow as pa
@@ -30,14 +32,16 @@ from llm.config import MinHashConfig, ShardConfig
 from llm.data.dataset import Counts, ShardRecord, ShardTask, dumps, is_done, read_manifest, run_shard_stage
 from llm.data.ingest import write_shard
 from llm.data.minhash import index as mh_index
-from llm.data.minhash import kernels
 from llm.data.minhash import partitions
 from llm.data.minhash.clusters import connected_components, greedy_stars
 from llm.data.minhash.components import labels_of_partition, run_components
-from llm.data.minhash.lsh import bucket_of, candidate_pairs, s_curve, unique_pairs
+from llm.data.minhash.lsh import bucket_of, candidate_pairs, s_curve
+from llm.data.minhash.plan import (BANDS, EDGES, ID_REQUESTS, REMOVED, URLS, Plan, bands_and_rows,
+                                   keeper_priority, lookup, url_removed)
 from llm.data.minhash.shingles import ShingleBatch, shingle
-from llm.data.minhash.signatures import MinHasher, band_hashes, estimated_jaccard
+from llm.data.minhash.signatures import MinHasher, band_hashes
 from llm.data.minhash.urls import url_hashes
+from llm.data.minhash.verify import send_task, verify_task
 from llm.data.steps import empty_quarantine, rejected_rows
 
 STAGE = "minhash_dedup"
@@ -46,80 +50,23 @@ _BAND_ENTRY_BYTES = 8 * 4 * 3
 # Bytes per verified edge when the whole graph is clustered in one task: the edge arrays, both
 # directions of the component records and their sort temporaries, the label dictionary.
 _EDGE_BYTES = 512
-_BANDS = {"band": "int32", "hash": "uint64", "doc": "int64", "prio": "float64"}
-_PAIRS = {"a": "int64", "b": "int64", "pa": "float64", "pb": "float64"}
-_EDGES = {"a": "int64", "b": "int64", "pa": "float64", "j": "float64"}
-_REMOVED = {"doc": "int64", "keeper": "int64", "j": "float64", "label": "int64", "url": "bool"}
-_URLS = {"hash": "uint64", "doc": "int64", "prio": "float64"}
+
+# Bytes of work per byte of UTF-8 text while a batch is shingled: code points (allocated for two per
+# byte), worst-case token arrays (hash, start, length per code point), n-gram hashes with their owners,
+# and the sort.
+_BYTES_PER_TEXT_BYTE = 8 + 2 * 3 * 8 + 2 * 8 + 8
 
 
-@dataclass(frozen=True)
-class Plan:
-    """Everything a task needs to know about the run (picklable, small)."""
-
-    in_uri: str
-    out_uri: str
-    work: str
-    cfg: MinHashConfig
-    bands: int
-    rows: int
-    partitions: int
-    names: tuple[str, ...]
-    data_rels: tuple[str, ...]
-    bases: tuple[int, ...]  # global index of each shard's first row
-
-    def shard_of(self, docs: np.ndarray) -> np.ndarray:
-        return np.searchsorted(np.asarray(self.bases), docs, side="right") - 1
-
-    def folder(self, name: str) -> str:
-        return storage.join(self.work, name)
-
-
-def bands_and_rows(cfg: MinHashConfig) -> tuple[int, int]:
-    if cfg.auto_bands:
-        from llm.data.minhash.lsh import choose_bands
-
-        return choose_bands(cfg.threshold, cfg.num_perm, cfg.fp_weight, cfg.fn_weight)
-    return cfg.bands, cfg.rows
-
-
-def keeper_priority(docs: pa.Table, cfg: MinHashConfig) -> np.ndarray:
-    """Smaller is kept first; ties go to input order. Missing values rank last."""
-    n = docs.num_rows
-    if cfg.keeper == "first":
-        return np.zeros(n)
-    if cfg.keeper == "longest":
-        return -pc.utf8_length(docs.column("text")).to_numpy(zero_copy_only=False).astype(np.float64)
-    if cfg.keeper == "quality":
-        if cfg.quality_column not in docs.column_names:
-            raise ValueError(f"data.minhash.keeper is 'quality' but documents have no column "
-                             f"{cfg.quality_column!r} (set data.minhash.quality_column)")
-        values = pc.cast(docs.column(cfg.quality_column), pa.float64()).to_numpy(zero_copy_only=False)
-        return np.where(np.isnan(values), np.inf, -values)
-    out = np.full(n, np.inf)
-    for i, created in enumerate(docs.column("created").to_pylist()):
-        try:
-            out[i] = datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp() if created else np.inf
-        except ValueError:
-            pass  # unparseable dates rank with missing ones
-    return out
-
-
-# Bytes per character of text while a batch is shingled: its code point, worst-case token arrays
-# (hash, start, length), n-gram hashes with their owners, and the sort.
-_BYTES_PER_CHAR = 4 + 3 * 8 + 2 * 8 + 8
-
-
-def _shingles_of(texts: list[str], cfg: MinHashConfig, hasher: MinHasher) -> tuple[ShingleBatch, np.ndarray]:
+def _shingles_of(texts: pa.ChunkedArray, cfg: MinHashConfig, hasher: MinHasher) -> tuple[ShingleBatch, np.ndarray]:
     """Shingles and signatures of one shard, in batches whose arrays stay within the memory budget."""
-    budget_chars = max(1, (cfg.memory_mb << 20) // _BYTES_PER_CHAR)
+    texts = texts.combine_chunks()
+    budget = max(1, (cfg.memory_mb << 20) // _BYTES_PER_TEXT_BYTE)
+    ends = np.cumsum(pc.binary_length(texts).to_numpy(zero_copy_only=False).astype(np.int64))
     parts, sigs, start = [], [], 0
     while start < len(texts):
-        stop, chars = start, 0
-        while stop < len(texts) and (stop == start or chars + len(texts[stop]) < budget_chars):
-            chars += len(texts[stop])
-            stop += 1
-        batch = shingle(texts[start:stop], cfg.shingle, cfg.ngram)
+        done = int(ends[start - 1]) if start else 0
+        stop = max(start + 1, int(np.searchsorted(ends, done + budget, side="right")))
+        batch = shingle(texts.slice(start, stop - start), cfg.shingle, cfg.ngram)
         parts.append(batch)
         sigs.append(hasher.signatures(batch))
         start = stop
@@ -136,12 +83,12 @@ def _signature_task(plan: Plan, s: int) -> int:
     marker = storage.join(plan.folder("signed"), f"{name}.json")
     if storage.exists(marker):  # resumed run: this shard's map outputs are complete
         return json.loads(storage.read_text(marker))["docs"]
-    docs = storage.read_parquet(storage.join(plan.in_uri, plan.data_rels[s]))
+    docs = storage.read_parquet(plan.shard_uri(s))
     n = docs.num_rows
     doc = plan.bases[s] + np.arange(n, dtype=np.int64)
     prio = keeper_priority(docs, cfg)
     hasher = MinHasher(plan.bands * plan.rows, cfg.seed)
-    batch, sig = _shingles_of(docs.column("text").to_pylist(), cfg, hasher)
+    batch, sig = _shingles_of(docs.column("text"), cfg, hasher)
     has = batch.counts > 0  # a document with no shingles has no signature to match
     bh = band_hashes(sig, plan.bands, plan.rows)
     rows_, bands_ = np.nonzero(np.broadcast_to(has[:, None], bh.shape))
@@ -152,162 +99,126 @@ def _signature_task(plan: Plan, s: int) -> int:
         uh, ok = url_hashes(docs.column("url").to_pylist())
         partitions.write_partitioned(plan.folder("urls"), name, bucket_of(uh[ok], plan.partitions),
                                      plan.partitions, hash=uh[ok], doc=doc[ok], prio=prio[ok])
-    partitions.save(storage.join(plan.folder("sig"), f"{name}.npz"), sig=sig, bands=bh, has=has)
+    partitions.put(plan.file("sig", s), sig=sig, bands=bh, has=has)
     if cfg.verify == "exact":  # read again only by verification, so kept apart from the signatures
-        partitions.save(storage.join(plan.folder("shingles"), f"{name}.npz"), shingles=batch.hashes,
-                        offsets=batch.offsets)
+        partitions.put(plan.file("shingles", s), shingles=batch.hashes, offsets=batch.offsets)
     storage.write_text(marker, dumps({"docs": n}))
     return n
 
 
-def _lookup(keys: np.ndarray, values: np.ndarray, query: np.ndarray) -> np.ndarray:
-    order = np.argsort(keys, kind="stable")
-    return values[order][np.searchsorted(keys[order], query)]
-
-
-def _candidate_task(plan: Plan, p: int, index_folders: list[str]) -> int:
-    rec = partitions.read_partition(plan.folder("bands"), p, _BANDS)
+def _candidates(plan: Plan, p: int, index_folders: list[str]) -> int:
+    """Band collisions of bucket p as (better, worse) pairs, sent to the better one's shard (or, for an
+    index document, straight to the worse one's, to be estimated there)."""
+    rec = partitions.read_partition(plan.folder("bands"), p, BANDS)
     for folder in index_folders:  # earlier documents: always keepers (priority -inf), never removed
-        old = partitions.read_partition(folder, p, _BANDS)
-        rec = {k: np.concatenate([rec[k], old[k]]) for k in _BANDS}
+        old = partitions.read_partition(folder, p, BANDS)
+        rec = {k: np.concatenate([rec[k], old[k]]) for k in BANDS}
     a, b = candidate_pairs(rec["band"], rec["hash"], rec["doc"], rec["prio"], plan.cfg.star_width)
     keep = b >= 0  # two index documents were settled by the earlier run
     a, b = a[keep], b[keep]
-    pa_, pb_ = _lookup(rec["doc"], rec["prio"], a), _lookup(rec["doc"], rec["prio"], b)
-    partitions.write_partitioned(plan.folder("pairs"), f"{p:05d}", np.maximum(plan.shard_of(b), 0),
-                                 len(plan.names), a=a, b=b, pa=pa_, pb=pb_)
+    pa = lookup(rec["doc"], rec["prio"], a)
+    old = a < 0
+    partitions.write_partitioned(plan.folder("pairs"), f"{p:05d}", plan.shard_of(a[~old]), len(plan.names),
+                                 a=a[~old], b=b[~old], pa=pa[~old])
+    if old.any():
+        partitions.write_partitioned(plan.folder("index_pairs"), f"{p:05d}", plan.shard_of(b[old]),
+                                     len(plan.names), a=a[old], b=b[old], pa=pa[old])
     return len(a)
 
 
-def _url_task(plan: Plan, p: int) -> int:
+def _url_duplicates(plan: Plan, p: int) -> int:
     """Every document whose normalized URL repeats goes, except the best-ranked copy."""
-    rec = partitions.read_partition(plan.folder("urls"), p, _URLS)
+    rec = partitions.read_partition(plan.folder("urls"), p, URLS)
     order = np.lexsort((rec["doc"], rec["prio"], rec["hash"]))
     h, doc = rec["hash"][order], rec["doc"][order]
     first = np.r_[True, h[1:] != h[:-1]] if len(h) else np.zeros(0, bool)
     keeper = doc[np.maximum.accumulate(np.where(first, np.arange(len(h)), 0))] if len(h) else doc
     dup = ~first
-    partitions.write_partitioned(plan.folder("url_removed"), f"{p:05d}", plan.shard_of(doc[dup]), len(plan.names),
-                                 doc=doc[dup], keeper=keeper[dup])
-    return int(dup.sum())
+    doc, keeper = doc[dup], keeper[dup]
+    partitions.write_partitioned(plan.folder("url_removed"), f"{p:05d}", plan.shard_of(doc), len(plan.names),
+                                 doc=doc, keeper=keeper)
+    _write_removed(plan, f"url{p:05d}", doc, keeper, np.full(len(doc), np.nan), keeper, url=True)
+    return len(doc)
 
 
-def _url_removed(plan: Plan, s: int) -> dict[str, np.ndarray]:
-    return partitions.read_partition(plan.folder("url_removed"), s, {"doc": "int64", "keeper": "int64"})
+def _bucket_task(plan: Plan, p: int, index_folders: list[str]) -> tuple[int, int]:
+    """Both per-bucket steps in one task: URL duplicates, then band collisions."""
+    urls = _url_duplicates(plan, p) if plan.cfg.url_dedup else 0
+    return urls, _candidates(plan, p, index_folders)
 
 
-def _verify_task(plan: Plan, s: int, index: "mh_index.Index | None") -> tuple[int, int, list[int]]:
-    """Pairs whose worse document lives in shard s: measure Jaccard, keep those at the threshold.
-    Returns (candidates, verified, histogram of candidate Jaccard in 20 bins)."""
-    cfg = plan.cfg
-    rec = partitions.read_partition(plan.folder("pairs"), s, _PAIRS)
-    a, b = unique_pairs(rec["a"], rec["b"])
-    candidates = len(a)
-    pa_ = _lookup(rec["a"], rec["pa"], a) if len(a) else np.zeros(0)
-    url_gone = _url_removed(plan, s)["doc"]
-    live = ~np.isin(b, url_gone)
-    j = np.zeros(len(a))
-    exact = cfg.verify == "exact"
-    kind = "shingles" if exact else "sig"
-    own = partitions.load(storage.join(plan.folder(kind), f"{plan.names[s]}.npz"))
-    own_sig = own["sig"] if not exact else None
-    rows_b = b - plan.bases[s]
-    shard_a = plan.shard_of(a)
-    for t in np.unique(shard_a).tolist():
-        sel = np.flatnonzero(shard_a == t)
-        if t < 0:  # the keeper candidate is an index document: its shingles are not kept, estimate
-            if own_sig is None:
-                own_sig = partitions.load(storage.join(plan.folder("sig"), f"{plan.names[s]}.npz"))["sig"]
-            j[sel] = estimated_jaccard(index.signatures(a[sel]), own_sig[rows_b[sel]])
-            continue
-        other = own if t == s else partitions.load(storage.join(plan.folder(kind), f"{plan.names[t]}.npz"))
-        live[sel] &= ~np.isin(a[sel], _url_removed(plan, t)["doc"]) if cfg.url_dedup else True
-        rows_a = a[sel] - plan.bases[t]
-        if exact:
-            j[sel] = kernels.pair_jaccard(other["shingles"], other["offsets"], rows_a,
-                                          own["shingles"], own["offsets"], rows_b[sel])
-        else:
-            j[sel] = estimated_jaccard(other["sig"][rows_a], own["sig"][rows_b[sel]])
-        del other  # at most two shards' files at a time
-    hist = np.histogram(j, bins=20, range=(0.0, 1.0))[0].tolist()
-    keep = live & ((j >= cfg.threshold) if cfg.verify != "none" else True)
-    a, b, pa_, j = a[keep], b[keep], pa_[keep], j[keep]
-    partitions.write_partitioned(plan.folder("edges"), plan.names[s], a, plan.partitions, a=a, b=b, pa=pa_, j=j)
-    u, v = np.concatenate([a, b]), np.concatenate([b, a])
-    partitions.write_partitioned(storage.join(plan.folder("cc"), "r000"), plan.names[s], u, plan.partitions, u=u, v=v)
-    return candidates, int(keep.sum()), hist
+def _write_removed(plan: Plan, producer: str, doc: np.ndarray, keeper: np.ndarray, j: np.ndarray,
+                   label: np.ndarray, url: bool = False) -> None:
+    """Removal records, to the removed document's shard; and requests for the ids of the keepers and
+    labels they name, to the shard holding each (index documents: one extra partition)."""
+    shards = len(plan.names)
+    partitions.write_partitioned(plan.folder("removed"), producer, plan.shard_of(doc), shards, doc=doc,
+                                 keeper=keeper, j=j, label=label, url=np.full(len(doc), url))
+    node = np.concatenate([keeper, label])
+    home = plan.shard_of(node)
+    partitions.write_partitioned(plan.folder("id_requests"), producer, np.where(home < 0, shards, home), shards + 1,
+                                 node=node, to=np.tile(plan.shard_of(doc), 2))
 
 
 def _label_task(plan: Plan, stars: str, p: int) -> None:
     """Attach the component label to each edge whose better end is in partition p; route by label."""
     nodes, labels = labels_of_partition(stars, p)
-    e = partitions.read_partition(plan.folder("edges"), p, _EDGES)
+    e = partitions.read_partition(plan.folder("edges"), p, EDGES)
     label = labels[np.searchsorted(nodes, e["a"])] if len(e["a"]) else e["a"]
     partitions.write_partitioned(plan.folder("labelled"), f"{p:05d}", label, plan.partitions, label=label, **e)
+
+
+def _star_task(plan: Plan, p: int) -> list[int]:
+    """Greedy stars over whole components; returns the cluster sizes (keeper + removed)."""
+    e = partitions.read_partition(plan.folder("labelled"), p, {"label": "int64", **EDGES})
+    chosen = greedy_stars(e["a"], e["b"], e["pa"])
+    keeper = e["a"][chosen]
+    _write_removed(plan, f"{p:05d}", e["b"][chosen], keeper, e["j"][chosen], e["label"][chosen])
+    return np.unique(keeper, return_counts=True)[1].tolist()
 
 
 def _cluster_all_task(plan: Plan) -> list[int]:
     """The whole verified graph in one task (it fits the budget): components and greedy stars in memory,
     the same clusters, keepers and labels as the distributed rounds. Returns the cluster sizes."""
-    parts = [partitions.read_partition(plan.folder("edges"), p, _EDGES) for p in range(plan.partitions)]
-    e = {k: np.concatenate([part[k] for part in parts]) for k in _EDGES}
+    parts = [partitions.read_partition(plan.folder("edges"), p, EDGES) for p in range(plan.partitions)]
+    e = {k: np.concatenate([part[k] for part in parts]) for k in EDGES}
     label_of = connected_components(e["a"], e["b"])
-    label = np.array([label_of[x] for x in e["a"].tolist()], dtype=np.int64)
     chosen = greedy_stars(e["a"], e["b"], e["pa"])
-    doc, keeper = e["b"][chosen], e["a"][chosen]
-    partitions.write_partitioned(plan.folder("removed"), "all", plan.shard_of(doc), len(plan.names),
-                                 doc=doc, keeper=keeper, j=e["j"][chosen], label=label[chosen],
-                                 url=np.zeros(len(doc), bool))
+    keeper = e["a"][chosen]
+    label = np.array([label_of[x] for x in keeper.tolist()], dtype=np.int64)
+    _write_removed(plan, "all", e["b"][chosen], keeper, e["j"][chosen], label)
     return np.unique(keeper, return_counts=True)[1].tolist()
 
 
-def _star_task(plan: Plan, p: int) -> list[int]:
-    """Greedy stars over whole components; returns the cluster sizes (keeper + removed)."""
-    e = partitions.read_partition(plan.folder("labelled"), p, {"label": "int64", **_EDGES})
-    chosen = greedy_stars(e["a"], e["b"], e["pa"])
-    doc, keeper = e["b"][chosen], e["a"][chosen]
-    partitions.write_partitioned(plan.folder("removed"), f"{p:05d}", plan.shard_of(doc), len(plan.names),
-                                 doc=doc, keeper=keeper, j=e["j"][chosen], label=e["label"][chosen],
-                                 url=np.zeros(len(doc), bool))
-    return np.unique(keeper, return_counts=True)[1].tolist()
-
-
-def _ids_of(plan: Plan, docs: np.ndarray, index: "mh_index.Index | None") -> dict[int, str]:
-    """Document ids of global indices, reading only the id column of the shards they are in."""
-    out: dict[int, str] = {}
-    docs = np.unique(docs)
-    shard = plan.shard_of(docs)
-    for t in np.unique(shard).tolist():
-        sel = docs[shard == t]
-        if t < 0:
-            out.update(zip(sel.tolist(), index.ids(sel)))
-            continue
-        ids = storage.read_parquet(storage.join(plan.in_uri, plan.data_rels[t]), columns=["id"]).column("id")
-        out.update(zip(sel.tolist(), ids.take(pa.array(sel - plan.bases[t])).to_pylist()))
-    return out
+def _ids_task(plan: Plan, t: int, index: "mh_index.Index | None") -> None:
+    """Answer the id requests addressed to shard t (t = number of shards: the index) from its id column."""
+    rec = partitions.read_partition(plan.folder("id_requests"), t, {**ID_REQUESTS, "to": "int64"})
+    if not len(rec["node"]):
+        return
+    key = np.unique(np.stack([rec["to"], rec["node"]]), axis=1)
+    to, node = key[0], key[1]
+    if t == len(plan.names):
+        ids = index.ids(node)
+    else:
+        column = storage.read_parquet(plan.shard_uri(t), columns=["id"]).column("id")
+        ids = column.take(pa.array(node - plan.bases[t])).to_pylist()
+    partitions.write_partitioned(plan.folder("ids"), f"{t:05d}", to, len(plan.names), node=node,
+                                 id=np.array(ids, dtype=str))
 
 
 def _filter_shard(plan: Plan, s: int, index, shard_cfg: ShardConfig, task: ShardTask) -> ShardRecord:
     cfg, name = plan.cfg, plan.names[s]
-    docs = storage.read_parquet(storage.join(plan.in_uri, plan.data_rels[s]))
-    if cfg.enabled:
-        near = partitions.read_partition(plan.folder("removed"), s, _REMOVED)
-        url = _url_removed(plan, s)
-        doc = np.concatenate([url["doc"], near["doc"]])
-        keeper = np.concatenate([url["keeper"], near["keeper"]])
-        j = np.concatenate([np.full(len(url["doc"]), np.nan), near["j"]])
-        label = np.concatenate([url["keeper"], near["label"]])
-        is_url = np.r_[np.ones(len(url["doc"]), bool), np.zeros(len(near["doc"]), bool)]
-    else:
-        doc = keeper = label = np.zeros(0, np.int64)
-        j, is_url = np.zeros(0), np.zeros(0, bool)
-    order = np.argsort(doc, kind="stable")
-    doc, keeper, j, label, is_url = doc[order], keeper[order], j[order], label[order], is_url[order]
+    docs = storage.read_parquet(plan.shard_uri(s))
+    removed = partitions.read_partition(plan.folder("removed"), s, REMOVED) if cfg.enabled else \
+        {k: np.zeros(0, dt) for k, dt in REMOVED.items()}
+    order = np.argsort(removed["doc"], kind="stable")
+    doc, keeper, j, label, is_url = (removed[k][order] for k in ("doc", "keeper", "j", "label", "url"))
     rows = doc - plan.bases[s]
     gone = np.zeros(docs.num_rows, bool)
     gone[rows] = True
     kept, dups = docs.filter(pa.array(~gone)), docs.take(pa.array(rows))
-    ids = _ids_of(plan, np.concatenate([keeper, label]), index)
+    answers = partitions.read_partition(plan.folder("ids"), s, {"node": "int64", "id": "str"})
+    ids = dict(zip(answers["node"].tolist(), answers["id"].tolist()))
     rules = ["url_duplicate" if u else "near_duplicate" for u in is_url.tolist()]
     details = [json.dumps({"cluster": ids[c], "keeper": ids[k]}, sort_keys=True)
                for c, k in zip(label.tolist(), keeper.tolist())]
@@ -346,11 +257,12 @@ def run_minhash_dedup(in_uri: str, out_uri: str, cfg: MinHashConfig, shard_cfg: 
         shard_ids, part_ids = list(range(len(plan.names))), list(range(n_parts))
         executor.map(lambda s: _signature_task(plan, s), shard_ids, desc="minhash: signatures")
         index_folders = index.partition(executor) if index else []
+        found = executor.map(lambda p: _bucket_task(plan, p, index_folders), part_ids, desc="minhash: buckets")
         if cfg.url_dedup:
-            stats["url_duplicates"] = sum(executor.map(lambda p: _url_task(plan, p), part_ids, desc="minhash: urls"))
-        executor.map(lambda p: _candidate_task(plan, p, index_folders), part_ids, desc="minhash: candidates")
-        verified = executor.map(lambda s: _verify_task(plan, s, index), shard_ids, desc="minhash: verify")
-        stats["candidate_pairs"] = sum(v[0] for v in verified)
+            stats["url_duplicates"] = sum(f[0] for f in found)
+        sent = executor.map(lambda t: send_task(plan, t), shard_ids, desc="minhash: send")
+        verified = executor.map(lambda s: verify_task(plan, s, index), shard_ids, desc="minhash: verify")
+        stats["candidate_pairs"] = sum(sent) + sum(v[0] for v in verified)
         stats["verified_pairs"] = sum(v[1] for v in verified)
         stats["candidate_jaccard_hist"] = np.sum([v[2] for v in verified], axis=0).tolist() if verified else []
         if stats["verified_pairs"] * _EDGE_BYTES <= cfg.memory_mb << 20:
@@ -361,6 +273,7 @@ def run_minhash_dedup(in_uri: str, out_uri: str, cfg: MinHashConfig, shard_cfg: 
             sizes = [x for part in executor.map(lambda p: _star_task(plan, p), part_ids, desc="minhash: stars")
                      for x in part]
         stats["cluster_size_hist"] = cluster_size_histogram(sizes)
+        executor.map(lambda t: _ids_task(plan, t, index), shard_ids + [len(plan.names)], desc="minhash: ids")
     elif cfg.enabled:
         stats = _previous_stats(out_uri, config_hash) or stats  # nothing recomputed: keep what was measured
     result = run_shard_stage(STAGE, out_uri, tasks, lambda t: _filter_shard(plan, t.payload, index, shard_cfg, t),
