@@ -1,10 +1,13 @@
 """The signature index a MinHash run leaves beside its output, so a later batch is deduplicated
 against it without recomputing anything (a nightly refresh).
 
-`<out>/_index/<shard>.npz` holds, for the shard's kept documents, their signatures, band hashes and
-ids; `<out>/_index/_meta.json` the settings they were made with and the index the run itself was
-checked against (`parent`), so a chain of refreshes is one index. Index documents get negative global
-numbers (-1, -2, ...) and rank before every new document: they stay, new copies of them go.
+`<out>/_index/<shard>.npz` holds, for the shard's kept documents, their signatures, band hashes, ids
+and rows in the shard's data file; `<out>/_index/_meta.json` the settings they were made with and the
+index the run itself was checked against (`parent`), so a chain of refreshes is one index. Index
+documents get negative global numbers (-1, -2, ...) and rank before every new document: they stay, new
+copies of them go. With exact verification, an index document that is a candidate is re-shingled from
+its text in the earlier output (only those, never the whole index), so refreshes are verified exactly
+too.
 """
 
 from __future__ import annotations
@@ -22,28 +25,32 @@ INDEX = "_index"
 META = "_meta.json"
 
 
+# Changes whenever shingle or signature hashing changes: an index made otherwise cannot be matched.
+HASH_VERSION = 2
+
+
 def _settings(plan) -> dict:
     cfg = plan.cfg
-    return {"bands": plan.bands, "rows": plan.rows, "seed": cfg.seed, "shingle": cfg.shingle, "ngram": cfg.ngram}
+    return {"bands": plan.bands, "rows": plan.rows, "seed": cfg.seed, "shingle": cfg.shingle, "ngram": cfg.ngram,
+            "hash_version": HASH_VERSION}
 
 
-def write_shard_index(plan, s: int, gone: np.ndarray, ids: list[str]) -> str:
-    """Index file of shard s's kept documents; returns its path relative to the output."""
+def write_shard_index(plan, s: int, gone: np.ndarray, ids: list[str]) -> tuple[str, int]:
+    """Index file of shard s's kept documents; returns its path relative to the output and its size."""
     name = plan.names[s]
     sig = partitions.get(plan.file("sig", s))
     keep = ~gone & sig["has"]
+    data_row = np.cumsum(~gone) - 1  # row of each kept document in the shard's data file
     rel = f"{INDEX}/{name}.npz"
     partitions.save(storage.join(plan.out_uri, rel), sig=sig["sig"][keep], bands=sig["bands"][keep],
-                    id=np.array([i for i, k in zip(ids, keep.tolist()) if k], dtype=str))
-    return rel
+                    id=np.array([i for i, k in zip(ids, keep.tolist()) if k], dtype=str), row=data_row[keep])
+    return rel, int(keep.sum())
 
 
-def write_meta(plan, config_hash: str) -> None:
-    shards = []
-    for name in plan.names:
-        uri = storage.join(plan.out_uri, INDEX, f"{name}.npz")
-        if storage.exists(uri):
-            shards.append({"file": f"{name}.npz", "docs": int(len(partitions.load(uri)["id"]))})
+def write_meta(plan, config_hash: str, manifest: dict) -> None:
+    """The index's settings and shards, from the output manifest's records (no index file is read)."""
+    shards = [{"file": rec["files"]["index"].split("/")[-1], "docs": rec["extra"]["index_docs"],
+               "data": rec["files"]["data"]} for rec in manifest["shards"] if "index" in rec["files"]]
     meta = {**_settings(plan), "config_hash": config_hash, "shards": shards, "parent": plan.cfg.index_uri}
     storage.write_text(storage.join(plan.out_uri, INDEX, META), dumps(meta))
 
@@ -51,14 +58,14 @@ def write_meta(plan, config_hash: str) -> None:
 class Index:
     """The index files of an earlier run (and of the runs it was checked against)."""
 
-    def __init__(self, files: list[str], docs: list[int], plan):
-        self.files, self.plan = files, plan
+    def __init__(self, files: list[str], docs: list[int], data: list[str], plan):
+        self.files, self.data, self.plan = files, data, plan
         # Document k of the concatenated index has global number -1 - k.
         self.starts = np.r_[0, np.cumsum(docs)].astype(np.int64)
 
     @classmethod
     def open(cls, uri: str, plan) -> "Index":
-        files, docs, seen = [], [], set()
+        files, docs, data, seen = [], [], [], set()
         while uri and uri not in seen:
             seen.add(uri)
             meta_uri = storage.join(uri, INDEX, META)
@@ -72,17 +79,23 @@ class Index:
                                  f"{ {k: meta.get(k) for k in wanted} }, this run uses {wanted}")
             files += [storage.join(uri, INDEX, s["file"]) for s in meta["shards"]]
             docs += [s["docs"] for s in meta["shards"]]
+            data += [storage.join(uri, s["data"]) for s in meta["shards"]]
             uri = meta.get("parent")
-        return cls(files, docs, plan)
+        return cls(files, docs, data, plan)
 
-    def _locate(self, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def locate(self, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(index file, row in it) of index documents."""
         k = -1 - docs
         f = np.searchsorted(self.starts, k, side="right") - 1
         return f, k - self.starts[f]
 
-    def partition(self, executor) -> list[str]:
-        """Route the index's band hashes into this run's buckets; returns the folder to read them from."""
-        plan, folder = self.plan, self.plan.folder("index_bands")
+    @property
+    def band_folder(self) -> str:
+        return self.plan.folder("index_bands")
+
+    def partition(self, executor) -> None:
+        """Route the index's band hashes into this run's buckets (`band_folder`)."""
+        plan, folder = self.plan, self.band_folder
 
         def route(f: int) -> None:
             data = partitions.load(self.files[f])
@@ -95,10 +108,9 @@ class Index:
                                          prio=np.full(len(h), -np.inf))
 
         executor.map(route, list(range(len(self.files))), desc="minhash: index")
-        return [folder]
 
     def _gather(self, docs: np.ndarray, key: str) -> np.ndarray:
-        f, row = self._locate(docs)
+        f, row = self.locate(docs)
         out = None
         for fi in np.unique(f).tolist():
             sel = f == fi
@@ -107,9 +119,6 @@ class Index:
                 out = np.empty((len(docs),) + values.shape[1:], dtype=values.dtype)
             out[sel] = values
         return out if out is not None else np.zeros(0)
-
-    def signatures(self, docs: np.ndarray) -> np.ndarray:
-        return self._gather(docs, "sig")
 
     def ids(self, docs: np.ndarray) -> list[str]:
         return self._gather(docs, "id").tolist()

@@ -20,7 +20,8 @@ URLS = {"hash": "uint64", "doc": "int64", "prio": "float64"}
 PAIRS = {"a": "int64", "b": "int64", "pa": "float64"}
 EDGES = {"a": "int64", "b": "int64", "pa": "float64", "j": "float64"}
 REMOVED = {"doc": "int64", "keeper": "int64", "j": "float64", "label": "int64", "url": "bool"}
-ID_REQUESTS = {"node": "int64"}
+ID_REQUESTS = {"node": "int64", "to": "int64"}
+IDS = {"node": "int64", "id": "str"}
 
 
 @dataclass(frozen=True)

@@ -36,12 +36,12 @@ from llm.data.minhash import partitions
 from llm.data.minhash.clusters import connected_components, greedy_stars
 from llm.data.minhash.components import labels_of_partition, run_components
 from llm.data.minhash.lsh import bucket_of, candidate_pairs, s_curve
-from llm.data.minhash.plan import (BANDS, EDGES, ID_REQUESTS, REMOVED, URLS, Plan, bands_and_rows,
-                                   keeper_priority, lookup, url_removed)
+from llm.data.minhash.plan import (BANDS, EDGES, ID_REQUESTS, IDS, REMOVED, URLS, Plan, bands_and_rows,
+                                   keeper_priority, lookup)
 from llm.data.minhash.shingles import ShingleBatch, shingle
 from llm.data.minhash.signatures import MinHasher, band_hashes
 from llm.data.minhash.urls import url_hashes
-from llm.data.minhash.verify import send_task, verify_task
+from llm.data.minhash.verify import send_index_task, send_task, verify_task
 from llm.data.steps import empty_quarantine, rejected_rows
 
 STAGE = "minhash_dedup"
@@ -106,12 +106,12 @@ def _signature_task(plan: Plan, s: int) -> int:
     return n
 
 
-def _candidates(plan: Plan, p: int, index_folders: list[str]) -> int:
+def _candidates(plan: Plan, p: int, index) -> int:
     """Band collisions of bucket p as (better, worse) pairs, sent to the better one's shard (or, for an
-    index document, straight to the worse one's, to be estimated there)."""
+    earlier run's document, to its index file)."""
     rec = partitions.read_partition(plan.folder("bands"), p, BANDS)
-    for folder in index_folders:  # earlier documents: always keepers (priority -inf), never removed
-        old = partitions.read_partition(folder, p, BANDS)
+    if index is not None:  # earlier documents: always keepers (priority -inf), never removed
+        old = partitions.read_partition(index.band_folder, p, BANDS)
         rec = {k: np.concatenate([rec[k], old[k]]) for k in BANDS}
     a, b = candidate_pairs(rec["band"], rec["hash"], rec["doc"], rec["prio"], plan.cfg.star_width)
     keep = b >= 0  # two index documents were settled by the earlier run
@@ -121,8 +121,9 @@ def _candidates(plan: Plan, p: int, index_folders: list[str]) -> int:
     partitions.write_partitioned(plan.folder("pairs"), f"{p:05d}", plan.shard_of(a[~old]), len(plan.names),
                                  a=a[~old], b=b[~old], pa=pa[~old])
     if old.any():
-        partitions.write_partitioned(plan.folder("index_pairs"), f"{p:05d}", plan.shard_of(b[old]),
-                                     len(plan.names), a=a[old], b=b[old], pa=pa[old])
+        files = index.locate(a[old])[0]
+        partitions.write_partitioned(plan.folder("index_pairs"), f"{p:05d}", files, len(index.files),
+                                     a=a[old], b=b[old], pa=pa[old])
     return len(a)
 
 
@@ -141,10 +142,10 @@ def _url_duplicates(plan: Plan, p: int) -> int:
     return len(doc)
 
 
-def _bucket_task(plan: Plan, p: int, index_folders: list[str]) -> tuple[int, int]:
+def _bucket_task(plan: Plan, p: int, index) -> tuple[int, int]:
     """Both per-bucket steps in one task: URL duplicates, then band collisions."""
     urls = _url_duplicates(plan, p) if plan.cfg.url_dedup else 0
-    return urls, _candidates(plan, p, index_folders)
+    return urls, _candidates(plan, p, index)
 
 
 def _write_removed(plan: Plan, producer: str, doc: np.ndarray, keeper: np.ndarray, j: np.ndarray,
@@ -192,7 +193,7 @@ def _cluster_all_task(plan: Plan) -> list[int]:
 
 def _ids_task(plan: Plan, t: int, index: "mh_index.Index | None") -> None:
     """Answer the id requests addressed to shard t (t = number of shards: the index) from its id column."""
-    rec = partitions.read_partition(plan.folder("id_requests"), t, {**ID_REQUESTS, "to": "int64"})
+    rec = partitions.read_partition(plan.folder("id_requests"), t, ID_REQUESTS)
     if not len(rec["node"]):
         return
     key = np.unique(np.stack([rec["to"], rec["node"]]), axis=1)
@@ -206,7 +207,7 @@ def _ids_task(plan: Plan, t: int, index: "mh_index.Index | None") -> None:
                                  id=np.array(ids, dtype=str))
 
 
-def _filter_shard(plan: Plan, s: int, index, shard_cfg: ShardConfig, task: ShardTask) -> ShardRecord:
+def _filter_shard(plan: Plan, s: int, shard_cfg: ShardConfig) -> ShardRecord:
     cfg, name = plan.cfg, plan.names[s]
     docs = storage.read_parquet(plan.shard_uri(s))
     removed = partitions.read_partition(plan.folder("removed"), s, REMOVED) if cfg.enabled else \
@@ -217,7 +218,7 @@ def _filter_shard(plan: Plan, s: int, index, shard_cfg: ShardConfig, task: Shard
     gone = np.zeros(docs.num_rows, bool)
     gone[rows] = True
     kept, dups = docs.filter(pa.array(~gone)), docs.take(pa.array(rows))
-    answers = partitions.read_partition(plan.folder("ids"), s, {"node": "int64", "id": "str"})
+    answers = partitions.read_partition(plan.folder("ids"), s, IDS)
     ids = dict(zip(answers["node"].tolist(), answers["id"].tolist()))
     rules = ["url_duplicate" if u else "near_duplicate" for u in is_url.tolist()]
     details = [json.dumps({"cluster": ids[c], "keeper": ids[k]}, sort_keys=True)
@@ -227,11 +228,11 @@ def _filter_shard(plan: Plan, s: int, index, shard_cfg: ShardConfig, task: Shard
     rejected = rejected_rows(dups, STAGE, rules, values, thresholds, details)
     dropped = {r: rules.count(r) for r in sorted(set(rules))}
     counts = Counts(read=docs.num_rows, kept=kept.num_rows, dropped=dropped)
-    files = {}
+    files, extra = {}, {}
     if cfg.enabled:
-        files["index"] = mh_index.write_shard_index(plan, s, gone, docs.column("id").to_pylist())
+        files["index"], extra["index_docs"] = mh_index.write_shard_index(plan, s, gone, docs.column("id").to_pylist())
     rec = write_shard(plan.out_uri, name, [name], kept, rejected, empty_quarantine(), counts, {STAGE: counts},
-                      shard_cfg.row_group_rows, shard_cfg.compression)
+                      shard_cfg.row_group_rows, shard_cfg.compression, extra=extra)
     rec.files.update(files)
     return rec
 
@@ -256,15 +257,18 @@ def run_minhash_dedup(in_uri: str, out_uri: str, cfg: MinHashConfig, shard_cfg: 
     if cfg.enabled and not all(is_done(out_uri, t.name, config_hash) for t in tasks):
         shard_ids, part_ids = list(range(len(plan.names))), list(range(n_parts))
         executor.map(lambda s: _signature_task(plan, s), shard_ids, desc="minhash: signatures")
-        index_folders = index.partition(executor) if index else []
-        found = executor.map(lambda p: _bucket_task(plan, p, index_folders), part_ids, desc="minhash: buckets")
+        if index:
+            index.partition(executor)
+        found = executor.map(lambda p: _bucket_task(plan, p, index), part_ids, desc="minhash: buckets")
         if cfg.url_dedup:
             stats["url_duplicates"] = sum(f[0] for f in found)
-        sent = executor.map(lambda t: send_task(plan, t), shard_ids, desc="minhash: send")
-        verified = executor.map(lambda s: verify_task(plan, s, index), shard_ids, desc="minhash: verify")
-        stats["candidate_pairs"] = sum(sent) + sum(v[0] for v in verified)
-        stats["verified_pairs"] = sum(v[1] for v in verified)
-        stats["candidate_jaccard_hist"] = np.sum([v[2] for v in verified], axis=0).tolist() if verified else []
+        senders = [(True, t) for t in shard_ids] + [(False, f) for f in range(len(index.files) if index else 0)]
+        sent = executor.map(lambda x: send_task(plan, x[1]) if x[0] else send_index_task(plan, x[1], index),
+                            senders, desc="minhash: send")
+        verified = executor.map(lambda s: verify_task(plan, s), shard_ids, desc="minhash: verify")
+        stats["candidate_pairs"] = sum(sent)
+        stats["verified_pairs"] = sum(v[0] for v in verified)
+        stats["candidate_jaccard_hist"] = np.sum([v[1] for v in verified], axis=0).tolist() if verified else []
         if stats["verified_pairs"] * _EDGE_BYTES <= cfg.memory_mb << 20:
             sizes = executor.map(lambda _: _cluster_all_task(plan), [0], desc="minhash: clusters")[0]
         else:  # rounds over graph partitions, each task bounded by its partition
@@ -276,10 +280,10 @@ def run_minhash_dedup(in_uri: str, out_uri: str, cfg: MinHashConfig, shard_cfg: 
         executor.map(lambda t: _ids_task(plan, t, index), shard_ids + [len(plan.names)], desc="minhash: ids")
     elif cfg.enabled:
         stats = _previous_stats(out_uri, config_hash) or stats  # nothing recomputed: keep what was measured
-    result = run_shard_stage(STAGE, out_uri, tasks, lambda t: _filter_shard(plan, t.payload, index, shard_cfg, t),
+    result = run_shard_stage(STAGE, out_uri, tasks, lambda t: _filter_shard(plan, t.payload, shard_cfg),
                              config_hash, executor, [in_uri], extra={"minhash": stats})
     if cfg.enabled:
-        mh_index.write_meta(plan, config_hash)
+        mh_index.write_meta(plan, config_hash, result)
     storage.delete(storage.join(out_uri, "_work"))
     return result
 

@@ -10,18 +10,20 @@ corpus grows). Instead the pairs go to a's shard first:
 2. verify (per shard s, the shard of b): its own sets against what it received; exact or estimated
    Jaccard against the threshold; the verified edges go on to clustering.
 
-Pairs whose a is an index document (incremental runs) skip step 1: the index holds signatures only,
-so they are estimated in step 2.
+Pairs whose a is a document of an earlier run's index (incremental runs) are sent by the index file
+that holds it: its signatures, or for exact verification its text re-shingled from the earlier output.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from pyarrow import array as pa_array
 
 from llm import storage
 from llm.data.minhash import kernels, partitions
 from llm.data.minhash.lsh import unique_pairs
 from llm.data.minhash.plan import PAIRS, Plan, lookup, url_removed
+from llm.data.minhash.shingles import shingle
 from llm.data.minhash.signatures import estimated_jaccard
 
 
@@ -39,38 +41,68 @@ def _payload(plan: Plan, s: int) -> dict[str, np.ndarray]:
     return partitions.get(plan.file("shingles" if exact else "sig", s))
 
 
-def send_task(plan: Plan, t: int) -> int:
-    """Send the pairs whose better document is in shard t, with that document's set, to the shard of
-    the worse one. Returns the number of distinct candidate pairs."""
-    rec = partitions.read_partition(plan.folder("pairs"), t, PAIRS)
-    a, b = unique_pairs(rec["a"], rec["b"])
-    candidates = len(a)
-    if not candidates:
-        return 0
-    pa = lookup(rec["a"], rec["pa"], a)
-    if plan.cfg.url_dedup:
-        live = ~np.isin(a, url_removed(plan, t)["doc"])
-        a, b, pa = a[live], b[live], pa[live]
-    own = _payload(plan, t)
+def _send(plan: Plan, producer: str, a: np.ndarray, b: np.ndarray, pa: np.ndarray, own: dict,
+          row_of) -> None:
+    """Pairs to the worse document's shard, each better document's set (rows of `own`) once per shard."""
     dest = plan.shard_of(b)
     for u in np.unique(dest).tolist():
         sel = dest == u
         senders, ref = np.unique(a[sel], return_inverse=True)
-        rows = senders - plan.bases[t]
+        rows = row_of(senders)
         if "shingles" in own:
             values, offsets = gather_sets(own["shingles"], own["offsets"], rows)
             payload = {"shingles": values, "offsets": offsets}
         else:
             payload = {"sig": own["sig"][rows]}
-        to = storage.join(partitions.part_dir(plan.folder("sent"), u), f"{plan.names[t]}{partitions.SUFFIX}")
+        to = storage.join(partitions.part_dir(plan.folder("sent"), u), f"{producer}{partitions.SUFFIX}")
         partitions.put(to, a=a[sel], b=b[sel], pa=pa[sel], ref=ref.astype(np.int64), **payload)
+
+
+def _pairs(folder: str, p: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rec = partitions.read_partition(folder, p, PAIRS)
+    a, b = unique_pairs(rec["a"], rec["b"])
+    return a, b, lookup(rec["a"], rec["pa"], a) if len(a) else np.zeros(0)
+
+
+def send_task(plan: Plan, t: int) -> int:
+    """Send the pairs whose better document is in shard t, with that document's set, to the shard of
+    the worse one. Returns the number of distinct candidate pairs."""
+    a, b, pa = _pairs(plan.folder("pairs"), t)
+    candidates = len(a)
+    if plan.cfg.url_dedup:
+        live = ~np.isin(a, url_removed(plan, t)["doc"])
+        a, b, pa = a[live], b[live], pa[live]
+    if len(a):
+        _send(plan, plan.names[t], a, b, pa, _payload(plan, t), lambda docs: docs - plan.bases[t])
     return candidates
 
 
-def verify_task(plan: Plan, s: int, index) -> tuple[int, int, list[int]]:
+def send_index_task(plan: Plan, f: int, index) -> int:
+    """The same for pairs whose better document is in index file f of an earlier run: its signatures,
+    or its shingles made again from its text in that run's output (only the documents paired here)."""
+    a, b, pa = _pairs(plan.folder("index_pairs"), f)
+    if not len(a):
+        return 0
+    senders = np.unique(a)
+    stored = partitions.load(index.files[f])
+    rows = index.locate(senders)[1]
+    if plan.cfg.verify == "exact":
+        texts = storage.read_parquet(index.data[f], columns=["text"]).column("text")
+        own = _shingle_sets(texts.take(pa_array(stored["row"][rows])), plan)
+    else:
+        own = {"sig": stored["sig"][rows]}
+    _send(plan, f"index-{f:05d}", a, b, pa, own, lambda docs: np.searchsorted(senders, docs))
+    return len(a)
+
+
+def _shingle_sets(texts, plan: Plan) -> dict[str, np.ndarray]:
+    batch = shingle(texts, plan.cfg.shingle, plan.cfg.ngram)
+    return {"shingles": batch.hashes, "offsets": batch.offsets}
+
+
+def verify_task(plan: Plan, s: int) -> tuple[int, list[int]]:
     """Measure the Jaccard of every pair sent to shard s and keep those at the threshold. Returns
-    (candidate pairs against index documents, verified pairs, histogram of candidate Jaccard in 20
-    bins)."""
+    (verified pairs, histogram of candidate Jaccard in 20 bins)."""
     cfg = plan.cfg
     own = _payload(plan, s)
     found = []
@@ -85,15 +117,6 @@ def verify_task(plan: Plan, s: int, index) -> tuple[int, int, list[int]]:
         # Copies: views would keep the whole file (sets included) alive; one sender's file at a time.
         found.append((got["a"].copy(), got["b"].copy(), got["pa"].copy(), j))
         del got
-    against_index = 0
-    if index is not None:
-        rec = partitions.read_partition(plan.folder("index_pairs"), s, PAIRS)
-        a, b = unique_pairs(rec["a"], rec["b"])
-        against_index = len(a)
-        if against_index:
-            sig = own["sig"] if "sig" in own else partitions.get(plan.file("sig", s))["sig"]
-            j = estimated_jaccard(index.signatures(a), sig[b - plan.bases[s]])
-            found.append((a, b, lookup(rec["a"], rec["pa"], a), j))
     if not found:
         found = [(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), np.zeros(0))]
     a, b, pa, j = (np.concatenate(column) for column in zip(*found))
@@ -105,4 +128,4 @@ def verify_task(plan: Plan, s: int, index) -> tuple[int, int, list[int]]:
     partitions.write_partitioned(plan.folder("edges"), plan.names[s], a, plan.partitions, a=a, b=b, pa=pa, j=j)
     u, v = np.concatenate([a, b]), np.concatenate([b, a])
     partitions.write_partitioned(storage.join(plan.folder("cc"), "r000"), plan.names[s], u, plan.partitions, u=u, v=v)
-    return against_index, int(keep.sum()), hist
+    return int(keep.sum()), hist

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from llm.config import MinHashConfig, ShardConfig
-from llm.data.dataset import read_manifest
+from llm.data import schema
 from llm.data.minhash.clusters import connected_components
+from llm.data.minhash.shingles import jaccard, word_shingles
 from llm.data.minhash.stage import run_minhash_dedup
 from llm.executor import LocalExecutor
 from tests.unit.data.minhash.conftest import rejected, removals, write_dataset
@@ -157,14 +158,27 @@ def test_incremental_batch_checked_against_the_earlier_index(tmp_path, planted):
     old_kept = set()
     for shard in first["shards"]:
         old_kept |= set(pq.read_table(tmp_path / "old_out" / shard["files"]["data"]).column("id").to_pylist())
-    removed = removals(str(tmp_path / "out"), new_ids + sorted(old_kept))
-    against_old = {d for d, (k, _) in removed.items() if k >= len(new)}
+    old_kept = sorted(old_kept)
+    removed = removals(str(tmp_path / "out"), new_ids + old_kept)
+    against_old = {d: (k, row) for d, (k, row) in removed.items() if k >= len(new)}
     # every new copy of a kept old document goes, in favour of an old document
     assert sum(1 for i in range(40) if i in against_old) >= 36
     assert all(k not in removed for k, _ in removed.values())
     assert m["totals"]["counts"]["read"] == len(new)
+    # Verified exactly: the old keeper's text is re-shingled from the earlier output.
+    old_text = {schema.doc_id("old", i): t for i, t in enumerate(old)}
+    for d, (k, row) in against_old.items():
+        exact = jaccard(*(word_shingles([new[d], old_text[old_kept[k - len(new)]]], 5).of(i) for i in (0, 1)))
+        assert exact >= 0.8 and row["value"] == pytest.approx(exact, abs=1e-6)
     meta = json.loads((tmp_path / "out" / "_index" / "_meta.json").read_text())
     assert meta["parent"] == str(tmp_path / "old_out")
+    assert [s["docs"] for s in meta["shards"]] == [r["extra"]["index_docs"] for r in m["shards"]]
+    # The same batch again, against this run's index (and through its parent, the first run's): every
+    # document is now a copy of one already indexed. An index made with other settings is refused.
+    again = _run(tmp_path, MinHashConfig(keeper="first", index_uri=str(tmp_path / "out")), "again")
+    assert again["totals"]["counts"]["dropped"] == {"near_duplicate": len(new)}
+    with pytest.raises(ValueError, match="index_uri"):
+        _run(tmp_path, MinHashConfig(keeper="first", ngram=4, index_uri=str(tmp_path / "out")), "bad")
 
 
 class _PeakExecutor(LocalExecutor):
