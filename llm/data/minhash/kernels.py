@@ -200,6 +200,20 @@ def minhash(shingles, offsets, a, b, empty):
 
 
 @njit(cache=True)
+def band_hashes(sig, bands, rows):
+    """(documents, bands) hash of each band's `rows` signature values: h = mix(h * golden + value)."""
+    docs = sig.shape[0]
+    out = np.empty((docs, bands), np.uint64)
+    for d in range(docs):
+        for band in range(bands):
+            h = np.uint64(0)
+            for r in range(band * rows, (band + 1) * rows):
+                h = mix(h * _GOLDEN + sig[d, r])
+            out[d, band] = h
+    return out
+
+
+@njit(cache=True)
 def pair_jaccard(shingles_a, offsets_a, rows_a, shingles_b, offsets_b, rows_b):
     """Exact Jaccard of each pair (rows_a[i] of set A, rows_b[i] of set B) of sorted unique shingle
     arrays, by a merge of the two; 1.0 for two empty sets."""

@@ -39,21 +39,7 @@ _NO_SPACE_SCRIPTS = "".join(f"{chr(lo)}-{chr(hi)}" for lo, hi in _NO_SPACE_RANGE
 # expression is the definition; `kernels.tokenize` finds the same tokens without it.
 _TOKEN = re.compile(f"[{_NO_SPACE_SCRIPTS}]|[^\\W_{_NO_SPACE_SCRIPTS}]+")
 
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
 _MAX_POS = 64  # characters past the 64th of a token share the last position multiplier
-
-
-def mix64(x: np.ndarray) -> np.ndarray:
-    """splitmix64's finalizer: a bijective 64-bit mixer (avalanches every input bit)."""
-    x = x.astype(np.uint64, copy=True)
-    with np.errstate(over="ignore"):
-        x ^= x >> np.uint64(30)
-        x *= _M1
-        x ^= x >> np.uint64(27)
-        x *= _M2
-        x ^= x >> np.uint64(31)
-    return x
 
 
 def _odd_multipliers(seed: int, count: int) -> np.ndarray:

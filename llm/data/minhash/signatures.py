@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from llm.data.minhash import kernels
-from llm.data.minhash.shingles import ShingleBatch, mix64
+from llm.data.minhash.shingles import ShingleBatch
 
 EMPTY = np.iinfo(np.uint64).max  # signature value of a document with no shingles
 
@@ -32,13 +32,9 @@ class MinHasher:
 
 def band_hashes(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
     """(docs, bands) 64-bit hashes of each band's `rows` signature values."""
-    docs = sig.shape[0]
-    view = sig[:, : bands * rows].reshape(docs, bands, rows)
-    h = np.zeros((docs, bands), dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        for k in range(rows):
-            h = mix64(h * np.uint64(0x9E3779B97F4A7C15) + view[:, :, k])
-    return h
+    if bands * rows > sig.shape[1]:
+        raise ValueError(f"{bands} bands x {rows} rows need {bands * rows} signature values, not {sig.shape[1]}")
+    return kernels.band_hashes(np.ascontiguousarray(sig), bands, rows)
 
 
 def estimated_jaccard(sig_a: np.ndarray, sig_b: np.ndarray) -> np.ndarray:
