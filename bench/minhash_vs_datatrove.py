@@ -16,9 +16,10 @@ Where they differ:
   its own `simplify_text` normalisation (cheaper than spaCy, so this favours datatrove).
 - llmpipe verifies candidate pairs by exact Jaccard (threshold 0.8) and clusters without chaining;
   datatrove removes every band collision and unions clusters through chains.
-- llmpipe's time excludes `ray.init` and the start of Ray's worker processes (a one-off per cluster;
-  a pipeline's stages share them), but includes each worker's first import and compiled-code load;
-  datatrove's includes starting its worker processes, which it does per stage.
+- llmpipe's time excludes `ensure_ray`, which starts Ray and one worker process per core (a one-off per
+  cluster; a pipeline's stages share them), but includes each worker's first import of the stage and
+  load of its compiled code; datatrove's includes starting its worker processes, which it does per
+  stage.
 
 Quality is measured for both against one ground truth: exact Jaccard of word 5-gram shingle sets
 (llmpipe's shingling). Recall: of all pairs inside a planted family with Jaccard >= 0.8 (brute force over
@@ -223,7 +224,6 @@ def main() -> None:
         _write_inputs(root, texts, shards)
         kb = sum(len(t.encode()) for t in texts) / len(texts) / 1024
         print(f"corpus: {len(texts)} documents, {kb:.2f} KB each on average, {shards} shards, {args.cores} cores")
-        # Ray starts first: its worker processes come up while the ground truth is computed.
         ensure_ray(RayConfig(num_cpus=args.cores, object_store_memory=256 * 1024 * 1024))
         truth = ground_truth(texts, corpus.family)
         print(f"ground truth: {len(truth)} planted pairs with Jaccard >= {THRESHOLD}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 from llm.config import RayConfig
 
@@ -38,6 +39,20 @@ def ensure_ray(cfg: RayConfig | None = None) -> None:
         log_to_driver=True,
         configure_logging=False,
     )
+    _start_workers(ray)
+
+
+def _start_workers(ray) -> None:
+    """Bring up one worker process per CPU of the new local cluster now (~1-2 s, once): otherwise the
+    first stage's first tasks each wait for a process to start. The tasks hold their CPU briefly, so
+    Ray starts them side by side rather than reusing the first worker."""
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    hold = ray.remote(num_cpus=1)(_hold)
+    ray.get([hold.remote(0.25) for _ in range(cpus)])
+
+
+def _hold(seconds: float) -> None:
+    time.sleep(seconds)
 
 
 def shutdown_ray() -> None:
