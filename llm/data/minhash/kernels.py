@@ -44,10 +44,11 @@ _LOW_BITS = np.uint32(0x7FFFFFFF)
 
 @njit(cache=True)
 def decode_lower(data, offsets, lower, expand_from, expand_to):
-    """Lower-cased code points of documents given as UTF-8 bytes (`data[offsets[d]:offsets[d + 1]]`,
-    valid UTF-8, as Arrow guarantees). `lower` maps a code point to its lower case; when it carries the
-    `_EXPANDS` flag the lower case is two code points, the second `expand_to[k]` for the k with
-    `expand_from[k]` equal to the code point. Returns (codes, doc_ends)."""
+    """Lower-cased code points of documents given as UTF-8 bytes (`data[offsets[d]:offsets[d + 1]]`).
+    `lower` maps a code point to its lower case; when it carries the `_EXPANDS` flag the lower case is
+    two code points, the second `expand_to[k]` for the k with `expand_from[k]` equal to the code point.
+    A lead byte whose sequence would run past its document (bytes Arrow did not validate) reads as
+    U+FFFD, a separator, so nothing is read out of bounds. Returns (codes, doc_ends)."""
     docs = offsets.shape[0] - 1
     codes = np.empty(2 * (offsets[docs] - offsets[0]), np.uint32)  # a byte gives at most two code points
     doc_ends = np.empty(docs, np.int64)
@@ -56,7 +57,11 @@ def decode_lower(data, offsets, lower, expand_from, expand_to):
         i, stop = offsets[d], offsets[d + 1]
         while i < stop:
             b0 = np.uint32(data[i])
-            if b0 < 0x80:
+            width = 1 if b0 < 0x80 else 2 if b0 < 0xE0 else 3 if b0 < 0xF0 else 4
+            if i + width > stop or (width > 1 and b0 < 0xC0):  # truncated, or a stray continuation byte
+                cp = np.uint32(0xFFFD)
+                i += 1
+            elif b0 < 0x80:
                 cp = b0
                 i += 1
             elif b0 < 0xE0:
@@ -70,6 +75,8 @@ def decode_lower(data, offsets, lower, expand_from, expand_to):
                 cp = (((b0 & np.uint32(0x07)) << np.uint32(18)) | ((np.uint32(data[i + 1]) & np.uint32(0x3F)) << np.uint32(12))
                       | ((np.uint32(data[i + 2]) & np.uint32(0x3F)) << np.uint32(6)) | (np.uint32(data[i + 3]) & np.uint32(0x3F)))
                 i += 4
+            if cp >= 0x110000:
+                cp = np.uint32(0xFFFD)
             low = lower[cp]
             codes[n] = low & _LOW_BITS
             n += 1

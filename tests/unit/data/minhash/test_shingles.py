@@ -52,3 +52,13 @@ def test_compiled_tokenizer_finds_the_regex_tokens_on_real_multilingual_text(sha
     assert len(set(zip(words, spans.hashes.tolist()))) == len(set(words)) == len(set(spans.hashes.tolist()))
     tail = token_spans(texts[-5:])
     assert np.array_equal(tail.hashes, spans.hashes[-len(tail.hashes):])
+
+
+def test_unvalidated_bytes_never_read_past_a_document():
+    import pyarrow as pa
+
+    # "ab" + a truncated 3-byte sequence | a stray continuation byte + "cd" | a lead byte claiming 4 bytes
+    data = b"ab\xe2\x82" + b"\x80cd" + b"\xf4"
+    offsets = np.array([0, 4, 7, 8], np.int32)
+    texts = pa.Array.from_buffers(pa.string(), 3, [None, pa.py_buffer(offsets.tobytes()), pa.py_buffer(data)])
+    assert token_spans(texts).strings() == [["ab"], ["cd"], []]
