@@ -49,3 +49,33 @@ def test_data_stages_read_and_write_s3(s3_endpoint, shared_data):
     before = storage.read_bytes(storage.join(layout.docs, "_manifest.json"))
     run_ingest(cfg, "", layout.docs, ex)
     assert storage.read_bytes(storage.join(layout.docs, "_manifest.json")) == before
+
+
+def test_minhash_and_its_refresh_on_s3_match_the_local_run(s3_endpoint, shared_data, tmp_path):
+    from llm.config import MinHashConfig, ShardConfig
+    from llm.data.minhash.planted import planted_corpus, word_pool
+    from llm.data.minhash.stage import run_minhash_dedup
+    from tests.unit.data.minhash.conftest import write_dataset
+
+    corpus = planted_corpus(word_pool(shared_data), 300, seed=5)
+    urls = [f"https://example.org/{i % 290}" for i in range(len(corpus.texts))]  # repeated URLs too
+    results = {}
+    for root in ("s3://llmpipe-test/mh", str(tmp_path)):
+        write_dataset(f"{root}/in", corpus.texts, shards=3, urls=urls)
+        first = run_minhash_dedup(f"{root}/in", f"{root}/out", MinHashConfig(min_buckets=2), ShardConfig(), "h",
+                                  LocalExecutor())
+        write_dataset(f"{root}/new", corpus.texts[:60], shards=1, tag="n")
+        refresh = run_minhash_dedup(f"{root}/new", f"{root}/refresh", MinHashConfig(index_uri=f"{root}/out"),
+                                    ShardConfig(), "h", LocalExecutor())
+        rows = []
+        for out in ("out", "refresh"):
+            for uri in storage.list_files(f"{root}/{out}/rejected", ".parquet"):
+                rows += storage.read_parquet(uri, columns=["id", "rule", "value", "detail"]).to_pylist()
+        assert not storage.list_files(f"{root}/out/_work") and not storage.list_files(f"{root}/refresh/_work")
+        results[root] = (first["totals"], first["minhash"], refresh["totals"], rows)
+    s3, local = results.values()
+    assert s3 == local
+    dropped = s3[0]["counts"]["dropped"]
+    assert dropped["near_duplicate"] > 10 and dropped["url_duplicate"] >= 5
+    # every refreshed document that was kept before is an exact copy of one in the index
+    assert s3[2]["counts"]["dropped"].get("near_duplicate", 0) >= 40
