@@ -59,8 +59,8 @@ def _parser() -> argparse.ArgumentParser:
                              description="why a document was kept or dropped at each step, with its signals")
     explain.add_argument("dataset", help="dataset folder or URI (e.g. work/demo/datasets/docs)")
     explain.add_argument("doc_id", help="the document's id")
-    stats = sub.add_parser("stats", help="drops per step and rule, documents per language",
-                           description="drops per step and rule, documents per language")
+    what = "drops per step and rule, documents per language, near-duplicate statistics"
+    stats = sub.add_parser("stats", help=what, description=what)
     stats.add_argument("dataset", help="dataset folder or URI (e.g. work/demo/datasets/docs)")
     return parser
 

@@ -113,7 +113,8 @@ def _fmt(value) -> str:
 
 def stats(dataset: str) -> dict:
     """{"steps": {step: {"read", "kept", "quarantined", "dropped": {rule: n}}}, "languages": {"kept": {lang: n},
-    "dropped": {lang: n}}} for a dataset written by the ingest pass."""
+    "dropped": {lang: n}}} for a dataset written by the ingest pass; for one written by near-duplicate
+    removal also "minhash": its run statistics (S-curve, pairs, cluster sizes) and removal rate."""
     manifest = read_manifest(dataset)
     steps = manifest.get("totals", {}).get("steps", {})
     languages = {"kept": Counter(), "dropped": Counter()}
@@ -127,7 +128,12 @@ def stats(dataset: str) -> dict:
                 continue
             col = storage.read_parquet(uri, columns=["lang"]).column("lang")
             languages[key].update(v if v is not None else "(not identified)" for v in col.to_pylist())
-    return {"steps": steps, "languages": {k: dict(v.most_common()) for k, v in languages.items()}}
+    out = {"steps": steps, "languages": {k: dict(v.most_common()) for k, v in languages.items()}}
+    if manifest.get("minhash"):  # a near-duplicate removal's run statistics
+        counts = manifest["totals"]["counts"]
+        removed = sum(counts["dropped"].values())
+        out["minhash"] = {**manifest["minhash"], "removal_rate": removed / counts["read"] if counts["read"] else 0.0}
+    return out
 
 
 def _columns(uri: str) -> list[str]:
@@ -136,15 +142,29 @@ def _columns(uri: str) -> list[str]:
 
 
 def format_stats(data: dict) -> str:
-    """The two tables of `stats` as text."""
-    lines = [f"{'step':<10} {'rule':<28} {'dropped':>8}"]
+    """The tables of `stats` as text (and a near-duplicate removal's statistics when it has them)."""
+    lines = [f"{'step':<14} {'rule':<28} {'dropped':>8}"]
     for step, counts in data["steps"].items():
         if not counts["dropped"] and step != "read":
-            lines.append(f"{step:<10} {'(none)':<28} {0:>8}   read {counts['read']} kept {counts['kept']}")
+            lines.append(f"{step:<14} {'(none)':<28} {0:>8}   read {counts['read']} kept {counts['kept']}")
         for rule, n in sorted(counts["dropped"].items(), key=lambda kv: -kv[1]):
-            lines.append(f"{step:<10} {rule:<28} {n:>8}")
+            lines.append(f"{step:<14} {rule:<28} {n:>8}")
     lines += ["", f"{'language':<18} {'kept':>8} {'dropped':>8}"]
     langs = data["languages"]
     for lang in sorted(set(langs["kept"]) | set(langs["dropped"]), key=lambda l: -langs["kept"].get(l, 0)):
         lines.append(f"{lang:<18} {langs['kept'].get(lang, 0):>8} {langs['dropped'].get(lang, 0):>8}")
+    if "minhash" in data:
+        lines += [""] + _format_minhash(data["minhash"])
     return "\n".join(lines)
+
+
+def _format_minhash(m: dict) -> list[str]:
+    lines = [f"near-duplicates: removal rate {m['removal_rate']:.2%}, {m.get('url_duplicates', 0)} URL duplicates, "
+             f"{m.get('candidate_pairs', 0)} candidate pairs, {m.get('verified_pairs', 0)} verified",
+             f"LSH {m['bands']} bands x {m['rows']} rows; P(candidate | Jaccard): "
+             + "  ".join(f"{s}: {p:.3f}" for s, p in m["s_curve"].items())]
+    sizes = m.get("cluster_size_hist", {})
+    if sizes:
+        lines += ["", f"{'cluster size':<14} {'clusters':>8}"]
+        lines += [f"{size:<14} {n:>8}" for size, n in sizes.items()]
+    return lines

@@ -38,6 +38,12 @@ def _finish_token(h, length):
     return mix(h ^ (np.uint64(length) * _GOLDEN))
 
 
+@njit(cache=True, inline="always")
+def _tail(byte):
+    """The six payload bits of a UTF-8 continuation byte."""
+    return np.uint32(byte) & np.uint32(0x3F)
+
+
 _EXPANDS = np.uint32(0x80000000)  # lower-case table flag: one more code point follows (see `decode_lower`)
 _LOW_BITS = np.uint32(0x7FFFFFFF)
 
@@ -65,15 +71,14 @@ def decode_lower(data, offsets, lower, expand_from, expand_to):
                 cp = b0
                 i += 1
             elif b0 < 0xE0:
-                cp = ((b0 & np.uint32(0x1F)) << np.uint32(6)) | (np.uint32(data[i + 1]) & np.uint32(0x3F))
+                cp = ((b0 & np.uint32(0x1F)) << np.uint32(6)) | _tail(data[i + 1])
                 i += 2
             elif b0 < 0xF0:
-                cp = (((b0 & np.uint32(0x0F)) << np.uint32(12)) | ((np.uint32(data[i + 1]) & np.uint32(0x3F)) << np.uint32(6))
-                      | (np.uint32(data[i + 2]) & np.uint32(0x3F)))
+                cp = ((b0 & np.uint32(0x0F)) << np.uint32(12)) | (_tail(data[i + 1]) << np.uint32(6)) | _tail(data[i + 2])
                 i += 3
             else:
-                cp = (((b0 & np.uint32(0x07)) << np.uint32(18)) | ((np.uint32(data[i + 1]) & np.uint32(0x3F)) << np.uint32(12))
-                      | ((np.uint32(data[i + 2]) & np.uint32(0x3F)) << np.uint32(6)) | (np.uint32(data[i + 3]) & np.uint32(0x3F)))
+                cp = (((b0 & np.uint32(0x07)) << np.uint32(18)) | (_tail(data[i + 1]) << np.uint32(12))
+                      | (_tail(data[i + 2]) << np.uint32(6)) | _tail(data[i + 3]))
                 i += 4
             if cp >= 0x110000:
                 cp = np.uint32(0xFFFD)

@@ -13,6 +13,7 @@ from llm.config import MinHashConfig, ShardConfig
 from llm.data import schema
 from llm.data.minhash.clusters import connected_components
 from llm.data.minhash.shingles import jaccard, word_shingles
+from llm.data.inspect import format_stats, stats
 from llm.data.minhash.stage import run_minhash_dedup
 from llm.executor import LocalExecutor
 from tests.unit.data.minhash.conftest import rejected, removals, write_dataset
@@ -144,6 +145,12 @@ def test_url_duplicates_go_first_and_never_count_twice(tmp_path, words):
            [(r["id"], r["rule"], json.loads(r["detail"])["keeper"]) for r in rejected(str(tmp_path / "out"))]}
     assert got == {1: ("url_duplicate", ids[0]), 3: ("near_duplicate", ids[0])}
     assert m["totals"]["counts"]["dropped"] == {"near_duplicate": 1, "url_duplicate": 1}
+    # `llmpipe stats` shows the run's removal rate, S-curve and cluster sizes
+    data = stats(str(tmp_path / "out"))["minhash"]
+    assert data["removal_rate"] == 0.5 and data["url_duplicates"] == 1 and data["cluster_size_hist"] == {"2": 1}
+    text = format_stats(stats(str(tmp_path / "out")))
+    assert "removal rate 50.00%, 1 URL duplicates" in text and "14 bands x 8 rows" in text
+    assert "0.8: 0.924" in text and "\n2                     1" in text
 
 
 def test_incremental_batch_checked_against_the_earlier_index(tmp_path, planted):
