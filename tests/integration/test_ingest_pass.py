@@ -3,9 +3,6 @@ resumed, and bad input quarantined with nothing lost."""
 
 from __future__ import annotations
 
-import gzip
-import json
-import os
 import signal
 import subprocess
 import sys
