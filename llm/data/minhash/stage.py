@@ -116,14 +116,14 @@ def _candidates(plan: Plan, p: int, index) -> int:
     a, b = candidate_pairs(rec["band"], rec["hash"], rec["doc"], rec["prio"], plan.cfg.star_width)
     keep = b >= 0  # two index documents were settled by the earlier run
     a, b = a[keep], b[keep]
-    pa = lookup(rec["doc"], rec["prio"], a)
+    prio_a = lookup(rec["doc"], rec["prio"], a)
     old = a < 0
     partitions.write_partitioned(plan.folder("pairs"), f"{p:05d}", plan.shard_of(a[~old]), len(plan.names),
-                                 a=a[~old], b=b[~old], pa=pa[~old])
+                                 a=a[~old], b=b[~old], pa=prio_a[~old])
     if old.any():
         files = index.locate(a[old])[0]
         partitions.write_partitioned(plan.folder("index_pairs"), f"{p:05d}", files, len(index.files),
-                                     a=a[old], b=b[old], pa=pa[old])
+                                     a=a[old], b=b[old], pa=prio_a[old])
     return len(a)
 
 
