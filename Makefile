@@ -44,6 +44,7 @@ bench: install-dev
 	$(PY) bench/minhash_vs_datatrove.py --docs 20000
 	$(PY) bench/train_step_vs_bare_torch.py
 	$(PY) bench/checkpointing_memory.py
+	$(PY) bench/refresh_vs_full.py
 
 clean:
 	rm -rf work/demo

@@ -51,7 +51,7 @@ def _write_inputs(root: Path, texts: list[str], shards: int) -> None:
 
     from llm.data import schema
     from llm.data.dataset import Counts, load_record, write_manifest, write_record
-    from llm.data.ingest import write_shard
+    from llm.data.dataset import write_shard
 
     per = -(-len(texts) // shards)
     names = []
@@ -69,7 +69,7 @@ def _write_inputs(root: Path, texts: list[str], shards: int) -> None:
         with open(root / "jsonl" / f"{name}.jsonl", "w", encoding="utf-8") as fh:
             for r in rows:
                 fh.write(json.dumps({"id": r["id"], "text": r["text"]}) + "\n")
-    write_manifest(str(root / "parquet"), "bench", "x", [], [load_record(str(root / "parquet"), n) for n in names])
+    write_manifest(str(root / "parquet"), "bench", [load_record(str(root / "parquet"), n) for n in names])
 
 
 def run_llmpipe(root: Path, cores: int) -> tuple[float, dict[int, int]]:
@@ -84,7 +84,7 @@ def run_llmpipe(root: Path, cores: int) -> tuple[float, dict[int, int]]:
     shutil.rmtree(out, ignore_errors=True)
     cfg = MinHashConfig(keeper="first", url_dedup=False, bands=14, rows=8, ngram=5, threshold=THRESHOLD)
     start = time.perf_counter()
-    run_minhash_dedup(str(root / "parquet"), str(out), cfg, ShardConfig(), "bench", RayExecutor())
+    run_minhash_dedup(str(root / "parquet"), str(out), cfg, ShardConfig(), RayExecutor())
     seconds = time.perf_counter() - start
     removed = {}
     for f in sorted((out / "rejected").glob("*.parquet")):

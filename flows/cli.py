@@ -5,6 +5,8 @@
     llmpipe config configs/seed-24x1024.yaml
     llmpipe explain work/demo/datasets/docs DOC_ID
     llmpipe stats work/demo/datasets/docs
+    llmpipe lineage work/demo/tokens
+    llmpipe gc work/demo            # dry run; --apply deletes
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ def _parser() -> argparse.ArgumentParser:
         return p
 
     add("run", "run the whole pipeline")
-    add("data", "run the data stages only (crawl to token files)")
+    add("data", "refresh the data (crawl to token files): recrawl with conditional requests, read new input "
+        "files, process only new shards")
     for name, help_text in STAGE_HELP.items():
         add(name, help_text)
     add("config", "validate a config and print it fully resolved")
@@ -62,6 +65,13 @@ def _parser() -> argparse.ArgumentParser:
     what = "drops per step and rule, documents per language, near-duplicate statistics"
     stats = sub.add_parser("stats", help=what, description=what)
     stats.add_argument("dataset", help="dataset folder or URI (e.g. work/demo/datasets/docs)")
+    what = "a dataset's versions and the chain of versions, code, config and inputs that made it"
+    lineage = sub.add_parser("lineage", help=what, description=what)
+    lineage.add_argument("dataset", help="dataset folder or URI, optionally DATASET@VERSION")
+    what = "remove dataset versions (and their files) that no current version depends on"
+    gc = sub.add_parser("gc", help=what, description=what + "; a dry run unless --apply")
+    gc.add_argument("work_dir", help="the work directory (local path or s3:// prefix)")
+    gc.add_argument("--apply", action="store_true", help="delete (default: only list what would go)")
     return parser
 
 
@@ -78,8 +88,19 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from llm.config import ConfigError, load_config
     from llm.storage import StorageError
+    from llm.workdir_lock import WorkDirBusy
 
     try:
+        if args.command == "lineage":
+            from llm.lineage_chain import format_lineage
+
+            print(format_lineage(args.dataset))
+            return 0
+        if args.command == "gc":
+            from llm.gc import format_gc, run_gc
+
+            print(format_gc(run_gc(args.work_dir, apply=args.apply), args.apply))
+            return 0
         if args.command in ("explain", "stats"):
             from llm.data import inspect
 
@@ -95,19 +116,24 @@ def main(argv: list[str] | None = None) -> int:
 
             print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
             return 0
-        from flows.pipeline import DATA_STAGES, STAGES, data_refresh, pipeline, stages_flow
+        from flows.pipeline import DATA_STAGES, STAGES, data_refresh, local_run_settings, pipeline, stages_flow
+        from llm.layout import Layout
         from llm.summary import format_summary
+        from llm.workdir_lock import WorkDirLock
 
-        if args.command == "run":
-            result = pipeline(cfg)
-        elif args.command == "data":
-            result = data_refresh(cfg)
-        else:
-            assert args.command in STAGES or args.command in DATA_STAGES
-            result = stages_flow(cfg, [args.command])
+        # Taken here as well as in the flow, so a busy work directory is one line before Prefect starts.
+        work_dir = Layout.for_work_dir(cfg.work_dir).work_dir
+        with WorkDirLock(work_dir, description=f"llmpipe {args.command} ({cfg.name})"), local_run_settings():
+            if args.command == "run":
+                result = pipeline(cfg)
+            elif args.command == "data":
+                result = data_refresh(cfg)
+            else:
+                assert args.command in STAGES or args.command in DATA_STAGES
+                result = stages_flow(cfg, [args.command])
         print(format_summary(result))
         return 0
-    except (ConfigError, StorageError, FileNotFoundError) as exc:
+    except (ConfigError, StorageError, FileNotFoundError, WorkDirBusy) as exc:
         print(f"llmpipe: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

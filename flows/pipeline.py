@@ -12,10 +12,15 @@ wires them together and opens the MLflow parent run that the stages' nested runs
 
 from __future__ import annotations
 
+import os
+from contextlib import contextmanager
+from typing import Iterator
+
 from prefect import flow
 
 from llm.config import PipelineConfig
 from llm.layout import Layout
+from llm.lineage import redact
 from llm.tracking import Tracker
 from tasks import data, train
 
@@ -35,37 +40,57 @@ _TASKS = {
 }
 
 
-def run_stages(config: PipelineConfig, stages: list[str]) -> dict:
-    """Run the named stages in pipeline order under one MLflow parent run; returns their summaries."""
+def run_stages(config: PipelineConfig, stages: list[str], refresh: bool = False) -> dict:
+    """Run the named stages in pipeline order under one MLflow parent run; returns their summaries.
+
+    A stage whose identity (code, config, input versions) has a complete version is skipped. The work
+    directory is locked for the run: a second run on it stops at once, naming the first. `refresh`
+    recrawls with conditional requests (the nightly refresh) instead of reusing the current crawl.
+    """
+    from llm.workdir_lock import WorkDirLock
+
     unknown = sorted(set(stages) - set(STAGES))
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; stages are {STAGES}")
-    tracker = Tracker(config.tracking, config.work_dir)
-    parent = tracker.start_run(config.name, params=config.model_dump(mode="json"),
-                               tags={"llmpipe.stages": ",".join(stages)})
-    parent_id = parent.run_id if parent else None
-    results: dict[str, dict] = {}
-    ok = False
-    try:
-        for name in [s for s in STAGES if s in stages]:
-            if name == "crawl" and not any(s.kind == "crawl" for s in config.data.sources):
-                continue  # nothing reads the crawl: skip fetching it
-            if name == "evaluate":
-                checkpoint = results.get("pretrain", {}).get("checkpoint_uri") or _final_checkpoint(config)
-                results[name] = train.evaluate(config, checkpoint, parent_id)
-            else:
-                results[name] = _TASKS[name](config, parent_id)
-        ok = True
-    finally:
-        tracker.finish(parent, ok=ok)
+    layout = Layout.for_work_dir(config.work_dir)
+    with WorkDirLock(layout.work_dir, description=f"llmpipe {'+'.join(stages)} ({config.name})"):
+        tracker = Tracker(config.tracking, config.work_dir)
+        parent = tracker.start_run(config.name, params=redact(config.model_dump(mode="json")),
+                                   tags={"llmpipe.stages": ",".join(stages)})
+        parent_id = parent.run_id if parent else None
+        results: dict[str, dict] = {}
+        ok = False
+        try:
+            for name in [s for s in STAGES if s in stages]:
+                if name == "crawl" and not any(s.kind == "crawl" for s in config.data.sources):
+                    continue  # nothing reads the crawl: skip fetching it
+                if name == "crawl":
+                    results[name] = data.crawl(config, parent_id, refresh=refresh)
+                elif name == "evaluate":
+                    checkpoint = results.get("pretrain", {}).get("checkpoint_uri") or \
+                        train.final_checkpoint(layout.train)
+                    results[name] = train.evaluate(config, checkpoint, parent_id)
+                else:
+                    results[name] = _TASKS[name](config, parent_id)
+            ok = True
+        finally:
+            tracker.finish(parent, ok=ok)
     return {"stages": results, "tracking_uri": tracker.uri, "parent_run_id": parent_id,
-            "mlflow_ui": tracker.ui_command(), "work_dir": Layout.for_work_dir(config.work_dir).work_dir}
+            "mlflow_ui": tracker.ui_command(), "work_dir": layout.work_dir}
 
 
-def _final_checkpoint(config: PipelineConfig) -> str:
-    from llm import storage
+@contextmanager
+def local_run_settings() -> Iterator[None]:
+    """Prefect settings for a run on this machine's temporary API (no `PREFECT_API_URL`): no flow-run
+    heartbeats. They let a server spot crashed runs; the temporary API ends with the process, and its
+    heartbeat thread only adds up to a second to the end of every run. With a server, nothing changes."""
+    if os.environ.get("PREFECT_API_URL"):
+        yield
+        return
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
-    return storage.join(Layout.for_work_dir(config.work_dir).train, "final")
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield
 
 
 @flow(name="llmpipe-pipeline", log_prints=True)
@@ -75,9 +100,11 @@ def pipeline(config: PipelineConfig = PipelineConfig()) -> dict:
 
 
 @flow(name="llmpipe-data-refresh", log_prints=True)
-def data_refresh(config: PipelineConfig = PipelineConfig()) -> dict:
-    """The data half: crawl to token files. Finished shards are skipped, so a nightly run is cheap."""
-    return run_stages(config, DATA_STAGES)
+def data_refresh(config: PipelineConfig = PipelineConfig(), recrawl: bool = True) -> dict:
+    """The data half, crawl to token files, as an incremental refresh: the site is recrawled with
+    conditional requests (only new and changed pages are written), sources are listed again, and only
+    new input shards are processed, deduplicated against the existing corpus."""
+    return run_stages(config, DATA_STAGES, refresh=recrawl)
 
 
 @flow(name="llmpipe-stages", log_prints=True)

@@ -93,8 +93,9 @@ class ExactDedupConfig(Section):
     """Exact deduplication on a hash of the normalized text."""
 
     enabled: bool = Field(True, description="Turn the stage off to keep exact duplicates.")
-    num_buckets: int = Field(
-        16, ge=1, le=4096, description="Hash-range buckets; bounds the memory of each grouping task."
+    num_buckets: int | None = Field(
+        None, ge=1, le=4096, description="Hash-range buckets; bounds the memory of each grouping task. "
+        "Empty: one per million documents."
     )
 
 
@@ -170,6 +171,12 @@ class TokenizerConfig(Section):
     byte_fallback: bool = Field(True, description="Unknown characters become byte tokens, never <unk>.")
     max_sentence_length: int = Field(16384, ge=64, description="Longer training lines are split.")
     seed: int = Field(0, description="Seed for sampling and training.")
+    on_new_data: Literal["keep", "retrain"] = Field(
+        "keep",
+        description="When a refresh only adds or removes documents: `keep` the trained tokenizer (token "
+        "ids stay comparable with earlier token datasets and checkpoints), or `retrain` on the new data (a "
+        "new token dataset version follows). A change to how the shards are made always retrains.",
+    )
 
 
 class TokenizeConfig(Section):
@@ -463,6 +470,17 @@ class TrainConfig(Section):
         True,
         description="Log the training host's CPU, memory, disk, network and GPU use to the MLflow run "
         "(system/... metrics, sampled every few seconds by rank 0).",
+    )
+    resume_from: str | None = Field(
+        None,
+        description="Continue from an earlier pretraining run of this work directory instead of from "
+        "random weights: `last` (the current one) or a version listed by `llmpipe lineage WORK/train`. "
+        "Weights, optimizer state and step carry over; `max_steps` counts from that run's start.",
+    )
+    resume_data: Literal["new", "all"] = Field(
+        "new",
+        description="With `resume_from`: train only on token shards the earlier run did not have (a grown "
+        "corpus after a refresh: nothing seen is replayed), or on all of them.",
     )
     registered_model: str | None = Field(
         "llmpipe-gpt",

@@ -55,3 +55,8 @@ class Layout:
     @property
     def eval(self) -> str:
         return self._at("eval")
+
+    def dataset_roots(self) -> list[str]:
+        """Every versioned output under the work directory, upstream first."""
+        return [self.crawl, self.docs, self.dedup, self.near_dedup, self.shards, self.tokenizer, self.tokens,
+                self.train, self.eval]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -124,6 +125,13 @@ def size(uri: str) -> int:
         bucket, key = _split_s3(uri)
         return int(_s3_call(_s3_client().head_object, uri, Bucket=bucket, Key=key)["ContentLength"])
     return _local(uri).stat().st_size
+
+
+def stat_s3(uri: str) -> tuple[int, str]:
+    """(size, ETag) of an S3 object: what identifies its content without reading it."""
+    bucket, key = _split_s3(uri)
+    head = _s3_call(_s3_client().head_object, uri, Bucket=bucket, Key=key)
+    return int(head["ContentLength"]), str(head.get("ETag", "")).strip('"')
 
 
 def list_files(prefix: str, suffix: str = "", recursive: bool = True,
@@ -280,19 +288,47 @@ def write_bytes(uri: str, data: bytes, durable: bool = True) -> str:
         _s3_call(_s3_client().put_object, uri, Bucket=bucket, Key=key, Body=data)
         return digest
     path = _local(uri)
+    tmp = temp_beside(path, data, durable)
+    try:
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return digest
+
+
+_TEMP_NAME = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp$")
+
+
+def remove_temp_files(root: str) -> int:
+    """Delete the temporary files (`temp_beside`) a killed writer left under a local folder; returns how
+    many. Only for a folder no other writer is using (the work directory is locked). S3 has none: an
+    object appears only when its upload completes."""
+    if is_s3(root) or not _local(root).is_dir():
+        return 0
+    removed = 0
+    for folder, _, files in os.walk(_local(root)):
+        for name in files:
+            if _TEMP_NAME.match(name):
+                Path(folder, name).unlink(missing_ok=True)
+                removed += 1
+    return removed
+
+
+def temp_beside(path: Path, data: bytes, durable: bool = True) -> Path:
+    """`data` in a new hidden temporary file in `path`'s folder (created if needed), so a rename or link
+    to `path` publishes it whole; fsynced when `durable`. The caller removes it if it is not used."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        with open(tmp, "wb") as fh:
+        with open(tmp, "xb") as fh:
             fh.write(data)
             if durable:
                 fh.flush()
                 os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return digest
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
 
 
 def write_text(uri: str, text: str) -> str:
@@ -319,12 +355,130 @@ def upload_dir(local_dir: str, uri: str) -> None:
 
 
 def download_dir(uri: str, local_dir: str) -> None:
-    prefix = uri.rstrip("/")
-    for file_uri in list_files(prefix):
-        rel = file_uri[len(prefix):].lstrip("/")
-        dest = Path(local_dir) / rel
+    """Make `local_dir` a copy of the folder `uri`, atomically: the files go to a temporary sibling
+    folder, which then takes `local_dir`'s place (see `replace_dir`), so a reader (or a download killed
+    half-way) never sees a folder with part of the files. An existing `local_dir` is replaced, files
+    that `uri` does not have included; an empty or missing `uri` gives an empty folder."""
+    dest = _local(local_dir)
+    recover_dir(str(dest))
+    tmp = _temp_sibling(dest)
+    try:
+        tmp.mkdir(parents=True)
+        prefix = uri.rstrip("/")
+        for file_uri in list_files(prefix):
+            rel = file_uri[len(prefix):].lstrip("/")
+            path = tmp / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(read_bytes(file_uri))
+        _swap_in(tmp, dest)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+# A folder being replaced is moved to this sibling name for the instant between the two renames of
+# `_swap_in`; the name is fixed (not random) so that `recover_dir` can find it after a crash.
+def _aside(dest: Path) -> Path:
+    return dest.with_name(f".{dest.name}.replaced")
+
+
+def _temp_sibling(dest: Path) -> Path:
+    # Same parent as `dest`: a rename within one filesystem is atomic, across filesystems it fails.
+    return dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def _swap_in(complete: Path, dest: Path) -> None:
+    """Put the complete folder `complete` at `dest`: old aside, new in, old deleted. At every instant
+    `dest` is the old folder or the new one, except between the two renames, when the old one is at
+    `_aside(dest)` (which `recover_dir` puts back)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    aside = _aside(dest)
+    if dest.exists() or dest.is_symlink():
+        os.rename(dest, aside)
+    os.rename(complete, dest)
+    _remove(aside)
+
+
+def recover_dir(uri: str) -> bool:
+    """Repair a local folder left by a `replace_dir` / `download_dir` killed between its two renames:
+    when `uri` is missing and its old copy is still aside (`.<name>.replaced` beside it), the old copy
+    is put back; when both exist, the aside copy is leftover garbage and is deleted. Returns whether
+    the old copy was restored. Both functions call this first, so calling it by hand is only needed
+    to read the folder before the next replace. S3 needs no repair (nothing is deleted before the new
+    content is complete). Not safe against a concurrent replace of the same folder: one writer per
+    folder (the work directory lock sees to that). A crash while copying leaves a hidden
+    `.<name>.<id>.tmp` sibling, which is incomplete and safe to delete."""
+    if is_s3(uri):
+        return False
+    dest = _local(uri)
+    aside = _aside(dest)
+    if not (aside.exists() or aside.is_symlink()):
+        return False
+    if dest.exists() or dest.is_symlink():
+        _remove(aside)
+        return False
+    os.rename(aside, dest)
+    return True
+
+
+def replace_dir(local_dir: str, uri: str) -> None:
+    """Make the folder `uri` hold exactly the files of the local folder `local_dir`, without ever
+    deleting the old content before the new content is complete (a checkpoint killed half-way must
+    leave the previous checkpoint, not nothing).
+
+    Local `uri`: the folder is copied to a temporary sibling, which then takes `uri`'s place with two
+    renames (see `recover_dir` for a crash between them). S3: every new file is uploaded first (each
+    PUT is atomic, so a key holds the old bytes or the new ones), then the old keys the new content
+    does not have are deleted; a reader during the upload can see a mix of old and new files, so
+    write a marker file last (as `state.json` is) when that matters."""
+    src = Path(local_dir)
+    if not src.is_dir():
+        raise FileNotFoundError(f"{local_dir}: not a folder")
+    if not is_s3(uri):
+        dest = _local(uri)
+        recover_dir(str(dest))
         dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_bytes(read_bytes(file_uri))
+        tmp = _temp_sibling(dest)
+        try:
+            shutil.copytree(src, tmp)
+            _swap_in(tmp, dest)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+        return
+    prefix = uri.rstrip("/")
+    old = set(list_files(prefix))
+    new = set()
+    for path in sorted(src.rglob("*")):
+        if path.is_symlink() and not path.exists():
+            # As the local copy does: a folder with a file that cannot be read is not new content
+            # complete enough to replace the old with.
+            raise FileNotFoundError(f"{path}: broken link in {local_dir}")
+        if path.is_file():
+            file_uri = join(prefix, str(path.relative_to(src)))
+            upload_file(str(path), file_uri)
+            new.add(file_uri)
+    _delete_s3_keys(sorted(old - new), prefix)
+
+
+def _delete_s3_keys(uris: list[str], where: str) -> None:
+    client = _s3_client()
+    for start in range(0, len(uris), 1000):  # DeleteObjects takes at most 1000 keys
+        batch = [_split_s3(u) for u in uris[start:start + 1000]]
+        bucket = batch[0][0]
+        reply = _s3_call(client.delete_objects, where, Bucket=bucket,
+                         Delete={"Objects": [{"Key": k} for _, k in batch], "Quiet": True})
+        if reply.get("Errors"):
+            err = reply["Errors"][0]
+            raise StorageError(f"s3://{bucket}/{err.get('Key')}: could not delete ({err.get('Code')}: "
+                               f"{err.get('Message')})")
 
 
 def write_parquet(uri: str, table: pa.Table, row_group_rows: int = 1024, compression: str = "zstd") -> tuple[int, str]:

@@ -31,6 +31,12 @@ def format_summary(result: dict) -> str:
                 reasons = ", ".join(f"{rule}={n}" for rule, n in sorted(dropped.items(), key=lambda kv: -kv[1]))
                 lines.append(f"  {name} dropped: {reasons}")
         lines.append("")
+    reused = [name for name, st in stages.items() if st.get("reused")]
+    if reused:
+        made = [name for name in stages if name not in reused]
+        lines.append(f"reused (inputs, code and config unchanged): {', '.join(reused)}")
+        lines.append(f"made: {', '.join(made) if made else 'nothing'}")
+        lines.append("")
     if "crawl" in stages:
         c = stages["crawl"]
         lines.append(f"crawl: {c.get('pages_fetched')} pages fetched, {c.get('pages_failed')} failed")

@@ -6,38 +6,23 @@ from prefect import task
 from prefect.cache_policies import NONE
 
 from llm import storage
-from llm.config import PipelineConfig, stable_hash
-from llm.data.dataset import dumps, read_manifest
+from llm.config import PipelineConfig
 from llm.tracking import log_dict
 from tasks.runtime import stage
 
 
 @task(name="crawl", cache_policy=NONE)
-def crawl(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict:
-    """Crawl the configured site (default: a local pydoc server) into WARC files."""
-    from llm.data.crawl import crawl as run_crawl, pydoc_server
+def crawl(cfg: PipelineConfig, parent_run_id: str | None = None, refresh: bool = False) -> dict:
+    """Crawl the configured site (default: a local pydoc server) into WARC files. `refresh`: recrawl with
+    conditional requests and add only new and changed pages."""
+    from llm.data.crawl_stage import COUNTERS, crawl_stage
 
     with stage(cfg, parent_run_id, "crawl") as ctx:
         out = ctx.layout.crawl
-        config_hash = stable_hash(cfg.data.crawl.model_dump(mode="json"))
-        done = storage.join(out, "_manifest.json")
-        if storage.exists(done) and read_manifest(out).get("config_hash") == config_hash:
-            manifest = read_manifest(out)
-        else:
-            if cfg.data.crawl.start_url:
-                result = run_crawl(cfg.data.crawl, cfg.data.crawl.start_url, out, progress=True)
-            else:
-                with pydoc_server() as url:
-                    result = run_crawl(cfg.data.crawl, url, out, progress=True)
-            manifest = {
-                "stage": "crawl", "config_hash": config_hash,
-                "warc_files": [f.rsplit("/", 1)[-1] for f in result.warc_files],
-                "pages_fetched": result.pages_fetched, "pages_failed": result.pages_failed,
-                "robots_disallowed": result.robots_disallowed, "bytes": result.bytes,
-            }
-            storage.write_text(done, dumps(manifest))
-        return ctx.report(manifest, out, {"pages_fetched": manifest["pages_fetched"],
-                                          "pages_failed": manifest["pages_failed"]})
+        manifest = crawl_stage(cfg.data.crawl, out, refresh=refresh, progress=True)
+        extra = {k: manifest[k] for k in COUNTERS if k in manifest}
+        extra.update({f"refresh_{k}": v for k, v in manifest.get("refresh", {}).items()})
+        return ctx.report(manifest, out, extra)
 
 
 @task(name="ingest", cache_policy=NONE)
@@ -48,7 +33,7 @@ def ingest(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict:
 
     with stage(cfg, parent_run_id, "ingest") as ctx:
         manifest = run_ingest(cfg, ctx.layout.crawl, ctx.layout.docs, ctx.executor)
-        ctx.log_data_stats(ctx.layout.docs)
+        ctx.log_data_stats(ctx.layout.docs, manifest)
         return ctx.report(manifest, ctx.layout.docs)
 
 
@@ -59,7 +44,7 @@ def exact_dedup(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict:
 
     with stage(cfg, parent_run_id, "exact_dedup") as ctx:
         manifest = run_exact_dedup(ctx.layout.docs, ctx.layout.dedup, cfg.data.exact_dedup, cfg.data.shard,
-                                   cfg.digest("data.exact_dedup"), ctx.executor)
+                                   ctx.executor)
         return ctx.report(manifest, ctx.layout.dedup)
 
 
@@ -70,9 +55,9 @@ def minhash_dedup(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict
 
     with stage(cfg, parent_run_id, "minhash_dedup") as ctx:
         manifest = run_minhash_dedup(ctx.layout.dedup, ctx.layout.near_dedup, cfg.data.minhash, cfg.data.shard,
-                                     cfg.digest("data.minhash"), ctx.executor)
+                                     ctx.executor)
         stats = manifest.get("minhash", {})
-        if ctx.run is not None and "s_curve" in stats:
+        if ctx.run is not None and "s_curve" in stats and not manifest.get("reused"):
             # The S-curve as a metric series (step = similarity in percent) so MLflow plots it.
             for s, p in stats["s_curve"].items():
                 ctx.run.log_metrics({"minhash.p_candidate": p}, step=round(float(s) * 100))
@@ -90,24 +75,28 @@ def shard(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict:
     from llm.data.reshard import run_reshard
 
     with stage(cfg, parent_run_id, "shard") as ctx:
-        manifest = run_reshard(ctx.layout.near_dedup, ctx.layout.shards, cfg.data.shard,
-                               cfg.digest("data.shard"), ctx.executor)
+        manifest = run_reshard(ctx.layout.near_dedup, ctx.layout.shards, cfg.data.shard, ctx.executor)
         return ctx.report(manifest, ctx.layout.shards)
 
 
 @task(name="tokenizer", cache_policy=NONE)
 def tokenizer(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict:
     """Train the SentencePiece tokenizer on a sample of the shards and log it to MLflow."""
-    from llm.tokenizer.stage import VOCAB_FILE, run_tokenizer_training, tokenizer_uri
+    from llm.tokenizer.stage import run_tokenizer_training
 
     with stage(cfg, parent_run_id, "tokenizer") as ctx:
         out = ctx.layout.tokenizer
-        manifest = run_tokenizer_training(ctx.layout.shards, out, cfg.tokenizer, cfg.digest("tokenizer"),
-                                          ctx.executor)
+        manifest = run_tokenizer_training(ctx.layout.shards, out, cfg.tokenizer, ctx.executor)
         if ctx.run is not None:
-            for uri in (tokenizer_uri(out), storage.join(out, VOCAB_FILE)):
-                with storage.local_copy(uri) as path:
-                    ctx.run.log_artifact(path, "tokenizer")
+            import tempfile
+            from pathlib import Path
+
+            # Under their usual names (spm.model, spm.vocab): the run holds one tokenizer.
+            with tempfile.TemporaryDirectory() as tmp:
+                for role, rel in manifest["files"].items():
+                    path = Path(tmp) / f"spm.{role}"
+                    path.write_bytes(storage.read_bytes(storage.join(out, rel)))
+                    ctx.run.log_artifact(str(path), "tokenizer")
         return ctx.report(manifest, out, {"vocab_size": manifest["vocab_size"],
                                           "sample_documents": manifest["sample"]["documents"]})
 
@@ -116,13 +105,9 @@ def tokenizer(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict:
 def tokenize(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict:
     """Encode the shards into token files with document indexes, split into train and validation."""
     from llm.data.tokenize import run_tokenize
-    from llm.tokenizer.stage import tokenizer_uri
 
     with stage(cfg, parent_run_id, "tokenize") as ctx:
-        tok_uri = tokenizer_uri(ctx.layout.tokenizer)
-        config_hash = stable_hash({"tokenize": cfg.digest("tokenize"),
-                                   "tokenizer": read_manifest(ctx.layout.tokenizer)["sha256"]})
-        manifest = run_tokenize(ctx.layout.shards, tok_uri, ctx.layout.tokens, cfg.tokenize, config_hash,
+        manifest = run_tokenize(ctx.layout.shards, ctx.layout.tokenizer, ctx.layout.tokens, cfg.tokenize,
                                 ctx.executor)
         totals = manifest["tokens"]["totals"]
         return ctx.report(manifest, ctx.layout.tokens, {"train_tokens": totals.get("train", 0),

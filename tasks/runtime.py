@@ -6,7 +6,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
-from llm.cluster import ensure_ray
+from llm import versions
 from llm.config import PipelineConfig
 from llm.executor import RayExecutor
 from llm.layout import Layout
@@ -30,6 +30,8 @@ class StageContext:
         summary = {
             "stage": self.name,
             "uri": uri,
+            "version": manifest.get("version"),
+            "reused": bool(manifest.get("reused")),
             "config_hash": manifest.get("config_hash"),
             "shards": totals.get("shards"),
             "rows": totals.get("rows"),
@@ -46,13 +48,25 @@ class StageContext:
             metrics.update({k: v for k, v in (extra or {}).items() if isinstance(v, (int, float))})
             if metrics:
                 self.run.log_metrics(metrics, step=0)
-            self.run.client().log_param(self.run.run_id, "output_uri", uri)
-            log_dict(self.run, manifest, f"{self.name}_manifest.json")
+            client = self.run.client()
+            client.log_param(self.run.run_id, "output_uri", uri)
+            if manifest.get("version"):
+                client.log_param(self.run.run_id, "version", manifest["version"])
+                client.set_tag(self.run.run_id, "llmpipe.reused", str(summary["reused"]).lower())
+                client.set_tag(self.run.run_id, "llmpipe.code_digest", manifest.get("identity", {}).get("code", ""))
+            if not summary["reused"]:  # a reused version's record is with the run that made it
+                if manifest.get("version"):
+                    from llm.lineage_chain import chain
+
+                    log_dict(self.run, {"chain": chain(versions.pinned(uri, manifest["version"]))},
+                             f"{self.name}_lineage.json")
+                log_dict(self.run, manifest, f"{self.name}_manifest.json")
         return summary
 
-    def log_data_stats(self, dataset: str) -> None:
-        """Log drops per step and rule and documents per language (`llmpipe stats`) to the stage run."""
-        if self.run is None:
+    def log_data_stats(self, dataset: str, manifest: dict) -> None:
+        """Log drops per step and rule and documents per language (`llmpipe stats`) to the stage run of
+        a version it made (a reused one has them in the run that made it)."""
+        if self.run is None or manifest.get("reused"):
             return
         from llm.data.inspect import format_stats, stats
 
@@ -67,11 +81,12 @@ class StageContext:
 
 @contextmanager
 def stage(cfg: PipelineConfig, parent_run_id: str | None, name: str) -> Iterator[StageContext]:
-    """Run a stage body with Ray up and a nested MLflow run open; the run is marked FAILED on error."""
-    ensure_ray(cfg.ray)
+    """Run a stage body with a nested MLflow run open (Ray starts when the stage first needs it); the run
+    is marked FAILED on error."""
     tracker = Tracker(cfg.tracking, cfg.work_dir)
     run = tracker.start_run(name, parent=parent_run_id, tags={"llmpipe.stage": name}) if parent_run_id else None
-    ctx = StageContext(name, cfg, Layout.for_work_dir(cfg.work_dir), RayExecutor(progress=True), run)
+    ctx = StageContext(name, cfg, Layout.for_work_dir(cfg.work_dir), RayExecutor(progress=True, ray_config=cfg.ray),
+                       run)
     try:
         yield ctx
     except BaseException:

@@ -1,34 +1,106 @@
-"""Training stage tasks: pretrain (Ray Train) and evaluate."""
+"""Training stage tasks: pretrain (Ray Train) and evaluate, each a versioned output like the data stages:
+skipped when its identity (code, config, the token dataset's and checkpoint's versions) is current."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict
 
 from prefect import task
 from prefect.cache_policies import NONE
 
-from llm import storage
+from llm import storage, versions
 from llm.config import PipelineConfig
+from llm.data.dataset import dumps, read_manifest
+from llm.lineage import identity, of_input
 from llm.tokenizer.stage import tokenizer_uri
 from tasks.runtime import stage
+
+
+def final_checkpoint(train_root: str) -> str:
+    """The final checkpoint of the current pretraining version under `train_root`."""
+    return storage.join(train_root, read_manifest(train_root)["checkpoint"])
+
+
+def resume_point(cfg: PipelineConfig, train_root: str, tokens_version: str) -> dict | None:
+    """Where `train.resume_from` continues from: the pretraining version, its final checkpoint and,
+    with `resume_data: new`, the training-split parts that run already trained on. None when unset, or
+    for `last` when there is no earlier run to continue."""
+    wanted = cfg.train.resume_from
+    if not wanted:
+        return None
+    version = wanted
+    if wanted == "last":
+        # The latest run on other tokens than these: a run already made on these tokens is this stage's
+        # own earlier output (rerunning it must not continue from itself), so take what it continued.
+        version = versions.current(train_root)
+        if version is not None:
+            made = versions.read(versions.pinned(train_root, version))["identity"]["inputs"]
+            if made.get("tokens") == tokens_version:
+                version = made.get("resume")
+        if version is None:  # nothing to continue: the first run starts from random weights
+            return None
+    try:
+        earlier = versions.read(versions.pinned(train_root, version))
+    except FileNotFoundError:
+        raise ValueError(f"train.resume_from: no pretraining version {version!r} under {train_root} "
+                         f"(`llmpipe lineage {train_root}` lists them)") from None
+    old_tokens = versions.parent_uri(train_root, earlier["parents"]["tokens"])
+    old_manifest, new_manifest = versions.read(old_tokens), read_manifest(versions.pinned(
+        versions.split(old_tokens)[0], tokens_version))
+    if old_manifest["tokens"]["vocab_size"] != new_manifest["tokens"]["vocab_size"] or \
+            old_manifest.get("parents", {}).get("tokenizer") != new_manifest.get("parents", {}).get("tokenizer"):
+        raise ValueError("train.resume_from: the earlier run's tokens come from another tokenizer than these; "
+                         "token ids would not mean the same (keep the tokenizer: tokenizer.on_new_data: keep)")
+    seen = [e["bin"] for e in old_manifest["tokens"]["splits"].get("train", [])] \
+        if cfg.train.resume_data == "new" else []
+    return {"version": version, "checkpoint": storage.join(train_root, earlier["checkpoint"]), "seen_parts": seen}
 
 
 @task(name="pretrain", cache_policy=NONE)
 def pretrain(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict:
     """Pre-train the decoder-only transformer on the token files with Ray Train workers."""
+    from llm.cluster import ensure_ray
     from llm.train.trainer import pretrain as run_pretrain
 
     with stage(cfg, parent_run_id, "pretrain") as ctx:
-        if ctx.run is not None:
-            from llm.tracking import flatten
+        started = time.time()
+        tokens = ctx.layout.tokens
+        tokens_version, tokens_recipe = of_input(read_manifest(tokens))
+        ident = identity("pretrain", {"model": cfg.model.model_dump(mode="json"),
+                                      "train": cfg.train.model_dump(mode="json")},
+                         {"tokens": tokens_version}, {"tokens": tokens_recipe})
+        root = ctx.layout.train
+        resume = resume_point(cfg, root, tokens_version)
+        if resume is not None:
+            ident = identity("pretrain", ident.config, {**ident.inputs, "resume": resume["version"]},
+                             ident.upstream)
+        manifest = versions.reuse(root, ident)
+        if manifest is None:
+            if ctx.run is not None:
+                from llm.tracking import flatten
 
-            client = ctx.run.client()
-            for key, value in sorted(flatten({"model": cfg.model.model_dump(mode="json"),
-                                              "train": cfg.train.model_dump(mode="json")}).items()):
-                client.log_param(ctx.run.run_id, key, value)
-        result = run_pretrain(cfg.model, cfg.train, ctx.layout.tokens, ctx.layout.train, ctx.run)
-        summary = {k: v for k, v in asdict(result).items() if isinstance(v, (int, float, str))}
-        return ctx.report({}, ctx.layout.train, summary)
+                client = ctx.run.client()
+                for key, value in sorted(flatten({"model": cfg.model.model_dump(mode="json"),
+                                                  "train": cfg.train.model_dump(mode="json")}).items()):
+                    client.log_param(ctx.run.run_id, key, value)
+            ensure_ray(cfg.ray)
+            run_dir = f"runs/{ident.version}"
+            result = run_pretrain(cfg.model, cfg.train, versions.pinned(tokens, tokens_version),
+                                  storage.join(root, run_dir), ctx.run,
+                                  resume_from=resume["checkpoint"] if resume else None,
+                                  seen_parts=frozenset(resume["seen_parts"]) if resume else frozenset())
+            summary = {k: v for k, v in asdict(result).items() if isinstance(v, (int, float, str))}
+            summary["checkpoint_uri"] = storage.relative(result.checkpoint_uri, root)
+            checkpoint = f"{run_dir}/final"
+            manifest = versions.publish(root, ident, {
+                "result": summary, "checkpoint": checkpoint, "owned": [run_dir],
+                "files": {"model": f"{checkpoint}/model.pt", "state": f"{checkpoint}/state.json"},
+                "seen_parts": len(resume["seen_parts"]) if resume else 0,
+            }, {"tokens": versions.pinned(tokens, tokens_version),
+                **({"resume": versions.pinned(root, resume["version"])} if resume else {})}, started)
+        summary = {**manifest["result"], "checkpoint_uri": storage.join(root, manifest["checkpoint"])}
+        return ctx.report(manifest, root, summary)
 
 
 @task(name="evaluate", cache_policy=NONE)
@@ -37,15 +109,35 @@ def evaluate(cfg: PipelineConfig, checkpoint_uri: str, parent_run_id: str | None
     from llm.eval import evaluate as run_evaluate
 
     with stage(cfg, parent_run_id, "evaluate") as ctx:
-        result = run_evaluate(checkpoint_uri, ctx.layout.tokens, tokenizer_uri(ctx.layout.tokenizer),
-                              cfg.eval, ctx.run)
-        data = asdict(result)
-        storage.write_text(storage.join(ctx.layout.eval, "eval.json"), _dumps(data))
-        summary = {k: v for k, v in data.items() if isinstance(v, (int, float, str))}
-        return ctx.report({}, ctx.layout.eval, summary)
+        started = time.time()
+        layout = ctx.layout
+        tokens_version, tokens_recipe = of_input(read_manifest(layout.tokens))
+        tok_version, _ = of_input(read_manifest(layout.tokenizer))
+        inputs = {"tokens": tokens_version, "tokenizer": tok_version}
+        parents = {"tokens": versions.pinned(layout.tokens, tokens_version),
+                   "tokenizer": versions.pinned(layout.tokenizer, tok_version)}
+        train_version = versions.current(layout.train)
+        if train_version and storage.absolute(checkpoint_uri) == final_checkpoint(layout.train):
+            inputs["train"] = train_version
+            parents["train"] = versions.pinned(layout.train, train_version)
+        else:  # a checkpoint from elsewhere: known by its state file's digest
+            inputs["checkpoint"] = _digest(storage.join(checkpoint_uri, "state.json"))
+        ident = identity("evaluate", cfg.eval, inputs, {"tokens": tokens_recipe})
+        out = layout.eval
+        manifest = versions.reuse(out, ident)
+        if manifest is None:
+            result = run_evaluate(checkpoint_uri, versions.pinned(layout.tokens, tokens_version),
+                                  tokenizer_uri(parents["tokenizer"]), cfg.eval, ctx.run)
+            data = asdict(result)
+            rel = f"eval-{ident.version}.json"
+            storage.write_text(storage.join(out, rel), dumps(data))
+            summary = {k: v for k, v in data.items() if isinstance(v, (int, float, str))}
+            manifest = versions.publish(out, ident, {"result": summary, "files": {"results": rel}}, parents, started)
+        storage.write_text(storage.join(out, "eval.json"), storage.read_text(storage.join(out, manifest["files"]["results"])))
+        return ctx.report(manifest, out, manifest["result"])
 
 
-def _dumps(data: dict) -> str:
-    from llm.data.dataset import dumps
+def _digest(uri: str) -> str:
+    import hashlib
 
-    return dumps(data)
+    return hashlib.sha256(storage.read_bytes(uri)).hexdigest()[:16]

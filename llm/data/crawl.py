@@ -5,15 +5,23 @@ concurrently, and written in sorted order, and the page limit cuts at the same U
 crawls of one server give the same URLs in the same files in the same order (only the dates and record
 ids in the WARC headers differ).
 
+A refresh (the nightly recrawl) passes the previous crawl's `pages` and a new file prefix: pages the
+server answers 304 Not Modified, and pages whose body digest did not change, are not written again, so
+the new WARC files hold only new and changed pages, beside the earlier crawl's files, which stay as they
+are (earlier dataset versions read them).
+
     from llm.config import CrawlConfig
     from llm.data.crawl import crawl, pydoc_server
     with pydoc_server() as url:
-        result = crawl(CrawlConfig(max_pages=50), url, "work/crawl")
+        first = crawl(CrawlConfig(max_pages=50), url, "work/crawl")
+        later = crawl(CrawlConfig(max_pages=50), url, "work/crawl", previous=first.pages,
+                      file_prefix="crawl-g00002")
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import logging
 import os
@@ -48,18 +56,53 @@ log = logging.getLogger(__name__)
 # exhaust memory (records are held in memory until their WARC file is written).
 MAX_BODY_BYTES = 32 * 1024 * 1024
 HTML_TYPES = ("text/html", "application/xhtml+xml")
-WARC_NAME = re.compile(r"crawl-\d{5,}\.warc\.gz")
+DEFAULT_PREFIX = "crawl"
+# A prefix is one file-name segment, so a crawl can never write outside `out_uri`.
+_PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def warc_name_pattern(prefix: str = DEFAULT_PREFIX) -> re.Pattern[str]:
+    """File names a crawl with `prefix` writes: `{prefix}-NNNNN.warc.gz`.
+
+    The number has no `-`, so a name splits at its last `-` into exactly one prefix: the files of
+    `crawl` and of `crawl-g00002` can never be mistaken for each other.
+    """
+    return re.compile(re.escape(prefix) + r"-\d{5,}\.warc\.gz")
+
+
+WARC_NAME = warc_name_pattern()  # the default prefix's files
 
 
 @dataclass
 class CrawlResult:
-    """What a crawl did. `bytes` is the size of the WARC files written."""
+    """What a crawl did. `bytes` is the size of the WARC files written.
 
-    pages_fetched: int = 0  # responses with a 2xx/3xx status
+    Every URL requested ends in exactly one of: a connection error (`pages_failed`, no `pages` entry),
+    or a final HTTP answer, which has a `pages` entry and is exactly one of `not_modified`,
+    `unchanged`, `changed`, `new`. Only `changed` and `new` are written, so `changed + new` is the
+    number of response records in `warc_files`. Without `previous`, every answer is `new`.
+
+    `pages[url]` (the input of the next refresh):
+      status         status of the stored copy of the page: the answer that was written to WARC, by
+                     this crawl or, for a 304, by an earlier one (carried forward)
+      last_status    this crawl's answer: 304 for not modified, else equal to `status`
+      etag, last_modified   the validators to send next time (None when the server gave none)
+      sha256         hex digest of the body with Content-Encoding undone (carried forward on 304)
+      links          sorted, normalized same-host links of the page (a redirect: its target), robots
+                     rules not applied (they are checked when the link is followed)
+      html           a 2xx HTML page: counts towards `max_pages`
+    """
+
+    pages_fetched: int = 0  # final answers with a 2xx/3xx status, 304s and unchanged pages included
     pages_failed: int = 0  # connection errors or 4xx/5xx after the retries
     robots_disallowed: int = 0  # distinct same-host URLs robots.txt kept us from
     warc_files: list[str] = field(default_factory=list)
     bytes: int = 0
+    pages: dict[str, dict] = field(default_factory=dict)
+    not_modified: int = 0  # answered 304 to a conditional request: nothing written
+    unchanged: int = 0  # same status, body digest, links and type as `previous[url]`: nothing written
+    changed: int = 0  # written; the URL was in `previous`
+    new: int = 0  # written; the URL was not in `previous`
 
 
 @dataclass
@@ -77,6 +120,7 @@ class _Fetch:
     truncated: bool = False
     date: str = ""
     error: str | None = None
+    conditional: bool = False  # sent with If-None-Match / If-Modified-Since: a 304 means "not modified"
 
     def header(self, name: str) -> str | None:
         name = name.lower()
@@ -296,24 +340,29 @@ class _Fetcher:
         for sess in self.sessions:
             sess.close()
 
-    def fetch(self, url: str) -> _Fetch:
-        """The final attempt's request and response; connection errors and 5xx are retried."""
+    def fetch(self, url: str, headers: dict[str, str] | None = None) -> _Fetch:
+        """The final attempt's request and response; connection errors and 5xx are retried.
+
+        `headers` are added to this request only (the conditional headers of a refresh).
+        """
         result = _Fetch(url)
         for attempt in range(self.cfg.retries + 1):
             if attempt:
                 time.sleep(self.cfg.backoff_s * 2 ** (attempt - 1))
             self.bucket.acquire()
-            result = self._once(url)
+            result = self._once(url, headers or {})
             retryable = result.error is not None or (result.status is not None and result.status >= 500)
             if not retryable:
                 break
         return result
 
-    def _once(self, url: str) -> _Fetch:
-        out = _Fetch(url, date=_warc_date())
+    def _once(self, url: str, headers: dict[str, str]) -> _Fetch:
+        out = _Fetch(url, date=_warc_date(), conditional=bool(headers))
         try:
             # Redirects are not followed: the 3xx is recorded as it came and its target is queued as a link.
-            resp = self.session().get(url, timeout=self.cfg.timeout_s, stream=True, allow_redirects=False)
+            resp = self.session().get(
+                url, headers=headers, timeout=self.cfg.timeout_s, stream=True, allow_redirects=False
+            )
         except requests.RequestException as exc:
             out.error = f"{type(exc).__name__}: {exc}"
             return out
@@ -348,7 +397,12 @@ def _read_raw(resp: requests.Response) -> tuple[bytes, bool]:
 
 
 def _decoded(fetch: _Fetch) -> bytes:
-    """The body with any Content-Encoding undone, for link extraction only."""
+    """The body with any Content-Encoding undone, for link extraction; b"" when it cannot be undone."""
+    body = _decode(fetch)
+    return b"" if body is None else body
+
+
+def _decode(fetch: _Fetch) -> bytes | None:
     enc = (fetch.header("Content-Encoding") or "").strip().lower()
     try:
         if enc in ("gzip", "x-gzip"):
@@ -359,7 +413,7 @@ def _decoded(fetch: _Fetch) -> bytes:
             except zlib.error:
                 return zlib.decompress(fetch.body, -zlib.MAX_WBITS)
     except (OSError, EOFError, zlib.error):
-        return b""
+        return None
     return fetch.body
 
 
@@ -396,11 +450,15 @@ def _load_robots(fetcher: _Fetcher, start_url: str) -> robotparser.RobotFilePars
 
 
 class _WarcSink:
-    """Buffers records in memory and writes `crawl-NNNNN.warc.gz` files of at most `per_file` responses."""
+    """Buffers records in memory and writes `{prefix}-NNNNN.warc.gz` files of at most `per_file` responses.
 
-    def __init__(self, out_uri: str, per_file: int) -> None:
+    Nothing added, nothing written: a crawl that finds nothing new leaves no file.
+    """
+
+    def __init__(self, out_uri: str, per_file: int, prefix: str = DEFAULT_PREFIX) -> None:
         self.out_uri = out_uri
         self.per_file = per_file
+        self.prefix = prefix
         self.files: list[str] = []
         self.bytes = 0
         self.buf: io.BytesIO | None = None
@@ -436,7 +494,7 @@ class _WarcSink:
             self.flush()
 
     def _open(self) -> None:
-        name = f"crawl-{len(self.files):05d}.warc.gz"
+        name = f"{self.prefix}-{len(self.files):05d}.warc.gz"
         self.buf = io.BytesIO()
         self.writer = WARCWriter(self.buf, gzip=True)
         info = self.writer.create_warcinfo_record(
@@ -448,7 +506,7 @@ class _WarcSink:
     def flush(self) -> None:
         if self.writer is None:
             return
-        name = f"crawl-{len(self.files):05d}.warc.gz"
+        name = f"{self.prefix}-{len(self.files):05d}.warc.gz"
         uri = storage.join(self.out_uri, name)
         data = self.buf.getvalue()
         storage.write_bytes(uri, data)
@@ -457,65 +515,56 @@ class _WarcSink:
         self.buf, self.writer = None, None
 
     def remove_stale(self) -> None:
-        """Delete `crawl-*.warc.gz` left by an earlier, longer crawl into the same folder, so the
-        folder holds exactly this crawl."""
+        """Delete `{prefix}-*.warc.gz` left by an earlier, longer (or killed) crawl with this prefix into
+        the same folder, so the prefix holds exactly this crawl. Files of other prefixes belong to
+        other crawls (earlier dataset versions read them) and are never touched."""
+        pattern = warc_name_pattern(self.prefix)
         mine = {uri.rsplit("/", 1)[-1] for uri in self.files}
         for uri in storage.list_files(self.out_uri, ".warc.gz", recursive=False):
             name = uri.rsplit("/", 1)[-1]
-            if WARC_NAME.fullmatch(name) and name not in mine:
+            if pattern.fullmatch(name) and name not in mine:
                 storage.delete(uri)
 
 
 # ------------------------------------------------------------------------------------------- crawl
 
 
-def crawl(cfg: CrawlConfig, start_url: str, out_uri: str, progress: bool = False) -> CrawlResult:
-    """Crawl one host breadth-first from `start_url`, writing every fetch as WARC under `out_uri`.
+def crawl(
+    cfg: CrawlConfig,
+    start_url: str,
+    out_uri: str,
+    progress: bool = False,
+    previous: dict[str, dict] | None = None,
+    file_prefix: str = DEFAULT_PREFIX,
+) -> CrawlResult:
+    """Crawl one host breadth-first from `start_url`, writing fetches as WARC under `out_uri`.
 
-    Stops after `cfg.max_pages` successful HTML responses or when the host has no more linked pages.
+    Stops after `cfg.max_pages` HTML pages or when the host has no more linked pages. Files are named
+    `{file_prefix}-NNNNN.warc.gz`; leftovers of this prefix from an earlier run are removed.
+
+    `previous` (an earlier result's `pages`) makes this a refresh: requests for known URLs carry that
+    entry's validators; a 304 is not written, stands for the stored page (its links are followed, it
+    counts towards `max_pages` as the stored page did), and a body with the stored digest is not
+    written either. Give a refresh a new `file_prefix`: the unchanged pages live only in the earlier
+    files, which a refresh with the same prefix into the same folder would overwrite or delete.
     """
     start = normalize_url(start_url)
     if start is None:
         raise ValueError(f"crawl start URL must be http(s)://host/...: {start_url!r}")
-    host = _host(start)
+    if not _PREFIX.fullmatch(file_prefix):
+        raise ValueError(f"crawl file_prefix must be letters, digits, '.', '_' or '-': {file_prefix!r}")
     result = CrawlResult()
     bucket = TokenBucket(cfg.rate_limit_per_s)
     fetcher = _Fetcher(cfg, bucket)
-    sink = _WarcSink(out_uri, cfg.records_per_warc)
+    sink = _WarcSink(out_uri, cfg.records_per_warc, file_prefix)
+    recorder = _Recorder(sink, result, previous or {}, _host(start))
     bar = tqdm(total=cfg.max_pages, unit="page", desc="crawl", disable=not progress)
-    html_pages = 0
     try:
         robots = _load_robots(fetcher, start)
         delay = robots.crawl_delay(cfg.user_agent)
         if delay:  # the site asks for fewer requests than configured
             bucket.rate = min(bucket.rate, 1.0 / float(delay))
-        seen = {start}
-        level = [start]
-        if not robots.can_fetch(cfg.user_agent, start):
-            result.robots_disallowed += 1
-            level = []
-        with ThreadPoolExecutor(max_workers=cfg.concurrency, thread_name_prefix="crawl") as pool:
-            while level and html_pages < cfg.max_pages:
-                next_level: set[str] = set()
-                pos = 0
-                while pos < len(level) and html_pages < cfg.max_pages:
-                    # Each URL yields at most one HTML page, so fetching no more than the pages still
-                    # needed means the limit can never fall in the middle of a batch: the cut is the
-                    # same on every run, and nothing is fetched only to be thrown away.
-                    batch = level[pos : pos + min(cfg.max_pages - html_pages, max(64, 8 * cfg.concurrency))]
-                    pos += len(batch)
-                    for fetch in pool.map(fetcher.fetch, batch):  # map keeps the sorted order
-                        html_pages += _record(fetch, sink, result)
-                        bar.update(int(fetch.is_html))
-                        for link in _links_of(fetch):
-                            if link in seen or _host(link) != host:
-                                continue
-                            seen.add(link)
-                            if robots.can_fetch(cfg.user_agent, link):
-                                next_level.add(link)
-                            else:
-                                result.robots_disallowed += 1
-                level = sorted(next_level)
+        _walk(cfg, start, robots, fetcher, recorder, bar)
         sink.flush()
         sink.remove_stale()
     finally:
@@ -524,27 +573,162 @@ def crawl(cfg: CrawlConfig, start_url: str, out_uri: str, progress: bool = False
     result.warc_files = list(sink.files)
     result.bytes = sink.bytes
     log.info(
-        "crawl of %s: %d fetched, %d failed, %d disallowed by robots.txt, %d WARC files",
-        start, result.pages_fetched, result.pages_failed, result.robots_disallowed, len(sink.files),
+        "crawl of %s: %d fetched (%d new, %d changed, %d not modified, %d unchanged), %d failed, "
+        "%d disallowed by robots.txt, %d WARC files",
+        start, result.pages_fetched, result.new, result.changed, result.not_modified, result.unchanged,
+        result.pages_failed, result.robots_disallowed, len(sink.files),
     )
     return result
 
 
-def _record(fetch: _Fetch, sink: _WarcSink, result: CrawlResult) -> int:
-    """Write one fetch and count it; returns 1 when it is a successful HTML page."""
-    if fetch.status is None:
-        result.pages_failed += 1
-        log.warning("crawl: %s failed: %s", fetch.url, fetch.error)
-        return 0
-    sink.add(fetch)
-    if fetch.status >= 400:
-        result.pages_failed += 1
-    else:
-        result.pages_fetched += 1
-    return int(fetch.is_html)
+def _walk(
+    cfg: CrawlConfig,
+    start: str,
+    robots: robotparser.RobotFileParser,
+    fetcher: _Fetcher,
+    recorder: _Recorder,
+    bar: tqdm,
+) -> None:
+    """The breadth-first walk: each level sorted, fetched concurrently, recorded in sorted order."""
+    result = recorder.result
+    seen = {start}
+    level = [start]
+    if not robots.can_fetch(cfg.user_agent, start):
+        result.robots_disallowed += 1
+        level = []
+
+    def get(url: str) -> _Fetch:
+        return fetcher.fetch(url, _conditional_headers(recorder.previous.get(url)))
+
+    html_pages = 0
+    with ThreadPoolExecutor(max_workers=cfg.concurrency, thread_name_prefix="crawl") as pool:
+        while level and html_pages < cfg.max_pages:
+            next_level: set[str] = set()
+            pos = 0
+            while pos < len(level) and html_pages < cfg.max_pages:
+                # Each URL yields at most one HTML page, so fetching no more than the pages still
+                # needed means the limit can never fall in the middle of a batch: the cut is the
+                # same on every run, and nothing is fetched only to be thrown away.
+                batch = level[pos : pos + min(cfg.max_pages - html_pages, max(64, 8 * cfg.concurrency))]
+                pos += len(batch)
+                for fetch in pool.map(get, batch):  # map keeps the sorted order
+                    links, is_page = recorder.record(fetch)
+                    html_pages += is_page
+                    bar.update(int(is_page))
+                    _enqueue(links, seen, next_level, robots, cfg.user_agent, result)
+            level = sorted(next_level)
 
 
-def _links_of(fetch: _Fetch) -> list[str]:
+def _enqueue(
+    links: list[str],
+    seen: set[str],
+    next_level: set[str],
+    robots: robotparser.RobotFileParser,
+    agent: str,
+    result: CrawlResult,
+) -> None:
+    """Queue the links not seen before; each disallowed one is counted once."""
+    for link in links:
+        if link in seen:
+            continue
+        seen.add(link)
+        if robots.can_fetch(agent, link):
+            next_level.add(link)
+        else:
+            result.robots_disallowed += 1
+
+
+def _conditional_headers(prev: dict | None) -> dict[str, str]:
+    """The validators of the stored copy; none known (or a new URL) means a plain GET."""
+    headers = {}
+    if prev and prev.get("etag"):
+        headers["If-None-Match"] = prev["etag"]
+    if prev and prev.get("last_modified"):
+        headers["If-Modified-Since"] = prev["last_modified"]
+    return headers
+
+
+class _Recorder:
+    """Turns each final answer into its `pages` entry, counts it, and writes it unless the previous
+    crawl already holds the same page."""
+
+    def __init__(self, sink: _WarcSink, result: CrawlResult, previous: dict[str, dict], host: str) -> None:
+        self.sink = sink
+        self.result = result
+        self.previous = previous
+        self.host = host
+
+    def record(self, fetch: _Fetch) -> tuple[list[str], bool]:
+        """Returns the page's same-host links and whether it counts towards `max_pages`."""
+        if fetch.status is None:
+            self.result.pages_failed += 1
+            log.warning("crawl: %s failed: %s", fetch.url, fetch.error)
+            return [], False
+        if fetch.status >= 400:
+            self.result.pages_failed += 1
+        else:
+            self.result.pages_fetched += 1
+        prev = self.previous.get(fetch.url)
+        # Checked before any 3xx handling: a 304 to our conditional request is no redirect, it says
+        # "the copy you have is current" (a 304 nobody asked for is recorded like any other 3xx).
+        if fetch.status == 304 and fetch.conditional and prev is not None:
+            entry = _carried_forward(prev, fetch)
+            self.result.not_modified += 1
+        else:
+            entry = _entry(fetch, self.host)
+            self._write_unless_unchanged(fetch, entry, prev)
+        self.result.pages[fetch.url] = entry
+        return entry["links"], entry["html"]
+
+    def _write_unless_unchanged(self, fetch: _Fetch, entry: dict, prev: dict | None) -> None:
+        if prev is not None and _same_content(entry, prev):
+            self.result.unchanged += 1
+            return
+        self.sink.add(fetch)
+        if prev is None:
+            self.result.new += 1
+        else:
+            self.result.changed += 1
+
+
+def _entry(fetch: _Fetch, host: str) -> dict:
+    body = _decode(fetch)
+    return {
+        "status": fetch.status,
+        "last_status": fetch.status,
+        "etag": fetch.header("ETag"),
+        "last_modified": fetch.header("Last-Modified"),
+        # What the page says, not its wire form (gzip output can differ run to run); an undecodable
+        # body is hashed as it came, so two different broken bodies still differ.
+        "sha256": hashlib.sha256(fetch.body if body is None else body).hexdigest(),
+        "links": sorted({link for link in _links_of(fetch, body or b"") if _host(link) == host}),
+        "html": fetch.is_html,
+    }
+
+
+def _carried_forward(prev: dict, fetch: _Fetch) -> dict:
+    """The stored page's entry, as this 304 confirms it (copied: the caller's `previous` is not changed)."""
+    entry = dict(prev, last_status=304, links=list(prev.get("links", [])), html=bool(prev.get("html")))
+    # A 304 carries the validators the stored copy now has (RFC 9111 4.3.4); keep the old ones if not.
+    for key, name in (("etag", "ETag"), ("last_modified", "Last-Modified")):
+        if fetch.header(name):
+            entry[key] = fetch.header(name)
+    return entry
+
+
+def _same_content(entry: dict, prev: dict) -> bool:
+    """Status and links count too: a redirect's body is empty whatever its target, and a page that
+    turned from text/plain into HTML has the same digest but is a different page to the crawl."""
+    return (
+        entry["status"] == prev.get("status")
+        and entry["sha256"] == prev.get("sha256")
+        and entry["links"] == list(prev.get("links", []))
+        and entry["html"] == bool(prev.get("html"))
+    )
+
+
+def _links_of(fetch: _Fetch, body: bytes) -> list[str]:
+    """Links of a final answer; `body` is the decoded body."""
     if fetch.status is None:
         return []
     if 300 <= fetch.status < 400:
@@ -552,5 +736,5 @@ def _links_of(fetch: _Fetch) -> list[str]:
         target = normalize_url(urljoin(fetch.url, location)) if location else None
         return [target] if target else []
     if fetch.is_html:
-        return extract_links(fetch.url, _decoded(fetch), _charset(fetch.header("Content-Type")))
+        return extract_links(fetch.url, body, _charset(fetch.header("Content-Type")))
     return []

@@ -7,15 +7,17 @@ steps there are.
 
 from __future__ import annotations
 
+import time
 from typing import Iterator
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from llm.config import PipelineConfig
+from llm import storage, versions
+from llm.config import PipelineConfig, stable_hash
 from llm.data import schema
-from llm.data.dataset import Counts, ShardRecord, ShardTask, run_shard_stage, write_table
+from llm.data.dataset import Counts, ShardRecord, ShardTask, run_shard_stage, write_shard, writer_config
 from llm.data.steps import DocumentStep
+from llm.lineage import Identity, identity
 
 BATCH_ROWS = 256  # documents per step call: bounds memory for large inputs, amortises Arrow overhead
 
@@ -134,47 +136,50 @@ def _total(step_counts: dict[str, Counts]) -> Counts:
     return total
 
 
-def write_shard(dataset: str, name: str, inputs: list[str], kept: pa.Table, rejected: pa.Table,
-                quarantined: pa.Table, counts: Counts, steps: dict[str, Counts] | None = None,
-                row_group_rows: int = 1024, compression: str = "zstd", extra: dict | None = None) -> ShardRecord:
-    """Write a shard's kept/rejected/quarantine files and return its record (shared by all doc stages)."""
-    files = {"data": f"{name}.parquet"}
-    nbytes, sha = write_table(dataset, files["data"], kept, row_group_rows, compression)
-    if rejected.num_rows:
-        files["rejected"] = f"rejected/{name}.parquet"
-        write_table(dataset, files["rejected"], rejected, row_group_rows, compression)
-    if quarantined.num_rows:
-        files["quarantine"] = f"quarantine/{name}.parquet"
-        write_table(dataset, files["quarantine"], quarantined, row_group_rows, compression)
-    text_bytes = (pc.sum(pc.binary_length(kept.column("text"))).as_py() or 0) if kept.num_rows else 0
-    counts.check(f"{dataset}/{name}")
-    return ShardRecord(
-        name=name, inputs=list(inputs), rows=kept.num_rows, bytes=nbytes, sha256=sha, counts=counts,
-        steps=steps or {}, files=files, extra={"text_bytes": text_bytes, **(extra or {})},
-    )
+INGEST_SECTIONS = ("extract", "normalize", "pii", "langid", "quality", "content")
+
+
+def ingest_identity(cfg: PipelineConfig, units) -> Identity:
+    """Ingest's identity: its code, its config, and every input file's path, size and digest."""
+    config = {"sources": [s.model_dump(mode="json") for s in cfg.data.sources],
+              "steps": {k: getattr(cfg.data, k).model_dump(mode="json") for k in INGEST_SECTIONS},
+              "writer": writer_config(cfg.data.shard)}
+    files = stable_hash([[u.shard, list(u.fingerprint)] for u in units])
+    return identity("ingest", config, {"files": files})
 
 
 def run_ingest(cfg: PipelineConfig, crawl_uri: str, out_uri: str, executor) -> dict:
-    """Plan input units from the configured sources and run the fused pass over each."""
+    """Plan input units from the configured sources and run the fused pass over each unit whose files,
+    source config or processing changed; the new version reuses every other shard."""
     from llm.data.readers import plan_inputs
 
-    units = plan_inputs(cfg.data.sources, crawl_uri)
+    started = time.time()
+    units = plan_inputs(cfg.data.sources, crawl_uri, storage.join(out_uri, versions.CACHE, "file_digests.json"))
     if not units:
         raise ValueError("ingest: the configured sources hold no input files")
+    ident = ingest_identity(cfg, units)
+    parents = {}
+    if any(s.kind == "crawl" for s in cfg.data.sources) and versions.current(crawl_uri):
+        parents["crawl"] = versions.pinned(crawl_uri, versions.current(crawl_uri))
+    reused = versions.reuse(out_uri, ident)
+    if reused is not None:
+        return reused
     shard_cfg = cfg.data.shard
-    tasks = [ShardTask(u.shard, tuple(u.files), u) for u in units]
+    steps_config = {"steps": ident.config["steps"], "writer": ident.config["writer"]}
+    tasks = [ShardTask(u.shard, tuple(u.files), u,
+                       ident.shard_key(config=steps_config, source=u.source.model_dump(mode="json"),
+                                       files=[list(f) for f in u.fingerprint]))
+             for u in units]
 
     def make_shard(task: ShardTask) -> ShardRecord:
         steps = build_steps(cfg)
         kept, rejected, quarantined, step_counts = process_unit(task.payload, steps)
-        return write_shard(out_uri, task.name, list(task.inputs), kept, rejected, quarantined,
-                           _total(step_counts), step_counts, shard_cfg.row_group_rows, shard_cfg.compression)
+        inputs = [task.payload.relative(f) for f in task.inputs]
+        return write_shard(out_uri, task.name, inputs, kept, rejected, quarantined, _total(step_counts),
+                           step_counts, shard_cfg.row_group_rows, shard_cfg.compression, key=task.key)
 
-    config_hash = cfg.digest("data.sources", "data.extract", "data.normalize", "data.pii", "data.langid",
-                             "data.quality", "data.content")
-    inputs = sorted({f for u in units for f in u.files})
     # The rules travel with the dataset so `llmpipe explain` can show each signal next to its threshold.
     rules = {step.name: [{"rule": r.name, "signal": r.signal, "kind": r.kind, "threshold": r.threshold}
                          for r in getattr(step, "rules", [])] for step in build_steps(cfg)}
-    return run_shard_stage("ingest", out_uri, tasks, make_shard, config_hash, executor, inputs,
+    return run_shard_stage(ident, out_uri, tasks, make_shard, executor, parents, started,
                            extra={"rules": {k: v for k, v in rules.items() if v}, "step_order": list(rules)})

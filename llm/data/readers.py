@@ -45,12 +45,14 @@ _RESYNC_CHUNK = 1 << 20
 
 @dataclass(frozen=True)
 class InputUnit:
-    """One shard of the ingest pass: files of one source, named relative to `root`."""
+    """One shard of the ingest pass: files of one source, named relative to `root`. `shard` is named by
+    the files' content (`input_files.group_name`); `fingerprint` is what its output's key is made of."""
 
     shard: str
     source: SourceConfig
     files: tuple[str, ...]
     root: str
+    fingerprint: tuple = ()
 
     def relative(self, uri: str) -> str:
         """The file's path inside `root`: what ids are built from."""
@@ -66,25 +68,49 @@ def is_quarantine(record: dict) -> bool:
 # ------------------------------------------------------------------------------------------ planning
 
 
-def plan_inputs(sources: list[SourceConfig], crawl_uri: str) -> list[InputUnit]:
-    """Units for every source, sorted by source order then file path; shard names are unique."""
+def plan_inputs(sources: list[SourceConfig], crawl_uri: str, digest_cache: str | None = None) -> list[InputUnit]:
+    """Units for every source, in source order then file path; each named by the files it holds, so
+    adding or removing a file changes only the unit it falls in. `digest_cache` (a JSON file) keeps
+    local files' digests between runs."""
+    from llm.data.input_files import DigestCache, content_groups, describe, group_name
+
     names = [s.name for s in sources]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ValueError(f"source names must be unique (they prefix shard names and ids): {duplicates}")
+    cache = DigestCache(digest_cache)
     units: list[InputUnit] = []
     for source in sources:
         root, files = _source_files(source, crawl_uri)
         per_unit = source.files_per_shard if source.kind == "code" else 1
-        for i in range(0, len(files), per_unit):
-            units.append(InputUnit(f"{source.name}-{i // per_unit:05d}", source, tuple(files[i:i + per_unit]), root))
+        for group in content_groups(describe(files, root, cache), per_unit):
+            units.append(InputUnit(group_name(source.name, group), source, tuple(f.uri for f in group), root,
+                                   tuple(tuple(f.fingerprint()) for f in group)))
+    cache.save()
     return units
+
+
+def _crawl_files(crawl_uri: str) -> list[str] | None:
+    """The WARC files of the crawl's current version, in crawl order; None when no crawl manifest exists
+    (a folder of WARC files written some other way is then listed like any other)."""
+    from llm import versions
+
+    try:
+        manifest = versions.read(crawl_uri)
+    except FileNotFoundError:
+        return None
+    return [storage.join(crawl_uri, rel) for rel in manifest.get("warc_files", [])]
 
 
 def _source_files(source: SourceConfig, crawl_uri: str) -> tuple[str, list[str]]:
     """(root, sorted file URIs) of one source."""
     if source.kind == "crawl":
         uri = crawl_uri
+        listed = _crawl_files(storage.absolute(uri).rstrip("/"))
+        if listed is not None:
+            if not listed:
+                raise ValueError(f"source {source.name!r} (crawl): the crawl at {uri} wrote no WARC file")
+            return storage.absolute(uri).rstrip("/"), listed
     elif source.kind == "code" and source.uri is None:
         uri = sysconfig.get_paths()["stdlib"]
     elif source.uri is None:

@@ -10,13 +10,16 @@ it) never lands in both splits, whatever the sharding.
 from __future__ import annotations
 
 import hashlib
+import time
 
 import numpy as np
 
 from llm import storage
 from llm.config import TokenizeConfig
 from llm.data import schema
-from llm.data.dataset import Counts, ShardRecord, ShardTask, dumps, read_manifest, run_shard_stage
+from llm import versions
+from llm.data.dataset import Counts, ShardRecord, ShardTask, read_manifest, run_shard_stage, shard_identity
+from llm.lineage import identity, of_input
 from llm.tokenizer.spm import SentencePieceTokenizer
 
 SPLITS = ("train", "val")
@@ -45,16 +48,31 @@ def _write_split(out_uri: str, split: str, shard: str, docs: list[list[int]], dt
     return {"bin": bin_rel, "idx": idx_rel, "tokens": int(offsets[-1]), "docs": len(docs), "sha256": sha}
 
 
-def run_tokenize(shards_uri: str, tokenizer_uri: str, out_uri: str, cfg: TokenizeConfig, config_hash: str,
-                 executor) -> dict:
+def run_tokenize(shards_uri: str, tokenizer_dir: str, out_uri: str, cfg: TokenizeConfig, executor) -> dict:
+    """Encode the shards at `shards_uri` with the current tokenizer of `tokenizer_dir` into a new version
+    of the token dataset `out_uri`. Each token shard is keyed by its input shard and the tokenizer's
+    digest: a grown corpus adds token shards beside the old ones; a new tokenizer remakes them all, so
+    ids of two vocabularies never mix in one version."""
+    from llm.tokenizer.stage import tokenizer_uri
+
+    started = time.time()
+    shards_root = versions.split(shards_uri)[0]
     manifest = read_manifest(shards_uri)
-    model = storage.read_bytes(tokenizer_uri)
+    tok_manifest = read_manifest(tokenizer_dir)
+    in_version, in_recipe = of_input(manifest)
+    tok_version, tok_recipe = of_input(tok_manifest)
+    ident = identity("tokenize", cfg, {"shards": in_version, "tokenizer": tok_version},
+                     {"shards": in_recipe, "tokenizer": tok_recipe})
+    reused = versions.reuse(out_uri, ident)
+    if reused is not None:
+        return reused
+    model = storage.read_bytes(tokenizer_uri(versions.pinned(versions.split(tokenizer_dir)[0], tok_version)))
     tok = SentencePieceTokenizer(model)
     dtype = tok.token_dtype()
 
     def make_shard(task: ShardTask) -> ShardRecord:
         local_tok = SentencePieceTokenizer(model)
-        table = storage.read_parquet(storage.join(shards_uri, task.payload), columns=["text"])
+        table = storage.read_parquet(storage.join(shards_root, task.payload), columns=["text"])
         texts = table.column("text").to_pylist()
         by_split: dict[str, list[list[int]]] = {s: [] for s in SPLITS}
         for text, ids in zip(texts, encode_documents(local_tok, texts, cfg)):
@@ -62,7 +80,7 @@ def run_tokenize(shards_uri: str, tokenizer_uri: str, out_uri: str, cfg: Tokeniz
         files, splits = {}, {}
         for split, docs in by_split.items():
             if docs:
-                entry = _write_split(out_uri, split, task.name, docs, dtype)
+                entry = _write_split(out_uri, split, task.key, docs, dtype)
                 files[f"{split}_bin"], files[f"{split}_idx"] = entry["bin"], entry["idx"]
                 splits[split] = entry
         counts = Counts(read=len(texts), kept=len(texts))
@@ -71,18 +89,23 @@ def run_tokenize(shards_uri: str, tokenizer_uri: str, out_uri: str, cfg: Tokeniz
                            sha256=_combined_sha(splits), counts=counts, steps={"tokenize": counts}, files=files,
                            extra={"splits": splits})
 
-    tasks = [ShardTask(s["name"], (s["name"],), s["files"]["data"]) for s in manifest["shards"]]
-    result = run_shard_stage("tokenize", out_uri, tasks, make_shard, config_hash, executor,
-                             [shards_uri, tokenizer_uri])
-    splits = {s: [sh["extra"]["splits"][s] for sh in result["shards"] if s in sh["extra"]["splits"]]
-              for s in SPLITS}
-    result["tokens"] = {
-        "dtype": dtype.name, "vocab_size": tok.vocab_size, "bos_id": tok.bos_id, "eos_id": tok.eos_id,
-        "pad_id": tok.pad_id, "splits": splits,
-        "totals": {s: sum(e["tokens"] for e in entries) for s, entries in splits.items()},
-    }
-    storage.write_text(storage.join(out_uri, "_manifest.json"), dumps(result))
-    return result
+    tasks = [ShardTask(s["name"], (s["name"],), s["files"]["data"],
+                       ident.shard_key(input=shard_identity(s), tokenizer=tok_manifest["sha256"]))
+             for s in manifest["shards"]]
+
+    def token_section(manifest: dict) -> dict:
+        shards = manifest["shards"]
+        splits = {s: [sh["extra"]["splits"][s] for sh in shards if s in sh["extra"]["splits"]] for s in SPLITS}
+        manifest["tokens"] = {
+            "dtype": dtype.name, "vocab_size": tok.vocab_size, "bos_id": tok.bos_id, "eos_id": tok.eos_id,
+            "pad_id": tok.pad_id, "splits": splits,
+            "totals": {s: sum(e["tokens"] for e in entries) for s, entries in splits.items()},
+        }
+        return manifest
+
+    parents = {"shards": versions.pinned(shards_root, in_version),
+               "tokenizer": versions.pinned(versions.split(tokenizer_dir)[0], tok_version)}
+    return run_shard_stage(ident, out_uri, tasks, make_shard, executor, parents, started, extend=token_section)
 
 
 def _combined_sha(splits: dict[str, dict]) -> str:

@@ -7,14 +7,14 @@ over every shard, the same on every run, and needs one pass with no global shuff
 from __future__ import annotations
 
 import hashlib
+import time
 
-from llm import storage
+from llm import storage, versions
 from llm.config import TokenizerConfig
-from llm.data.dataset import dumps, read_manifest
+from llm.data.dataset import read_manifest
+from llm.lineage import identity, of_input
 from llm.tokenizer.spm import SentencePieceTokenizer, train_sentencepiece
 
-MODEL_FILE = "spm.model"
-VOCAB_FILE = "spm.vocab"
 
 
 def _selected(doc_id: str, seed: int, fraction: float) -> bool:
@@ -28,26 +28,36 @@ def _sample_shard(uri: str, seed: int, fraction: float) -> list[str]:
             if _selected(i, seed, fraction)]
 
 
-def tokenizer_uri(out_uri: str) -> str:
-    return storage.join(out_uri, MODEL_FILE)
+def tokenizer_uri(tokenizer_dir: str) -> str:
+    """The model file of the tokenizer's current version (or of `dir@version`)."""
+    root = versions.split(tokenizer_dir)[0]
+    return storage.join(root, read_manifest(tokenizer_dir)["model"])
 
 
-def run_tokenizer_training(shards_uri: str, out_uri: str, cfg: TokenizerConfig, config_hash: str,
-                           executor) -> dict:
-    """Train on a sample of `shards_uri`; writes spm.model, spm.vocab and _manifest.json to `out_uri`."""
+def tokenizer_identity(shards_manifest: dict, cfg: TokenizerConfig):
+    """The tokenizer's identity. By default (`on_new_data: keep`) it depends on how the shards are
+    made, not on which documents they hold, so a refresh that only adds documents keeps the vocabulary
+    (token ids stay comparable across refreshes); `retrain` follows the data itself."""
+    version, recipe = of_input(shards_manifest)
+    inputs = {"shards": version} if cfg.on_new_data == "retrain" else {"shards_recipe": recipe}
+    return identity("tokenizer", cfg, inputs, {"shards": recipe})
+
+
+def run_tokenizer_training(shards_uri: str, out_uri: str, cfg: TokenizerConfig, executor) -> dict:
+    """Train on a sample of `shards_uri` into a new version of `out_uri` (spm-<version>.model and
+    .vocab), unless a version with the same identity exists."""
+    started = time.time()
+    shards_root = versions.split(shards_uri)[0]
     manifest = read_manifest(shards_uri)
-    inputs_digest = hashlib.sha256(
-        "".join(s["sha256"] for s in manifest["shards"]).encode()).hexdigest()[:16]
-    done = storage.join(out_uri, "_manifest.json")
-    if storage.exists(done) and storage.exists(tokenizer_uri(out_uri)):
-        previous = read_manifest(out_uri)
-        if previous.get("config_hash") == config_hash and previous.get("inputs_digest") == inputs_digest:
-            return previous
+    ident = tokenizer_identity(manifest, cfg)
+    reused = versions.reuse(out_uri, ident)
+    if reused is not None:
+        return reused
     total = sum(s["extra"].get("text_bytes", 0) for s in manifest["shards"])
     if total == 0:
         raise ValueError(f"tokenizer: {shards_uri} holds no text to train on")
     fraction = min(1.0, cfg.sample_bytes / total)
-    files = [storage.join(shards_uri, s["files"]["data"]) for s in manifest["shards"]]
+    files = [storage.join(shards_root, s["files"]["data"]) for s in manifest["shards"]]
     samples = executor.map(lambda f: _sample_shard(f, cfg.seed, fraction), files, desc="tokenizer: sample")
     texts = [t for part in samples for t in part]
 
@@ -58,20 +68,18 @@ def run_tokenizer_training(shards_uri: str, out_uri: str, cfg: TokenizerConfig, 
 
     model = executor.map(train, [None], desc="tokenizer: train")[0]
     tok = SentencePieceTokenizer(model)
-    sha = storage.write_bytes(tokenizer_uri(out_uri), model)
+    model_rel, vocab_rel = f"spm-{ident.version}.model", f"spm-{ident.version}.vocab"
+    sha = storage.write_bytes(storage.join(out_uri, model_rel), model)
     vocab = "".join(f"{tok.sp.id_to_piece(i)}\t{tok.sp.get_score(i)}\n" for i in range(tok.vocab_size))
-    storage.write_text(storage.join(out_uri, VOCAB_FILE), vocab)
+    storage.write_text(storage.join(out_uri, vocab_rel), vocab)
     result = {
-        "stage": "tokenizer",
-        "config_hash": config_hash,
-        "inputs": [storage.relative(shards_uri, out_uri)],
-        "inputs_digest": inputs_digest,
-        "model": MODEL_FILE,
+        "model": model_rel,
+        "files": {"model": model_rel, "vocab": vocab_rel},
         "sha256": sha,
         "vocab_size": tok.vocab_size,
         "special_tokens": {"pad": tok.pad_id, "unk": tok.unk_id, "bos": tok.bos_id, "eos": tok.eos_id},
         "sample": {"documents": len(texts), "bytes": sum(len(t.encode()) for t in texts),
                    "fraction": round(fraction, 6)},
     }
-    storage.write_text(done, dumps(result))
-    return result
+    version = manifest["version"]
+    return versions.publish(out_uri, ident, result, {"shards": versions.pinned(shards_root, version)}, started)

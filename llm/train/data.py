@@ -45,9 +45,12 @@ class TokenManifest:
 
     @classmethod
     def read(cls, uri: str) -> "TokenManifest":
-        manifest_uri = storage.join(uri, MANIFEST)
+        """The token section of `uri`'s current version, or of `uri@version`."""
+        from llm import versions
+
+        manifest_uri = storage.join(versions.split(uri)[0], MANIFEST)
         try:
-            data = json.loads(storage.read_text(manifest_uri))
+            data = versions.read(uri)
         except FileNotFoundError:
             raise FileNotFoundError(f"{manifest_uri}: no token manifest (run the tokenize stage first)") from None
         if "tokens" not in data:
@@ -98,9 +101,12 @@ class TokenSplit:
 class TokenDataset:
     """A token dataset opened for reading; S3 parts are copied to a local cache folder once."""
 
-    def __init__(self, uri: str, cache_dir: str | None = None):
+    def __init__(self, uri: str, cache_dir: str | None = None, seen_parts: frozenset[str] = frozenset()):
         self.uri = uri
         self.manifest = TokenManifest.read(uri)
+        # Training-split parts an earlier run already trained on (a run continued on a grown corpus):
+        # left out of the training split, never of validation.
+        self.seen_parts = frozenset(seen_parts)
         self._cache_dir = cache_dir or _default_cache_dir()
         self._splits: dict[str, TokenSplit] = {}
 
@@ -109,7 +115,9 @@ class TokenDataset:
         return self.manifest.vocab_size
 
     def _local_path(self, rel: str) -> str:
-        uri = storage.join(self.uri, rel)
+        from llm import versions
+
+        uri = storage.join(versions.split(self.uri)[0], rel)
         if not storage.is_s3(uri):
             return uri
         # One cache folder per dataset URI; a part is fetched again only if its size changed.
@@ -126,7 +134,10 @@ class TokenDataset:
                 raise KeyError(f"{self.uri}: no split {name!r} (has {sorted(self.manifest.splits)})")
             dtype = _DTYPES[self.manifest.dtype]
             parts, starts = [], []
-            for entry in self.manifest.splits[name]:
+            entries = [e for e in self.manifest.splits[name] if name != "train" or e["bin"] not in self.seen_parts]
+            if not entries:
+                raise ValueError(f"{self.uri}: every part of split {name!r} was trained on already (nothing new)")
+            for entry in entries:
                 bin_path = self._local_path(entry["bin"])
                 n = os.path.getsize(bin_path) // dtype.itemsize
                 # np.memmap refuses empty files; an empty part contributes nothing anyway.
@@ -256,4 +267,9 @@ def write_token_dataset(uri: str, splits: dict[str, list[list[int]]], vocab_size
             "splits": entries,
         }
     }
-    storage.write_text(storage.join(uri, MANIFEST), json.dumps(manifest, indent=2))
+    from llm.config import stable_hash
+
+    manifest["version"] = stable_hash(manifest)  # what training runs are named after
+    text = json.dumps(manifest, indent=2)
+    storage.write_text(storage.join(uri, "_versions", f"{manifest['version']}.json"), text)
+    storage.write_text(storage.join(uri, MANIFEST), text)

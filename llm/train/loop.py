@@ -123,8 +123,7 @@ def checkpoint_to(uri: str) -> Reporter:
             return
         rank, world_size = world()
         if world_size == 1 or not (Path(directory) / SHARDED_DIR).is_dir():
-            storage.delete(uri)
-            storage.upload_dir(directory, uri)
+            storage.replace_dir(directory, uri)  # the old checkpoint stays until the new one is whole
             return
         # A sharded checkpoint: every rank holds a part (and so reports a folder). Rank 0 clears the
         # old checkpoint before any rank writes, and all parts are in place when any rank returns.
@@ -170,8 +169,10 @@ def train(
     device: torch.device | None = None,
     resume: ResumeState | None = None,
     report: Reporter | None = None,
+    seen_parts: frozenset[str] = frozenset(),
 ) -> TrainSummary:
     """Train on `tokens_uri` in the current process group (or alone), returning the run's summary.
+    `seen_parts` are training-split parts left out (an earlier run trained on them).
 
     Checkpoints go to `report` every `checkpoint_every` steps and at the end; `resume` continues a run
     from a checkpoint (the data order depends only on the step, so it continues exactly). With
@@ -180,7 +181,8 @@ def train(
     rank, _ = world()
     # One sampler per run, on rank 0: its metric names carry no rank, so two would mix their samples.
     with SystemMetrics(run_target if rank == 0 else None, enabled=train_cfg.system_metrics):
-        return _train(model_cfg, train_cfg, tokens_uri, run_target, device=device, resume=resume, report=report)
+        return _train(model_cfg, train_cfg, tokens_uri, run_target, device=device, resume=resume, report=report,
+                      seen_parts=seen_parts)
 
 
 def _train(
@@ -192,12 +194,13 @@ def _train(
     device: torch.device | None,
     resume: ResumeState | None,
     report: Reporter | None,
+    seen_parts: frozenset[str] = frozenset(),
 ) -> TrainSummary:
     """The body of `train`."""
     started = time.perf_counter()
     rank, world_size = world()
     device = device or default_device(train_cfg)
-    dataset = TokenDataset(tokens_uri)
+    dataset = TokenDataset(tokens_uri, seen_parts=seen_parts)
     if model_cfg.vocab_size is None:
         model_cfg = model_cfg.model_copy(update={"vocab_size": dataset.vocab_size})
     if model_cfg.vocab_size < dataset.vocab_size:

@@ -22,7 +22,8 @@ def _ray_report(metrics: dict[str, Any], directory: str | None) -> None:
 
 def ray_train_worker(config: dict[str, Any]) -> None:
     """Entry point of each Ray Train worker: `config` holds the two configs as dicts, `tokens_uri`
-    and an optional `run_target`. Resumes from Ray Train's latest checkpoint when there is one."""
+    and an optional `run_target`, `resume_from` (a checkpoint to start from) and `seen_parts`. Resumes
+    from Ray Train's latest checkpoint of this run when there is one, else from `resume_from`."""
     import ray.train
     import ray.train.torch
 
@@ -48,6 +49,8 @@ def ray_train_worker(config: dict[str, Any]) -> None:
             # Kept open while training: a sharded (DCP) checkpoint is read from this folder only after
             # the strategy has split the model, inside `train`.
             resume = ResumeState.load(stack.enter_context(checkpoint.as_directory()))
+        elif config.get("resume_from"):  # the first attempt of a run that continues an earlier one
+            resume = ResumeState.load(config["resume_from"])
         train(
             model_cfg,
             train_cfg,
@@ -56,4 +59,5 @@ def ray_train_worker(config: dict[str, Any]) -> None:
             device=device,
             resume=resume,
             report=_ray_report,
+            seen_parts=frozenset(config.get("seen_parts", ())),
         )

@@ -55,9 +55,14 @@ def resolve_vocab(model_cfg: ModelConfig, tokens_uri: str) -> ModelConfig:
 
 
 def run_name(model_cfg: ModelConfig, train_cfg: TrainConfig, tokens_uri: str) -> str:
-    """Ray Train run name: the same inputs give the same name (and so resume), others a new one."""
+    """Ray Train run name from the configs and the token dataset's version (what the tokens are, not
+    where they live): the same inputs give the same name (and so resume), new tokens a new run."""
+    from llm import versions
+
+    manifest = versions.read(tokens_uri)
+    tokens = manifest.get("version") or stable_hash(manifest)
     digest = stable_hash(
-        {"model": model_cfg.model_dump(mode="json"), "train": train_cfg.model_dump(mode="json"), "tokens": tokens_uri}
+        {"model": model_cfg.model_dump(mode="json"), "train": train_cfg.model_dump(mode="json"), "tokens": tokens}
     )
     return f"pretrain-{digest}"
 
@@ -68,12 +73,16 @@ def pretrain(
     tokens_uri: str,
     output_uri: str,
     run_target: RunTarget | None = None,
+    resume_from: str | None = None,
+    seen_parts: frozenset[str] = frozenset(),
 ) -> PretrainResult:
     """Train a model on the token dataset `tokens_uri` with Ray Train; checkpoints under `output_uri`.
 
     Ray's run folder is `<output_uri>/ray/<run name>`; the final checkpoint is copied to
-    `<output_uri>/final/` (model.pt, state.json, and optimizer.pt or the fsdp/tp shards in sharded/). Metrics stream to `run_target` from
-    rank 0. Starts a local Ray only if none is running in this process.
+    `<output_uri>/final/` (model.pt, state.json, and optimizer.pt or the fsdp/tp shards in sharded/).
+    Metrics stream to `run_target` from rank 0. `resume_from` is a checkpoint the run starts from (its
+    weights, optimizer state and step), and `seen_parts` the training-split parts left out because that
+    run trained on them. Starts a local Ray only if none is running in this process.
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -96,6 +105,8 @@ def pretrain(
             "train": train_cfg.model_dump(mode="json"),
             "tokens_uri": tokens_uri,
             "run_target": run_target,
+            "resume_from": storage.absolute(resume_from) if resume_from else None,
+            "seen_parts": sorted(seen_parts),
         },
         scaling_config=ScalingConfig(
             num_workers=train_cfg.num_workers,
@@ -119,8 +130,7 @@ def pretrain(
 
     final_uri = storage.join(output_uri, "final")
     with result.checkpoint.as_directory() as folder:
-        storage.delete(final_uri)
-        storage.upload_dir(folder, final_uri)
+        storage.replace_dir(folder, final_uri)
     state = read_state(final_uri)
     if run_target is not None:
         # Observability after the fact: a failure here must not lose a finished training run.

@@ -93,3 +93,23 @@ def test_pipeline_flow_end_to_end(tmp_path, ray_local, prefect_home):
     text = format_summary(result)
     assert "mlflow ui --backend-store-uri" in text and "perplexity" in text
     assert json.loads((work / "eval" / "eval.json").read_text())["val_loss"] == ev["val_loss"]
+
+    # Identity: a training setting reruns only training and evaluation; nothing changed skips it all
+    data_versions = {name: stages[name]["version"] for name in stages}
+    shorter = pipeline(build_config({}, TINY + [f"work_dir={work}", "train.max_steps=30"]))["stages"]
+    reran = sorted(n for n in shorter if shorter[n]["version"] != data_versions[n])
+    assert reran == ["evaluate", "pretrain"] and shorter["pretrain"]["steps"] == 30
+    assert all(shorter[n]["reused"] for n in shorter if n not in reran)
+    before = {p: p.read_bytes() for p in sorted(work.rglob("*")) if p.is_file() and "mlflow" not in p.parts}
+    rerun = pipeline(build_config({}, TINY + [f"work_dir={work}", "train.max_steps=30"]))
+    same = rerun["stages"]
+    assert all(s["reused"] for s in same.values())
+    assert "made: nothing" in format_summary(rerun)
+    assert {p: p.read_bytes() for p in sorted(work.rglob("*")) if p.is_file() and "mlflow" not in p.parts} == before
+    # each stage's MLflow run holds the lineage chain behind its output
+    run = client.get_run(result["parent_run_id"])
+    tokenize_run = by_stage["tokenize"]
+    path = client.download_artifacts(tokenize_run.info.run_id, "tokenize_lineage.json", str(tmp_path / "dl"))
+    chain = json.loads(open(path).read())["chain"]
+    assert chain[0]["version"] == stages["tokenize"]["version"] and chain[-1]["stage"] == "crawl"
+    assert run.info.status == "FINISHED"

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Iterator
 
@@ -14,6 +13,7 @@ from warcio.archiveiterator import ArchiveIterator
 
 from llm.config import CrawlConfig
 from llm.data.crawl import TokenBucket, crawl, normalize_url, pydoc_server
+from tests.http_site import serve
 
 pytestmark = pytest.mark.integration
 
@@ -140,15 +140,8 @@ def site() -> Iterator[tuple[str, type[_Site]]]:
             "/private/secret.html": _page(),
         }
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/", Handler
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with serve(Handler) as url:
+        yield url, Handler
 
 
 def test_robots_links_redirects_and_failures(site, tmp_path: Path) -> None:

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -15,12 +14,9 @@ import pytest
 from llm.config import build_config
 from llm.data.ingest import run_ingest
 from llm.executor import LocalExecutor, RayExecutor
+from tests.trees import output_tree
 
 pytestmark = pytest.mark.integration
-
-
-def _tree(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def _cfg(warc_dir: str, code_files: int = 60, per_shard: int = 20):
@@ -33,7 +29,7 @@ def test_ray_and_local_runs_are_byte_identical(tmp_path, shared_data, ray_local)
     m_ray = run_ingest(cfg, "", str(tmp_path / "ray"), RayExecutor())
     m_local = run_ingest(cfg, "", str(tmp_path / "local"), LocalExecutor())
     assert m_ray == m_local
-    a, b = _tree(tmp_path / "ray"), _tree(tmp_path / "local")
+    a, b = output_tree(tmp_path / "ray"), output_tree(tmp_path / "local")
     assert a.keys() == b.keys() and [k for k in a if a[k] != b[k]] == []
     c = m_ray["totals"]["counts"]
     assert c["read"] == c["kept"] + sum(c["dropped"].values()) + c["quarantined"]
@@ -81,7 +77,7 @@ def test_killed_run_resumes_to_identical_output(tmp_path, shared_data):
     run_ingest(cfg, "", str(out), LocalExecutor())
     after = {name: (out / "_shards" / name).stat().st_mtime_ns for name in finished}
     assert before == after  # finished shards were not redone
-    a, b = _tree(ref), _tree(out)
+    a, b = output_tree(ref), output_tree(out)
     assert a.keys() == b.keys() and [k for k in a if a[k] != b[k]] == []
 
 

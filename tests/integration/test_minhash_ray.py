@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 
@@ -11,12 +10,11 @@ from llm.data.minhash.planted import planted_corpus, word_pool
 from llm.data.minhash.stage import run_minhash_dedup
 from llm.executor import LocalExecutor, RayExecutor
 from tests.unit.data.minhash.conftest import write_dataset
+from tests.trees import output_tree
 
 pytestmark = pytest.mark.integration
 
 
-def _tree(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def test_ray_run_matches_local_run(tmp_path, shared_data, ray_local):
@@ -25,10 +23,10 @@ def test_ray_run_matches_local_run(tmp_path, shared_data, ray_local):
     urls = [f"https://example.org/{i % (n - 5)}" for i in range(n)]  # five repeated URLs too
     write_dataset(str(tmp_path / "in"), corpus.texts, shards=4, urls=urls)
     cfg = MinHashConfig(min_buckets=3)
-    ray_m = run_minhash_dedup(str(tmp_path / "in"), str(tmp_path / "ray"), cfg, ShardConfig(), "h", RayExecutor())
-    local_m = run_minhash_dedup(str(tmp_path / "in"), str(tmp_path / "local"), cfg, ShardConfig(), "h", LocalExecutor())
+    ray_m = run_minhash_dedup(str(tmp_path / "in"), str(tmp_path / "ray"), cfg, ShardConfig(), RayExecutor())
+    local_m = run_minhash_dedup(str(tmp_path / "in"), str(tmp_path / "local"), cfg, ShardConfig(), LocalExecutor())
     assert ray_m == local_m
     dropped = ray_m["totals"]["counts"]["dropped"]
     assert dropped["near_duplicate"] > 20 and dropped["url_duplicate"] >= 1
-    assert _tree(tmp_path / "ray") == _tree(tmp_path / "local")
+    assert output_tree(tmp_path / "ray") == output_tree(tmp_path / "local")
     assert not (tmp_path / "ray" / "_work").exists()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import subprocess
 import sys
 from pathlib import Path
@@ -58,6 +60,12 @@ def test_data_stages_tracked_over_http(tmp_path, shared_data, ray_local, mlflow_
     assert metrics["docs_read"] == ingest["read"] and metrics["docs_quarantined"] == ingest["quarantined"]
     assert metrics["docs_read"] == metrics["docs_kept"] + metrics["docs_dropped"] + metrics["docs_quarantined"]
     local = client.download_artifacts(by_stage["tokenizer"].info.run_id, "tokenizer/spm.model", str(tmp_path / "dl"))
-    assert Path(local).read_bytes() == (tmp_path / "work" / "tokenizer" / "spm.model").read_bytes()
+    from llm.tokenizer.stage import tokenizer_uri
+
+    assert Path(local).read_bytes() == Path(tokenizer_uri(str(tmp_path / "work" / "tokenizer"))).read_bytes()
+    lineage = client.download_artifacts(by_stage["tokenize"].info.run_id, "tokenize_lineage.json", str(tmp_path / "dl"))
+    chain = json.loads(Path(lineage).read_text())["chain"]
+    assert [e["stage"] for e in chain][:2] == ["tokenize", "shard"] and chain[-1]["stage"] == "ingest"
+    assert chain[0]["version"] == by_stage["tokenize"].data.params["version"]
     manifest = client.download_artifacts(by_stage["tokenize"].info.run_id, "tokenize_manifest.json", str(tmp_path / "dl"))
     assert '"tokens"' in Path(manifest).read_text()

@@ -12,7 +12,7 @@ from llm.data.reshard import run_reshard
 from llm.data.tokenize import run_tokenize
 from llm.executor import LocalExecutor
 from llm.layout import Layout
-from llm.tokenizer.stage import run_tokenizer_training, tokenizer_uri
+from llm.tokenizer.stage import run_tokenizer_training
 
 pytestmark = pytest.mark.integration
 
@@ -35,10 +35,10 @@ def test_data_stages_read_and_write_s3(s3_endpoint, shared_data):
     counts = docs["totals"]["counts"]
     assert counts["kept"] >= 15 and counts["dropped"].get("unsupported_content_type", 0) > 0
     assert counts["read"] == counts["kept"] + sum(counts["dropped"].values()) + counts["quarantined"]
-    dedup = run_exact_dedup(layout.docs, layout.dedup, cfg.data.exact_dedup, cfg.data.shard, "d", ex)
-    shards = run_reshard(layout.dedup, layout.shards, cfg.data.shard, "s", ex)
-    tok = run_tokenizer_training(layout.shards, layout.tokenizer, cfg.tokenizer, "t", ex)
-    tokens = run_tokenize(layout.shards, tokenizer_uri(layout.tokenizer), layout.tokens, cfg.tokenize, "k", ex)
+    dedup = run_exact_dedup(layout.docs, layout.dedup, cfg.data.exact_dedup, cfg.data.shard, ex)
+    shards = run_reshard(layout.dedup, layout.shards, cfg.data.shard, ex)
+    tok = run_tokenizer_training(layout.shards, layout.tokenizer, cfg.tokenizer, ex)
+    tokens = run_tokenize(layout.shards, layout.tokenizer, layout.tokens, cfg.tokenize, ex)
     assert dedup["totals"]["counts"]["read"] == docs["totals"]["counts"]["kept"]
     assert shards["totals"]["rows"] == dedup["totals"]["counts"]["kept"]
     assert tok["vocab_size"] == 1000
@@ -47,8 +47,17 @@ def test_data_stages_read_and_write_s3(s3_endpoint, shared_data):
     assert listed and all(u.startswith("s3://llmpipe-test/work/tokens/") for u in listed)
     # a rerun finds every shard done and rewrites identical manifests
     before = storage.read_bytes(storage.join(layout.docs, "_manifest.json"))
-    run_ingest(cfg, "", layout.docs, ex)
+    assert run_ingest(cfg, "", layout.docs, ex)["reused"]
     assert storage.read_bytes(storage.join(layout.docs, "_manifest.json")) == before
+    # a new object under the prefix (known by its ETag) is one new shard; every other is reused
+    from llm import versions
+
+    storage.upload_file(str(shared_data / "warc" / "example2.warc.gz"), "s3://llmpipe-test/raw/more/example2.warc.gz")
+    grown = run_ingest(cfg, "", layout.docs, ex)
+    run = versions.run_info(layout.docs, grown["version"])
+    assert (run["shards_made"], run["shards_reused"]) == (1, docs["totals"]["shards"])
+    assert {s["key"] for s in docs["shards"]} < {s["key"] for s in grown["shards"]}
+    assert versions.read(versions.pinned(layout.docs, docs["version"]))["totals"] == docs["totals"]
 
 
 def test_minhash_and_its_refresh_on_s3_match_the_local_run(s3_endpoint, shared_data, tmp_path):
@@ -62,11 +71,11 @@ def test_minhash_and_its_refresh_on_s3_match_the_local_run(s3_endpoint, shared_d
     results = {}
     for root in ("s3://llmpipe-test/mh", str(tmp_path)):
         write_dataset(f"{root}/in", corpus.texts, shards=3, urls=urls)
-        first = run_minhash_dedup(f"{root}/in", f"{root}/out", MinHashConfig(min_buckets=2), ShardConfig(), "h",
+        first = run_minhash_dedup(f"{root}/in", f"{root}/out", MinHashConfig(min_buckets=2), ShardConfig(),
                                   LocalExecutor())
         write_dataset(f"{root}/new", corpus.texts[:60], shards=1, tag="n")
         refresh = run_minhash_dedup(f"{root}/new", f"{root}/refresh", MinHashConfig(index_uri=f"{root}/out"),
-                                    ShardConfig(), "h", LocalExecutor())
+                                    ShardConfig(), LocalExecutor())
         rows = []
         for out in ("out", "refresh"):
             for uri in storage.list_files(f"{root}/{out}/rejected", ".parquet"):

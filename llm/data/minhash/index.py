@@ -35,24 +35,29 @@ def _settings(plan) -> dict:
             "hash_version": HASH_VERSION}
 
 
-def write_shard_index(plan, s: int, gone: np.ndarray, ids: list[str]) -> tuple[str, int]:
-    """Index file of shard s's kept documents; returns its path relative to the output and its size."""
-    name = plan.names[s]
+def write_shard_index(plan, s: int, gone: np.ndarray, ids: list[str], key: str) -> tuple[str, int]:
+    """Index file of shard s's kept documents, named by the output shard's key; returns its path
+    relative to the output and its size."""
     sig = partitions.get(plan.file("sig", s))
     keep = ~gone & sig["has"]
     data_row = np.cumsum(~gone) - 1  # row of each kept document in the shard's data file
-    rel = f"{INDEX}/{name}.npz"
+    rel = f"{INDEX}/{key}.npz"
     partitions.save(storage.join(plan.out_uri, rel), sig=sig["sig"][keep], bands=sig["bands"][keep],
                     id=np.array([i for i, k in zip(ids, keep.tolist()) if k], dtype=str), row=data_row[keep])
     return rel, int(keep.sum())
 
 
-def write_meta(plan, config_hash: str, manifest: dict) -> None:
-    """The index's settings and shards, from the output manifest's records (no index file is read)."""
+def write_meta(plan, version: str, manifest: dict) -> str:
+    """The index's settings and shards, from the output manifest's records (no index file is read), as
+    `_index/<version>.meta.json` (what that version's index is) and `_index/_meta.json` (the current
+    one, which a later refresh's `index_uri` reads). Returns the first's path relative to the output."""
     shards = [{"file": rec["files"]["index"].split("/")[-1], "docs": rec["extra"]["index_docs"],
                "data": rec["files"]["data"]} for rec in manifest["shards"] if "index" in rec["files"]]
-    meta = {**_settings(plan), "config_hash": config_hash, "shards": shards, "parent": plan.cfg.index_uri}
+    meta = {**_settings(plan), "version": version, "shards": shards, "parent": plan.cfg.index_uri}
+    rel = f"{INDEX}/{version}.meta.json"
+    storage.write_text(storage.join(plan.out_uri, rel), dumps(meta))
     storage.write_text(storage.join(plan.out_uri, INDEX, META), dumps(meta))
+    return rel
 
 
 class Index:

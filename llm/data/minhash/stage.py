@@ -20,17 +20,19 @@ whose size follows the pairs, so reading stays linear in the corpus.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import time
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from llm import storage
+from llm import storage, versions
 from llm.config import MinHashConfig, ShardConfig
-from llm.data.dataset import Counts, ShardRecord, ShardTask, dumps, is_done, read_manifest, run_shard_stage
-from llm.data.ingest import write_shard
+from llm.data.dataset import (Counts, ShardRecord, ShardTask, dumps, read_manifest, run_shard_stage, shard_identity,
+                              write_shard, writer_config)
 from llm.data.minhash import index as mh_index
 from llm.data.minhash import partitions
 from llm.data.minhash.clusters import connected_components, greedy_stars
@@ -43,6 +45,7 @@ from llm.data.minhash.signatures import MinHasher, band_hashes
 from llm.data.minhash.urls import url_hashes
 from llm.data.minhash.verify import send_index_task, send_task, verify_task
 from llm.data.steps import empty_quarantine, rejected_rows
+from llm.lineage import Identity, identity, of_input
 
 STAGE = "minhash_dedup"
 # Bytes per (document, band) entry in a bucket task, sort temporaries included.
@@ -207,19 +210,36 @@ def _ids_task(plan: Plan, t: int, index: "mh_index.Index | None") -> None:
                                  id=np.array(ids, dtype=str))
 
 
-def _filter_shard(plan: Plan, s: int, shard_cfg: ShardConfig) -> ShardRecord:
-    cfg, name = plan.cfg, plan.names[s]
-    docs = storage.read_parquet(plan.shard_uri(s))
+def _decisions(plan: Plan, s: int) -> tuple[dict, dict]:
+    """The removal records addressed to shard s (sorted by document) and the ids they name."""
+    cfg = plan.cfg
     removed = partitions.read_partition(plan.folder("removed"), s, REMOVED) if cfg.enabled else \
         {k: np.zeros(0, dt) for k, dt in REMOVED.items()}
     order = np.argsort(removed["doc"], kind="stable")
-    doc, keeper, j, label, is_url = (removed[k][order] for k in ("doc", "keeper", "j", "label", "url"))
+    removed = {k: removed[k][order] for k in ("doc", "keeper", "j", "label", "url")}
+    answers = partitions.read_partition(plan.folder("ids"), s, IDS) if cfg.enabled else {"node": [], "id": []}
+    ids = dict(zip(np.asarray(answers["node"]).tolist(), np.asarray(answers["id"]).tolist()))
+    return removed, ids
+
+
+def _decision_digest(plan: Plan, s: int) -> list:
+    """What shard s's output depends on beyond its own rows: which rows go, why, and to which keeper
+    and cluster (by id, since global numbers shift when shards before it change)."""
+    removed, ids = _decisions(plan, s)
+    return [[int(d - plan.bases[s]), ids[int(k)], ids[int(c)], None if math.isnan(j) else round(float(j), 6), bool(u)]
+            for d, k, c, j, u in zip(removed["doc"], removed["keeper"], removed["label"], removed["j"],
+                                     removed["url"])]
+
+
+def _filter_shard(plan: Plan, s: int, shard_cfg: ShardConfig, key: str) -> ShardRecord:
+    cfg, name = plan.cfg, plan.names[s]
+    docs = storage.read_parquet(plan.shard_uri(s))
+    removed, ids = _decisions(plan, s)
+    doc, keeper, j, label, is_url = (removed[k] for k in ("doc", "keeper", "j", "label", "url"))
     rows = doc - plan.bases[s]
     gone = np.zeros(docs.num_rows, bool)
     gone[rows] = True
     kept, dups = docs.filter(pa.array(~gone)), docs.take(pa.array(rows))
-    answers = partitions.read_partition(plan.folder("ids"), s, IDS)
-    ids = dict(zip(answers["node"].tolist(), answers["id"].tolist()))
     rules = ["url_duplicate" if u else "near_duplicate" for u in is_url.tolist()]
     details = [json.dumps({"cluster": ids[c], "keeper": ids[k]}, sort_keys=True)
                for c, k in zip(label.tolist(), keeper.tolist())]
@@ -230,70 +250,95 @@ def _filter_shard(plan: Plan, s: int, shard_cfg: ShardConfig) -> ShardRecord:
     counts = Counts(read=docs.num_rows, kept=kept.num_rows, dropped=dropped)
     files, extra = {}, {}
     if cfg.enabled:
-        files["index"], extra["index_docs"] = mh_index.write_shard_index(plan, s, gone, docs.column("id").to_pylist())
+        files["index"], extra["index_docs"] = mh_index.write_shard_index(plan, s, gone, docs.column("id").to_pylist(),
+                                                                         key)
     rec = write_shard(plan.out_uri, name, [name], kept, rejected, empty_quarantine(), counts, {STAGE: counts},
-                      shard_cfg.row_group_rows, shard_cfg.compression, extra=extra)
+                      shard_cfg.row_group_rows, shard_cfg.compression, extra=extra, key=key)
     rec.files.update(files)
     return rec
 
 
-def run_minhash_dedup(in_uri: str, out_uri: str, cfg: MinHashConfig, shard_cfg: ShardConfig,
-                      config_hash: str, executor) -> dict:
-    """Remove near-duplicates from the dataset at `in_uri` into `out_uri`; returns the output manifest,
-    whose `minhash` entry holds the run's statistics (S-curve, candidates, cluster sizes)."""
+def minhash_identity(manifest: dict, cfg: MinHashConfig, shard_cfg: ShardConfig) -> Identity:
+    """The stage's identity: its code and config, its input's version and, for a refresh against an
+    earlier run's index, that index's state."""
+    version, recipe = of_input(manifest)
+    inputs = {"docs": version}
+    if cfg.enabled and cfg.index_uri:
+        meta = storage.join(cfg.index_uri, mh_index.INDEX, mh_index.META)
+        inputs["index"] = hashlib.sha256(storage.read_bytes(meta)).hexdigest()[:16] if storage.exists(meta) else "none"
+    return identity(STAGE, {"minhash": cfg.model_dump(mode="json"), "writer": writer_config(shard_cfg)},
+                    inputs, {"docs": recipe})
+
+
+def run_minhash_dedup(in_uri: str, out_uri: str, cfg: MinHashConfig, shard_cfg: ShardConfig, executor) -> dict:
+    """Remove near-duplicates from the dataset at `in_uri` into a new version of `out_uri`; returns its
+    manifest, whose `minhash` entry holds the run's statistics (S-curve, candidates, cluster sizes). An
+    output shard is reused when its input and every decision about its rows match an earlier version."""
+    started = time.time()
+    in_root = versions.split(in_uri)[0]
     manifest = read_manifest(in_uri)
+    ident = minhash_identity(manifest, cfg, shard_cfg)
+    reused = versions.reuse(out_uri, ident)
+    if reused is not None:
+        return reused
     shards = manifest["shards"]
     rows = [s["rows"] for s in shards]
     bands, rows_per_band = bands_and_rows(cfg)
     total = int(sum(rows))
     n_parts = max(cfg.min_buckets, math.ceil(total * bands * _BAND_ENTRY_BYTES / (cfg.memory_mb << 20)))
-    plan = Plan(in_uri, out_uri, storage.join(out_uri, "_work", config_hash), cfg, bands, rows_per_band, n_parts,
-                tuple(s["name"] for s in shards), tuple(s["files"]["data"] for s in shards),
+    plan = Plan(in_root, out_uri, storage.join(out_uri, "_work", ident.version), cfg, bands, rows_per_band,
+                n_parts, tuple(s["name"] for s in shards), tuple(s["files"]["data"] for s in shards),
                 tuple(int(x) for x in np.r_[0, np.cumsum(rows)[:-1]]) if rows else ())
+    input_keys = [shard_identity(s) for s in shards]
     tasks = [ShardTask(name, (name,), i) for i, name in enumerate(plan.names)]
     index = mh_index.Index.open(cfg.index_uri, plan) if cfg.enabled and cfg.index_uri else None
     stats: dict = {"bands": bands, "rows": rows_per_band, "partitions": n_parts,
                    "s_curve": {f"{s:g}": p for s, p in s_curve(bands, rows_per_band).items()}}
-    if cfg.enabled and not all(is_done(out_uri, t.name, config_hash) for t in tasks):
-        shard_ids, part_ids = list(range(len(plan.names))), list(range(n_parts))
-        executor.map(lambda s: _signature_task(plan, s), shard_ids, desc="minhash: signatures")
-        if index:
-            index.partition(executor)
-        found = executor.map(lambda p: _bucket_task(plan, p, index), part_ids, desc="minhash: buckets")
-        if cfg.url_dedup:
-            stats["url_duplicates"] = sum(f[0] for f in found)
-        senders = [(True, t) for t in shard_ids] + [(False, f) for f in range(len(index.files) if index else 0)]
-        sent = executor.map(lambda x: send_task(plan, x[1]) if x[0] else send_index_task(plan, x[1], index),
-                            senders, desc="minhash: send")
-        verified = executor.map(lambda s: verify_task(plan, s), shard_ids, desc="minhash: verify")
-        stats["candidate_pairs"] = sum(sent)
-        stats["verified_pairs"] = sum(v[0] for v in verified)
-        stats["candidate_jaccard_hist"] = np.sum([v[1] for v in verified], axis=0).tolist() if verified else []
-        if stats["verified_pairs"] * _EDGE_BYTES <= cfg.memory_mb << 20:
-            sizes = executor.map(lambda _: _cluster_all_task(plan), [0], desc="minhash: clusters")[0]
-        else:  # rounds over graph partitions, each task bounded by its partition
-            stars = run_components(plan.folder("cc"), n_parts, executor)
-            executor.map(lambda p: _label_task(plan, stars, p), part_ids, desc="minhash: labels")
-            sizes = [x for part in executor.map(lambda p: _star_task(plan, p), part_ids, desc="minhash: stars")
-                     for x in part]
-        stats["cluster_size_hist"] = cluster_size_histogram(sizes)
-        executor.map(lambda t: _ids_task(plan, t, index), shard_ids + [len(plan.names)], desc="minhash: ids")
-    elif cfg.enabled:
-        stats = _previous_stats(out_uri, config_hash) or stats  # nothing recomputed: keep what was measured
-    result = run_shard_stage(STAGE, out_uri, tasks, lambda t: _filter_shard(plan, t.payload, shard_cfg),
-                             config_hash, executor, [in_uri], extra={"minhash": stats})
     if cfg.enabled:
-        mh_index.write_meta(plan, config_hash, result)
+        _find_duplicates(plan, index, executor, stats)
+
+    def key_of(task: ShardTask) -> str:
+        return ident.shard_key(input=input_keys[task.payload], decisions=_decision_digest(plan, task.payload))
+
+    def publish_index(result: dict) -> dict:
+        if cfg.enabled:
+            result["files"] = {"index_meta": mh_index.write_meta(plan, ident.version, result),
+                               "index_pointer": f"{mh_index.INDEX}/{mh_index.META}"}
+        return result
+
+    result = run_shard_stage(ident, out_uri, tasks, lambda t: _filter_shard(plan, t.payload, shard_cfg, t.key),
+                             executor, {"docs": versions.pinned(in_root, manifest["version"])}, started,
+                             extra={"minhash": stats}, key_of=key_of, extend=publish_index)
     storage.delete(storage.join(out_uri, "_work"))
     return result
 
 
-def _previous_stats(out_uri: str, config_hash: str) -> dict | None:
-    try:
-        manifest = read_manifest(out_uri)
-    except FileNotFoundError:
-        return None
-    return manifest.get("minhash") if manifest.get("config_hash") == config_hash else None
+def _find_duplicates(plan: Plan, index, executor, stats: dict) -> None:
+    """Every global phase up to the per-shard removal records and id answers; fills `stats`."""
+    cfg, n_parts = plan.cfg, plan.partitions
+    shard_ids, part_ids = list(range(len(plan.names))), list(range(n_parts))
+    executor.map(lambda s: _signature_task(plan, s), shard_ids, desc="minhash: signatures")
+    if index:
+        index.partition(executor)
+    found = executor.map(lambda p: _bucket_task(plan, p, index), part_ids, desc="minhash: buckets")
+    if cfg.url_dedup:
+        stats["url_duplicates"] = sum(f[0] for f in found)
+    senders = [(True, t) for t in shard_ids] + [(False, f) for f in range(len(index.files) if index else 0)]
+    sent = executor.map(lambda x: send_task(plan, x[1]) if x[0] else send_index_task(plan, x[1], index),
+                        senders, desc="minhash: send")
+    verified = executor.map(lambda s: verify_task(plan, s), shard_ids, desc="minhash: verify")
+    stats["candidate_pairs"] = sum(sent)
+    stats["verified_pairs"] = sum(v[0] for v in verified)
+    stats["candidate_jaccard_hist"] = np.sum([v[1] for v in verified], axis=0).tolist() if verified else []
+    if stats["verified_pairs"] * _EDGE_BYTES <= cfg.memory_mb << 20:
+        sizes = executor.map(lambda _: _cluster_all_task(plan), [0], desc="minhash: clusters")[0]
+    else:  # rounds over graph partitions, each task bounded by its partition
+        stars = run_components(plan.folder("cc"), n_parts, executor)
+        executor.map(lambda p: _label_task(plan, stars, p), part_ids, desc="minhash: labels")
+        sizes = [x for part in executor.map(lambda p: _star_task(plan, p), part_ids, desc="minhash: stars")
+                 for x in part]
+    stats["cluster_size_hist"] = cluster_size_histogram(sizes)
+    executor.map(lambda t: _ids_task(plan, t, index), shard_ids + [len(plan.names)], desc="minhash: ids")
 
 
 def removal_rate(manifest: dict) -> float:

@@ -59,9 +59,18 @@ def test_plan_inputs_is_sorted_unique_and_root_relative(tmp_path: Path) -> None:
          SourceConfig(kind="jsonl", name="books", uri=str(tmp_path / "j"))],
         "/unused",
     )
-    assert [u.shard for u in units] == ["web-00000", "web-00001", "web-00002", "web-00003", "web-00004",
-                                        "books-00000"]
+    assert [u.shard.split("-")[0] for u in units] == ["web"] * 5 + ["books"]
+    assert len({u.shard for u in units}) == 6 and all(len(u.shard.split("-")[1]) == 12 for u in units)
     assert [Path(u.files[0]).name for u in units[:5]] == ["a.warc", "b.warc.gz", "c.arc", "d.arc.gz", "e.warc.gz"]
+    # shards are named by what they hold: a new file adds a shard and renames none; a changed file
+    # renames only its own shard
+    (tmp_path / "w" / "bb.warc").write_bytes(b"y")
+    (tmp_path / "w" / "c.arc").write_bytes(b"changed")
+    again = plan_inputs([SourceConfig(kind="warc", name="web", uri=str(tmp_path / "w"))], "/unused")
+    before = {Path(u.files[0]).name: u.shard for u in units[:5]}
+    after = {Path(u.files[0]).name: u.shard for u in again}
+    assert set(after) == set(before) | {"bb.warc"}
+    assert [n for n in before if before[n] != after[n]] == ["c.arc"]
     assert units[4].relative(units[4].files[0]) == "sub/e.warc.gz"
     # the same input elsewhere gives the same ids: they hang on the root-relative path
     moved = tmp_path / "elsewhere"
@@ -80,10 +89,24 @@ def test_code_units_group_files_and_honour_glob_and_max_files(tmp_path: Path) ->
     (tmp_path / ".hidden" / "h.py").write_text("hidden = 1\n")
     src = SourceConfig(kind="code", name="code", uri=str(tmp_path), files_per_shard=2, max_files=4)
     units = plan_inputs([src], "/unused")
-    assert [len(u.files) for u in units] == [2, 2]
     assert [Path(f).name for u in units for f in u.files] == ["m0.py", "m1.py", "m2.py", "m3.py"]
+    assert all(1 <= len(u.files) <= 8 for u in units)
     only = plan_inputs([SourceConfig(kind="code", name="code", uri=str(tmp_path), glob="pkg/m4*.py")], "/unused")
     assert [Path(f).name for u in only for f in u.files] == ["m4.py"]
+
+
+def test_code_groups_are_cut_by_content_so_a_new_file_changes_one_group(tmp_path: Path) -> None:
+    for i in range(300):
+        (tmp_path / f"m{i:03d}.py").write_text(f"x = {i}\n")
+    src = SourceConfig(kind="code", name="code", uri=str(tmp_path), files_per_shard=10)
+    before = plan_inputs([src], "/unused")
+    assert 10 < len(before) < 90  # about one cut every 10 files
+    (tmp_path / "m150b.py").write_text("added = 1\n")
+    after = plan_inputs([src], "/unused")
+    changed = {u.shard for u in after} ^ {u.shard for u in before}
+    assert len(changed) == 2  # the group the file fell in, before and after; every other group is the same
+    grown = next(u for u in after if any(f.endswith("m150b.py") for f in u.files))
+    assert grown.shard in changed
 
 
 def test_default_code_source_is_the_stdlib_without_tests() -> None:

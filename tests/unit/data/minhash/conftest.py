@@ -13,7 +13,7 @@ import pytest
 from llm import storage
 from llm.data import schema
 from llm.data.dataset import Counts, load_record, write_manifest, write_record
-from llm.data.ingest import write_shard
+from llm.data.dataset import write_shard
 from llm.data.minhash.planted import planted_corpus, similar_pairs, word_pool
 from llm.data.minhash.shingles import word_shingles
 
@@ -34,7 +34,7 @@ def write_dataset(uri: str, texts: list[str], shards: int, urls: list[str | None
                           schema.QUARANTINE_SCHEMA.empty_table(), Counts(len(rows), len(rows)))
         write_record(uri, rec)
         names.append(name)
-    write_manifest(uri, "fixture", "x", [], [load_record(uri, n) for n in names])
+    write_manifest(uri, "fixture", [load_record(uri, n) for n in names])
     return ids
 
 

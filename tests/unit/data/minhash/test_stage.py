@@ -17,16 +17,15 @@ from llm.data.inspect import format_stats, stats
 from llm.data.minhash.stage import run_minhash_dedup
 from llm.executor import LocalExecutor
 from tests.unit.data.minhash.conftest import rejected, removals, write_dataset
+from tests.trees import output_tree
 
 SHARD = ShardConfig()
 
 
 def _run(root: Path, cfg: MinHashConfig, name: str = "out", src: str = "in", executor=None) -> dict:
-    return run_minhash_dedup(str(root / src), str(root / name), cfg, SHARD, "h", executor or LocalExecutor())
+    return run_minhash_dedup(str(root / src), str(root / name), cfg, SHARD, executor or LocalExecutor())
 
 
-def _tree(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def test_recall_precision_and_no_chaining_on_planted_duplicates(tmp_path, planted):
@@ -84,8 +83,8 @@ def test_same_clusters_every_run_and_after_a_killed_run(tmp_path, planted):
     cfg = MinHashConfig(keeper="longest", min_buckets=3)
     first = _run(tmp_path, cfg, "a")
     _run(tmp_path, cfg, "b")
-    tree = _tree(tmp_path / "a")
-    assert first["totals"]["counts"]["dropped"] and tree == _tree(tmp_path / "b")
+    tree = output_tree(tmp_path / "a")
+    assert first["totals"]["counts"]["dropped"] and tree == output_tree(tmp_path / "b")
     # A run killed after two shards: their records stay, the rest is gone, work files half written.
     for name in ("in-00002", "in-00003"):
         for rel in (f"_shards/{name}.json", f"{name}.parquet", f"rejected/{name}.parquet", f"_index/{name}.npz"):
@@ -93,7 +92,7 @@ def test_same_clusters_every_run_and_after_a_killed_run(tmp_path, planted):
     (tmp_path / "b" / "_work" / "h" / "signed").mkdir(parents=True)
     (tmp_path / "b" / "_manifest.json").unlink()
     _run(tmp_path, cfg, "b")
-    assert _tree(tmp_path / "b") == tree
+    assert output_tree(tmp_path / "b") == tree
 
 
 def test_graph_rounds_give_the_same_clusters_as_one_task(tmp_path, planted, monkeypatch):
@@ -115,7 +114,7 @@ def test_graph_rounds_give_the_same_clusters_as_one_task(tmp_path, planted, monk
     rounds = _run(tmp_path, cfg, "rounds", executor=Recording())
     assert "minhash: clusters" not in phases and {"minhash: large-star", "minhash: stars"} <= set(phases)
     assert one["totals"]["counts"]["dropped"]["near_duplicate"] > 20
-    assert one == rounds and _tree(tmp_path / "one") == _tree(tmp_path / "rounds")
+    assert one == rounds and output_tree(tmp_path / "one") == output_tree(tmp_path / "rounds")
 
 
 def test_keeper_rules(tmp_path, words):
@@ -217,7 +216,7 @@ def test_memory_of_every_task_stays_bounded_as_the_corpus_grows(tmp_path, plante
         src = f"in{docs}"
         write_dataset(str(tmp_path / src), planted.texts[:docs], shards=docs // 150)
         ex = _PeakExecutor()
-        m = run_minhash_dedup(str(tmp_path / src), str(tmp_path / f"out{docs}"), cfg, SHARD, "h", ex)
+        m = run_minhash_dedup(str(tmp_path / src), str(tmp_path / f"out{docs}"), cfg, SHARD, ex)
         peaks.append(ex.peaks)
         parts.append(m["minhash"]["partitions"])
     texts = planted.texts[:1500]
