@@ -106,6 +106,14 @@ def test_pipeline_flow_end_to_end(tmp_path, ray_local, prefect_home):
     assert all(s["reused"] for s in same.values())
     assert "made: nothing" in format_summary(rerun)
     assert {p: p.read_bytes() for p in sorted(work.rglob("*")) if p.is_file() and "mlflow" not in p.parts} == before
+    # gc removes the first run's training and evaluation, and nothing the current versions need
+    from llm.gc import run_gc
+
+    removed = run_gc(str(work), apply=True).files
+    assert removed and any("/train/runs/" in f for f in removed)
+    after_gc = pipeline(build_config({}, TINY + [f"work_dir={work}", "train.max_steps=30"]))["stages"]
+    assert all(s["reused"] for s in after_gc.values())
+    assert json.loads((work / "eval" / "eval.json").read_text())["val_loss"] == shorter["evaluate"]["val_loss"]
     # each stage's MLflow run holds the lineage chain behind its output
     run = client.get_run(result["parent_run_id"])
     tokenize_run = by_stage["tokenize"]
