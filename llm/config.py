@@ -10,10 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class ConfigError(ValueError):
@@ -21,9 +21,21 @@ class ConfigError(ValueError):
 
 
 class Section(BaseModel):
-    """Base of every config section: unknown keys are errors, assignments are re-validated."""
+    """Base of every config section: unknown keys are errors, assignments are re-validated, and numbers
+    must be finite (`.inf` or `.nan` as a timeout or a threshold is a mistake, not a setting)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+def _path_safe(name: str) -> str:
+    if name in (".", ".."):
+        raise ValueError(f"{name!r} is not a name (it would be a path to a folder)")
+    return name
+
+
+# A name that becomes part of file names, ids or URIs: one path segment of these characters, never
+# `.` or `..`, so it cannot point outside the work directory.
+PathSafeName = Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]+$", max_length=64), AfterValidator(_path_safe)]
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -55,7 +67,10 @@ class SourceConfig(Section):
     kind: Literal["warc", "code", "jsonl", "parquet", "crawl"] = Field(
         description="Reader to use. `crawl` reads the WARC files written by the crawl stage."
     )
-    name: str = Field(description="Source label stored on every document (`web`, `code`, `books`, ...).")
+    name: PathSafeName = Field(
+        description="Source label stored on every document (`web`, `code`, `books`, ...): letters, digits, "
+        "`.`, `_` and `-` (it prefixes shard names and document ids).",
+    )
     uri: str | None = Field(
         None,
         description="File or folder URI (local path or s3://). Empty for `code` means the Python "
@@ -630,7 +645,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override {text!r} has an empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = yaml.load(raw, Loader=_UniqueKeyLoader) if raw.strip() else None  # noqa: S506 (safe loader)
+    except ConfigError as exc:
+        raise ConfigError(f"override {text!r}: {exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from None
     return key.split("."), value
@@ -679,6 +696,21 @@ def build_config(data: dict | None = None, overrides: list[str] | None = None, o
         raise ConfigError(_format_validation_error(exc, origin)) from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """The safe YAML loader, refusing a key given twice in one mapping (YAML keeps the last silently,
+    so a typo'd second `train:` section would replace the first)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(f"line {key_node.start_mark.line + 1}: duplicate key {key!r} "
+                                  f"(first given at line {seen[key] + 1})")
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> PipelineConfig:
     """Load a YAML config file (or only defaults when `path` is None) and apply dotted overrides."""
     data: dict = {}
@@ -689,9 +721,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not p.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+            loaded = yaml.load(p.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 (safe loader)
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

@@ -21,10 +21,16 @@ def resolve_tracking_uri(cfg: TrackingConfig, work_dir: str) -> str:
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env:
         return env
-    base = work_dir if not storage.is_s3(work_dir) else "work"
-    folder = Path(storage.absolute(base)) / "mlflow"
+    folder = local_store_folder(work_dir)
     folder.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{folder / 'mlflow.db'}"
+
+
+def local_store_folder(work_dir: str) -> Path:
+    """Where the default local MLflow store (database and artifacts) lives: `<work_dir>/mlflow`, or
+    `./work/mlflow` when the work directory is on S3."""
+    base = work_dir if not storage.is_s3(work_dir) else "work"
+    return Path(storage.absolute(base)) / "mlflow"
 
 
 @dataclass(frozen=True)
@@ -74,6 +80,11 @@ class Tracker:
     def __init__(self, cfg: TrackingConfig, work_dir: str):
         self.enabled = cfg.enabled
         self.uri = resolve_tracking_uri(cfg, work_dir) if cfg.enabled else ""
+        # The default store keeps its artifacts beside its database; MLflow's own default would be
+        # `./mlruns` of whatever folder the command ran in. A configured store has its own root.
+        self._artifacts = None
+        if cfg.enabled and not (cfg.uri or os.environ.get("MLFLOW_TRACKING_URI")):
+            self._artifacts = (local_store_folder(work_dir) / "artifacts").as_uri()
         self.experiment = cfg.experiment
         self._experiment_id: str | None = None
 
@@ -86,7 +97,8 @@ class Tracker:
         if self._experiment_id is None:
             client = self.client()
             exp = client.get_experiment_by_name(self.experiment)
-            self._experiment_id = exp.experiment_id if exp else client.create_experiment(self.experiment)
+            self._experiment_id = exp.experiment_id if exp else \
+                client.create_experiment(self.experiment, artifact_location=self._artifacts)
         return self._experiment_id
 
     def start_run(self, name: str, parent: str | None = None, params: dict | None = None,

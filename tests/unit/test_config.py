@@ -80,3 +80,26 @@ def test_every_field_is_documented():
                 assert field.description, f"{path}{name} has no description"
 
     walk(PipelineConfig, "")
+
+
+def test_a_key_given_twice_is_refused_naming_it_and_both_lines(tmp_path):
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("train:\n  max_steps: 5\nmodel:\n  layers: 2\ntrain:\n  max_steps: 7\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(twice)
+    assert str(exc.value) == f"{twice}: line 5: duplicate key 'train' (first given at line 1)"
+    with pytest.raises(ConfigError, match="duplicate key 'a'"):
+        build_config({}, ["eval.prompts={a: 1, a: 2}"])
+
+
+@pytest.mark.parametrize("value", [".inf", "-.inf", ".nan"])
+def test_non_finite_numbers_are_refused_naming_the_field(tmp_path, value):
+    with pytest.raises(ConfigError, match=r"data.extract.timeout_s: Input should be a finite number"):
+        build_config({}, [f"data.extract.timeout_s={value}"])
+
+
+@pytest.mark.parametrize("name", ["../../../escaped", "..", ".", "a/b", "web\\\\x", "", "x" * 65])
+def test_a_source_name_cannot_be_a_path(name):
+    with pytest.raises(ConfigError, match=r"data.sources.0.name"):
+        build_config({}, [f"data.sources=[{{kind: jsonl, name: '{name}', uri: /tmp}}]"])
+    assert build_config({}, ["data.sources=[{kind: jsonl, name: books.v2_x-1, uri: /tmp}]"]).data.sources[0].name
