@@ -97,7 +97,7 @@ def test_killed_worker_resumes_from_checkpoint_into_the_same_mlflow_run(ray_loca
     write_token_dataset(tokens, {"train": counting_docs(300, 0), "val": counting_docs(40, 1)}, vocab_size=VOCAB)
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=tracking_uri)
-    experiment = client.create_experiment("fault-test")
+    experiment = client.create_experiment("fault-test", artifact_location=(tmp_path / "artifacts").as_uri())
     # Large enough that a step takes a few ms on one CPU, so the kill lands well before the end.
     model_cfg = ModelConfig(layers=2, hidden_size=64, attention_heads=2, context_length=64)
     train_cfg = TrainConfig(

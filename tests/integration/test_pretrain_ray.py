@@ -25,7 +25,7 @@ def test_pretrain_two_workers_checkpoints_and_metrics(ray_local, tmp_path):
     write_token_dataset(tokens, {"train": counting_docs(200, 0), "val": counting_docs(40, 1)}, vocab_size=VOCAB)
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=tracking_uri)
-    run = client.create_run(client.create_experiment("pretrain-test"))
+    run = client.create_run(client.create_experiment("pretrain-test", artifact_location=(tmp_path / "artifacts").as_uri()))
     target = RunTarget(tracking_uri=tracking_uri, run_id=run.info.run_id)
 
     model_cfg = ModelConfig(layers=2, hidden_size=32, attention_heads=2, context_length=32)

@@ -71,7 +71,7 @@ def test_repeated_bad_steps_roll_back_to_the_checkpoint_and_lower_the_rate(token
 
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=tracking_uri)
-    run = client.create_run(client.create_experiment("guard"))
+    run = client.create_run(client.create_experiment("guard", artifact_location=(tmp_path / "artifacts").as_uri()))
     target = RunTarget(tracking_uri=tracking_uri, run_id=run.info.run_id)
     summary = train(tiny_model(), cfg, tokens_uri, target, report=keep)
     assert (summary.skipped_steps, summary.rollbacks) == (4, 2)
