@@ -131,12 +131,14 @@ def evaluate(cfg: PipelineConfig, checkpoint_uri: str, parent_run_id: str | None
             data = asdict(result)
             rel = f"eval-{ident.version}.json"
             storage.write_text(storage.join(out, rel), dumps(data))
+            # eval.json: the current results under a fixed name (each version's stay in eval-<version>.json)
             storage.write_text(storage.join(out, "eval.json"), dumps(data))
             summary = {k: v for k, v in data.items() if isinstance(v, (int, float, str))}
-            # eval.json: the current results under a fixed name (each version's stay in eval-<version>.json)
             manifest = versions.publish(out, ident, {"result": summary, "files": {"results": rel, "current": "eval.json"}},
                                         parents, started)
-        storage.write_text(storage.join(out, "eval.json"), storage.read_text(storage.join(out, manifest["files"]["results"])))
+        else:  # an earlier version current again: its results become the current ones
+            storage.write_text(storage.join(out, "eval.json"),
+                               storage.read_text(storage.join(out, manifest["files"]["results"])))
         return ctx.report(manifest, out, manifest["result"])
 
 

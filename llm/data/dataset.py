@@ -194,12 +194,6 @@ def shard_identity(shard: dict) -> str:
     return shard.get("key") or shard["sha256"]
 
 
-def version_of(uri: str) -> str:
-    """The version a reader of `uri` sees (current, or the one pinned by `uri@version`)."""
-    root, version = versions.split(uri)
-    return version or read_manifest(root)["version"]
-
-
 def write_table(dataset: str, rel: str, table: pa.Table, row_group_rows: int = 1024,
                 compression: str = "zstd") -> tuple[int, str]:
     return storage.write_parquet(storage.join(dataset, rel), table, row_group_rows, compression)
