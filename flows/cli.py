@@ -7,13 +7,21 @@
     llmpipe stats work/demo/datasets/docs
     llmpipe lineage work/demo/tokens
     llmpipe gc work/demo            # dry run; --apply deletes
+
+An error the user can fix (a config field, an input path, credentials, a server address) is one line
+on stderr and exit status 2; `--debug` (or LLMPIPE_DEBUG=1) adds its traceback. Anything else is a bug:
+its traceback and exit status 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
+import traceback
+from contextlib import contextmanager
+from typing import Iterator
 
 STAGE_HELP = {
     "crawl": "crawl the configured site (default: a local pydoc server) into WARC files",
@@ -30,24 +38,32 @@ STAGE_HELP = {
 
 
 def _quiet_environment() -> None:
-    # No network here to send telemetry to; and keep Ray on loopback for local runs.
+    # No network here to send telemetry to. (Ray's loopback-only setting is `llm.cluster`'s: it holds
+    # for a local Ray only.)
     for key, value in {
         "DO_NOT_TRACK": "1",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "RAY_USAGE_STATS_ENABLED": "0",
-        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
         "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING": "false",
         "TOKENIZERS_PARALLELISM": "false",
     }.items():
         os.environ.setdefault(key, value)
 
 
+DEBUG_HELP = "show the traceback of every error (also LLMPIPE_DEBUG=1)"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmpipe", description="Raw text to a trained, evaluated language model.")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+    # Also accepted after the subcommand; SUPPRESS keeps a subcommand without it from resetting the
+    # global flag.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text, parents=[common])
         p.add_argument("config", nargs="?", help="YAML config file (default: built-in defaults)")
         p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="dotted config overrides")
         return p
@@ -58,18 +74,18 @@ def _parser() -> argparse.ArgumentParser:
     for name, help_text in STAGE_HELP.items():
         add(name, help_text)
     add("config", "validate a config and print it fully resolved")
-    explain = sub.add_parser("explain", help="why a document was kept or dropped at each step",
+    explain = sub.add_parser("explain", help="why a document was kept or dropped at each step", parents=[common],
                              description="why a document was kept or dropped at each step, with its signals")
     explain.add_argument("dataset", help="dataset folder or URI (e.g. work/demo/datasets/docs)")
     explain.add_argument("doc_id", help="the document's id")
     what = "drops per step and rule, documents per language, near-duplicate statistics"
-    stats = sub.add_parser("stats", help=what, description=what)
+    stats = sub.add_parser("stats", help=what, description=what, parents=[common])
     stats.add_argument("dataset", help="dataset folder or URI (e.g. work/demo/datasets/docs)")
     what = "a dataset's versions and the chain of versions, code, config and inputs that made it"
-    lineage = sub.add_parser("lineage", help=what, description=what)
+    lineage = sub.add_parser("lineage", help=what, description=what, parents=[common])
     lineage.add_argument("dataset", help="dataset folder or URI, optionally DATASET@VERSION")
     what = "remove dataset versions (and their files) that no current version depends on"
-    gc = sub.add_parser("gc", help=what, description=what + "; a dry run unless --apply")
+    gc = sub.add_parser("gc", help=what, description=what + "; a dry run unless --apply", parents=[common])
     gc.add_argument("work_dir", help="the work directory (local path or s3:// prefix)")
     gc.add_argument("--apply", action="store_true", help="delete (default: only list what would go)")
     return parser
@@ -84,65 +100,158 @@ def _split_config_arg(args: argparse.Namespace) -> tuple[str | None, list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one `llmpipe` command; returns the exit status (0, 1 for a bug, 2 for a user error, 130)."""
     _quiet_environment()
     args = _parser().parse_args(argv)
-    from llm.config import ConfigError, load_config
-    from llm.storage import StorageError
-    from llm.workdir_lock import WorkDirBusy
-
+    debug = args.debug or os.environ.get("LLMPIPE_DEBUG", "").lower() in ("1", "true", "yes")
     try:
-        if args.command == "lineage":
-            from llm.lineage_chain import format_lineage
-
-            print(format_lineage(args.dataset))
-            return 0
-        if args.command == "gc":
-            from llm.gc import format_gc, run_gc
-
-            print(format_gc(run_gc(args.work_dir, apply=args.apply), args.apply))
-            return 0
-        if args.command in ("explain", "stats"):
-            from llm.data import inspect
-
-            if args.command == "explain":
-                print(inspect.explain(args.dataset, args.doc_id))
-            else:
-                print(inspect.format_stats(inspect.stats(args.dataset)))
-            return 0
-        config_path, overrides = _split_config_arg(args)
-        cfg = load_config(config_path, overrides)
-        if args.command == "config":
-            import yaml
-
-            print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
-            return 0
-        from flows.pipeline import DATA_STAGES, STAGES, data_refresh, local_run_settings, pipeline, stages_flow
-        from llm.layout import Layout
-        from llm.summary import format_summary
-        from llm.workdir_lock import WorkDirLock
-
-        # Taken here as well as in the flow, so a busy work directory is one line before Prefect starts.
-        work_dir = Layout.for_work_dir(cfg.work_dir).work_dir
-        with WorkDirLock(work_dir, description=f"llmpipe {args.command} ({cfg.name})"), local_run_settings():
-            if args.command == "run":
-                result = pipeline(cfg)
-            elif args.command == "data":
-                result = data_refresh(cfg)
-            else:
-                assert args.command in STAGES or args.command in DATA_STAGES
-                result = stages_flow(cfg, [args.command])
-        print(format_summary(result))
-        return 0
-    except (ConfigError, StorageError, FileNotFoundError, WorkDirBusy) as exc:
-        print(f"llmpipe: error: {exc}", file=sys.stderr)
-        return 2
+        return _command(args, debug)
     except KeyboardInterrupt:
         print("llmpipe: interrupted; rerun the same command to resume from the finished shards", file=sys.stderr)
         return 130
+    except Exception as exc:
+        return _report(exc, debug)
     finally:
         from llm.cluster import shutdown_ray
 
         shutdown_ray()
+
+
+def _command(args: argparse.Namespace, debug: bool) -> int:
+    from llm.config import load_config
+
+    if args.command == "lineage":
+        from llm.lineage_chain import format_lineage
+
+        print(format_lineage(args.dataset))
+        return 0
+    if args.command == "gc":
+        from llm.gc import format_gc, run_gc
+
+        print(format_gc(run_gc(args.work_dir, apply=args.apply), args.apply))
+        return 0
+    if args.command in ("explain", "stats"):
+        from llm.data import inspect
+
+        if args.command == "explain":
+            print(inspect.explain(args.dataset, args.doc_id))
+        else:
+            print(inspect.format_stats(inspect.stats(args.dataset)))
+        return 0
+    config_path, overrides = _split_config_arg(args)
+    cfg = load_config(config_path, overrides)
+    if args.command == "config":
+        import yaml
+
+        print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
+        return 0
+    from flows.pipeline import DATA_STAGES, STAGES, data_refresh, local_run_settings, pipeline, stages_flow
+    from llm.layout import Layout
+    from llm.summary import format_summary
+    from llm.workdir_lock import WorkDirLock
+
+    # Taken here as well as in the flow, so a busy work directory is one line before Prefect starts.
+    work_dir = Layout.for_work_dir(cfg.work_dir).work_dir
+    with WorkDirLock(work_dir, description=f"llmpipe {args.command} ({cfg.name})"), local_run_settings(), \
+            _console_without_user_errors(enabled=not debug):
+        if args.command == "run":
+            result = pipeline(cfg)
+        elif args.command == "data":
+            result = data_refresh(cfg)
+        else:
+            assert args.command in STAGES or args.command in DATA_STAGES
+            result = stages_flow(cfg, [args.command])
+    print(format_summary(result))
+    return 0
+
+
+def _report(exc: Exception, debug: bool) -> int:
+    """Print an error and return the exit status: a user-caused one as one line (2), with its
+    traceback before it under `--debug`; anything else with its traceback (1)."""
+    from llm.errors import user_cause
+
+    cause = user_cause(exc) or _prefect_unreachable(exc)
+    if cause is None or debug:
+        traceback.print_exception(exc)
+    if cause is None:
+        return 1
+    print(f"llmpipe: error: {one_line(cause)}", file=sys.stderr)
+    return 2
+
+
+def one_line(exc: BaseException) -> str:
+    """An error's message on one line: continuation lines (one per field of a config with several
+    problems, the layout of a YAML error) joined with "; "."""
+    lines = [" ".join(line.split()) for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+    head, rest = lines[0], lines[1:]
+    if not rest:
+        return head
+    return head + (" " if head.endswith(":") else "; ") + "; ".join(rest)
+
+
+def _prefect_unreachable(exc: BaseException) -> Exception | None:
+    """A `UserError` naming PREFECT_API_URL when `exc` is Prefect failing to connect to its API
+    server; None for any other error (and when Prefect was never loaded)."""
+    if "prefect" not in sys.modules:
+        return None
+    import httpx
+    from prefect.settings import PREFECT_API_URL
+
+    from llm.errors import UserError, without_password
+
+    url = PREFECT_API_URL.value()
+    reason = None
+    err: BaseException | None = exc
+    while err is not None:
+        if isinstance(err, httpx.TransportError):
+            reason = reason or " ".join(str(err).split()) or type(err).__name__
+        if reason and isinstance(err, OSError) and err.strerror:
+            reason = err.strerror.lower()
+        err = err.__cause__ or err.__context__
+    if reason is None or not url:
+        return None
+    return UserError(f"PREFECT_API_URL {without_password(url)}: cannot reach the Prefect server ({reason}); start it "
+                     "(`prefect server start`), or unset PREFECT_API_URL to run on a temporary local API")
+
+
+class _UserErrorRecords(logging.Filter):
+    """Drops the console records of a failure that `llmpipe` reports itself, as one line: the engine's
+    "failed with exception" records, which carry the traceback, and the "Finished in state Failed"
+    records that repeat the message. Records of other errors pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from llm.errors import user_cause
+
+        exc = record.exc_info[1] if record.exc_info else None
+        cause = user_cause(exc) if exc is not None else None
+        if cause is not None:
+            self.messages.append(str(cause))
+            return False
+        text = record.getMessage()
+        return not any(message and message in text for message in self.messages)
+
+
+@contextmanager
+def _console_without_user_errors(enabled: bool = True) -> Iterator[None]:
+    """Prefect's console handlers without the records of user-caused failures, for the duration of a
+    run. Only the console: a Prefect server's run logs (the API handler) keep the traceback."""
+    if not enabled:
+        yield
+        return
+    names = ["", *(name for name in logging.Logger.manager.loggerDict if name.split(".")[0] in ("prefect", "uvicorn"))]
+    handlers = {h for name in names for h in logging.getLogger(name).handlers if isinstance(h, logging.StreamHandler)}
+    records = _UserErrorRecords()
+    for handler in handlers:
+        handler.addFilter(records)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(records)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from typing import Iterator
 from prefect import flow
 
 from llm.config import PipelineConfig
+from llm.errors import UserError
 from llm.layout import Layout
 from llm.lineage import redact
 from llm.tracking import Tracker
@@ -51,7 +52,7 @@ def run_stages(config: PipelineConfig, stages: list[str], refresh: bool = False)
 
     unknown = sorted(set(stages) - set(STAGES))
     if unknown:
-        raise ValueError(f"unknown stage(s) {unknown}; stages are {STAGES}")
+        raise UserError(f"unknown stage(s) {unknown}; stages are {STAGES}")
     layout = Layout.for_work_dir(config.work_dir)
     with WorkDirLock(layout.work_dir, description=f"llmpipe {'+'.join(stages)} ({config.name})"):
         tracker = Tracker(config.tracking, config.work_dir)
@@ -79,17 +80,39 @@ def run_stages(config: PipelineConfig, stages: list[str], refresh: bool = False)
             "mlflow_ui": tracker.ui_command(), "work_dir": layout.work_dir}
 
 
+# How long the temporary API may take to start. Prefect's 20 s is about three times what it takes on
+# a quiet 2-core machine: with every core busy, runs failed before doing anything.
+_LOCAL_API_STARTUP_S = 300
+# How long the temporary API's SQLite connections wait for a lock (Prefect's 10 s): opening one switches
+# the database to WAL, which waits for every other writer; on a busy machine, or with two runs starting
+# on one PREFECT_HOME, that wait ended in "database is locked".
+_LOCAL_API_DATABASE_TIMEOUT_S = 60.0
+
+
 @contextmanager
 def local_run_settings() -> Iterator[None]:
     """Prefect settings for a run on this machine's temporary API (no `PREFECT_API_URL`): no flow-run
-    heartbeats. They let a server spot crashed runs; the temporary API ends with the process, and its
-    heartbeat thread only adds up to a second to the end of every run. With a server, nothing changes."""
+    heartbeats (they let a server spot crashed runs; the temporary API ends with the process, and its
+    heartbeat thread only adds up to a second to the end of every run), and time for the temporary API
+    to start and for its database to take locks on a busy machine, unless the user set
+    `PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS`, `PREFECT_SERVER_DATABASE_TIMEOUT` or
+    `PREFECT_SERVER_DATABASE_CONNECTION_TIMEOUT` (environment, profile or prefect.toml). With a server,
+    nothing changes."""
     if os.environ.get("PREFECT_API_URL"):
         yield
         return
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    from prefect.settings import (PREFECT_FLOWS_HEARTBEAT_FREQUENCY, PREFECT_SERVER_DATABASE_CONNECTION_TIMEOUT,
+                                  PREFECT_SERVER_DATABASE_TIMEOUT, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+                                  temporary_settings)
 
-    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+    # Defaults only: a value the user set, from any of Prefect's sources and under any of its names,
+    # stays. The temporary API's process is given the resulting settings.
+    defaults = {
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: _LOCAL_API_STARTUP_S,
+        PREFECT_SERVER_DATABASE_TIMEOUT: _LOCAL_API_DATABASE_TIMEOUT_S,
+        PREFECT_SERVER_DATABASE_CONNECTION_TIMEOUT: _LOCAL_API_DATABASE_TIMEOUT_S,
+    }
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}, set_defaults=defaults):
         yield
 
 

@@ -8,7 +8,7 @@ import os
 import time
 import uuid
 
-from llm.storage import StorageError, _local, _s3_call, _s3_client, _split_s3, is_s3, temp_beside
+from llm.storage import StorageError, _local, _s3, _s3_call, _split_s3, is_s3, temp_beside
 
 _PRECONDITION_CODES = ("PreconditionFailed", "412", "ConditionalRequestConflict", "409")
 _UNSUPPORTED_CODES = ("NotImplemented", "501")
@@ -43,7 +43,7 @@ def conditional_writes(uri: str) -> bool:
     from botocore.exceptions import ClientError
 
     bucket, key = _split_s3(uri)
-    client = _s3_client()
+    client = _s3(uri)
     cache_key = (client.meta.endpoint_url, bucket)
     if cache_key in _conditional_support:
         return _conditional_support[cache_key]
@@ -77,7 +77,7 @@ def conditional_writes(uri: str) -> bool:
 def read_tagged(uri: str) -> tuple[bytes, str]:
     """S3 only: an object's bytes and its ETag (the version `put_conditional(if_match=...)` checks)."""
     bucket, key = _split_s3(uri)
-    reply = _s3_call(_s3_client().get_object, uri, Bucket=bucket, Key=key)
+    reply = _s3_call(_s3(uri).get_object, uri, Bucket=bucket, Key=key)
     return reply["Body"].read(), reply["ETag"]
 
 
@@ -90,7 +90,7 @@ def put_conditional(uri: str, data: bytes, *, if_none_match: bool = False, if_ma
     if if_none_match == (if_match is not None):
         raise ValueError("put_conditional needs exactly one of if_none_match and if_match")
     bucket, key = _split_s3(uri)
-    client = _s3_client()
+    client = _s3(uri)
     if conditional_writes(uri):
         cond = {"IfNoneMatch": "*"} if if_none_match else {"IfMatch": if_match}
         try:
@@ -117,7 +117,7 @@ def delete_if_match(uri: str, etag: str) -> bool:
     """S3 only: delete the object only if it still has the ETag `etag` (it is still the one this
     process wrote); True when deleted. Stores without conditional deletes: compare, then delete."""
     bucket, key = _split_s3(uri)
-    client = _s3_client()
+    client = _s3(uri)
 
     def plain() -> bool:
         try:

@@ -7,16 +7,21 @@ fail at load time with the dotted path of the offending field (`ConfigError`).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, SecretStr,
+                      ValidationError, model_validator)
+
+from llm.errors import UserError
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A configuration problem a user can fix; the message names the field and the file."""
 
 
@@ -36,6 +41,37 @@ def _path_safe(name: str) -> str:
 # A name that becomes part of file names, ids or URIs: one path segment of these characters, never
 # `.` or `..`, so it cannot point outside the work directory.
 PathSafeName = Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]+$", max_length=64), AfterValidator(_path_safe)]
+
+
+# A secret config value: kept as a SecretStr (its repr and str are masked), and written out, in JSON
+# form, as a fingerprint: stage identities change when the key does, and nothing that prints, logs or
+# stores a config (MLflow parameters, Prefect parameters, manifests) can reveal it. A fingerprint or a
+# masked value read back (a Prefect run's stored parameters) counts as not given.
+_SECRET_PLACEHOLDER = re.compile(r"^(?:secret:[0-9a-f]{16}|\*+|<redacted>)$")
+
+
+@functools.lru_cache(maxsize=16)
+def secret_fingerprint(value: str) -> str:
+    """`secret:` and 16 hex digits of a slow salted digest of `value`: tells keys apart, and makes
+    testing guesses of a weak, human-chosen key from its fingerprint expensive (~0.1 s a guess)."""
+    digest = hashlib.pbkdf2_hmac("sha256", value.encode("utf-8", "surrogatepass"), b"llmpipe-secret-fingerprint",
+                                 200_000, dklen=8)
+    return "secret:" + digest.hex()
+
+
+def _read_secret(value: Any) -> Any:
+    raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+    if raw is None or (isinstance(raw, str) and (not raw or _SECRET_PLACEHOLDER.match(raw))):
+        return None
+    return value
+
+
+def _write_secret(value: SecretStr | None) -> str | None:
+    return None if value is None else secret_fingerprint(value.get_secret_value())
+
+
+SecretKey = Annotated[SecretStr | None, BeforeValidator(_read_secret),
+                      PlainSerializer(_write_secret, when_used="json")]
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -88,9 +124,17 @@ class SourceConfig(Section):
 
 
 class ExtractConfig(Section):
-    """HTML to text extraction (trafilatura) with a per-document time limit."""
+    """HTML to text extraction (trafilatura) with per-document limits on CPU time and elapsed time."""
 
-    timeout_s: float = Field(5.0, gt=0, description="A document taking longer is quarantined as a timeout.")
+    cpu_limit_s: float = Field(
+        60.0, gt=0, description="A document whose extraction uses more CPU time than this is quarantined. CPU "
+        "time does not grow when the machine is busy, so the verdict is the same under any load; real pages "
+        "need under 1 s, a page of `max_html_bytes` about 10 s."
+    )
+    wall_limit_s: float = Field(
+        600.0, gt=0, description="Backstop for a document that stalls without computing: extraction taking "
+        "longer than this in elapsed time is quarantined. Keep it far above `cpu_limit_s`, so load never decides."
+    )
     include_tables: bool = Field(True, description="Keep table text.")
     favor_recall: bool = Field(True, description="Prefer keeping text over precision of the main-content guess.")
     max_html_bytes: int = Field(5_000_000, ge=1024, description="Larger responses are dropped before parsing.")
@@ -348,13 +392,31 @@ class PiiConfig(Section):
         description="`placeholder`: `<EMAIL>`, `<PHONE>`, ...; `pseudonym`: `<EMAIL_1a2b3c4d>`, the same for "
         "the same value under the same `pseudonym_key`.",
     )
-    pseudonym_key: str = Field(
-        "llmpipe", description="Key of the keyed hash behind pseudonyms; keep it secret to keep them irreversible."
+    pseudonym_key: SecretKey = Field(
+        None,
+        description="Key of the keyed hash behind pseudonyms; whoever has it can test guesses of the "
+        "originals. Empty: the environment variable LLMPIPE_PSEUDONYM_KEY, else the Prefect Secret block "
+        "named by `pseudonym_key_secret`, else a random key generated once and kept owner-only in "
+        "`<work_dir>/_secrets/pseudonym_key`. Never shown: configs, MLflow and manifests hold only a "
+        "fingerprint of it.",
+    )
+    pseudonym_key_secret: PathSafeName | None = Field(
+        None, description="Name of a Prefect Secret block holding the pseudonym key (for deployments)."
     )
     phone_regions: list[str] = Field(
         default_factory=lambda: ["US"],
         description="Regions (ISO 3166 alpha-2) whose national phone formats are recognised; "
         "international (+..) numbers are recognised whatever the region.",
+    )
+
+
+class QuarantineConfig(Section):
+    """What is kept of input that could not be read or processed (`<dataset>/quarantine/`)."""
+
+    keep_raw: bool = Field(
+        False,
+        description="Also keep the offending bytes as they were read, unscrubbed (up to 64 KiB each). Off: "
+        "an entry holds the error, the size, a digest and, when the bytes are text, the PII-scrubbed text.",
     )
 
 
@@ -372,6 +434,7 @@ class DataConfig(Section):
     quality: QualityConfig = Field(default_factory=QualityConfig)
     content: ContentConfig = Field(default_factory=ContentConfig)
     pii: PiiConfig = Field(default_factory=PiiConfig)
+    quarantine: QuarantineConfig = Field(default_factory=QuarantineConfig)
     exact_dedup: ExactDedupConfig = Field(default_factory=ExactDedupConfig)
     minhash: MinHashConfig = Field(default_factory=MinHashConfig)
     shard: ShardConfig = Field(default_factory=ShardConfig)
@@ -636,20 +699,44 @@ def _get_path(data: dict, dotted: str) -> Any:
     return node
 
 
+# Parts of a field name that mark its value as a secret: an error message names such a field but never
+# repeats its value (a key typed on the command line would end up in logs and terminals).
+_SECRET_WORDS = frozenset({"key", "secret", "password", "passwd", "token", "credentials"})
+
+
+def _is_secret_name(name: str) -> bool:
+    return bool(_SECRET_WORDS.intersection(re.split(r"[._-]", name.lower())))
+
+
+def _shown_override(text: str) -> str:
+    """An override as error messages quote it: the value of a secret field masked."""
+    key, sep, _ = text.partition("=")
+    return f"{key}{sep}<redacted>" if sep and _is_secret_name(key.strip().rsplit(".", 1)[-1]) else text
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error in one line: where (line, column) and what, without PyYAML's multi-line layout."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return where + " ".join(str(problem).split())
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """`train.max_steps=50` -> (["train", "max_steps"], 50). Values are parsed as YAML scalars/lists."""
     if "=" not in text:
-        raise ConfigError(f"override {text!r} is not of the form key.sub=value")
+        raise ConfigError(f"override {_shown_override(text)!r} is not of the form key.sub=value")
     key, raw = text.split("=", 1)
     key = key.strip()
     if not key or any(not part for part in key.split(".")):
-        raise ConfigError(f"override {text!r} has an empty key")
+        raise ConfigError(f"override {_shown_override(text)!r} has an empty key")
     try:
         value = yaml.load(raw, Loader=_UniqueKeyLoader) if raw.strip() else None  # noqa: S506 (safe loader)
     except ConfigError as exc:
-        raise ConfigError(f"override {text!r}: {exc}") from None
+        raise ConfigError(f"override {_shown_override(text)!r}: {exc}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from None
+        shown = "" if _is_secret_name(key.rsplit(".", 1)[-1]) else f" ({_yaml_problem(exc)})"
+        raise ConfigError(f"override {_shown_override(text)!r}: value is not valid YAML{shown}") from None
     return key.split("."), value
 
 
@@ -663,7 +750,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             if child is None:
                 child = node[part] = {}
             if not isinstance(child, dict):
-                raise ConfigError(f"override {text!r}: {part!r} is not a section")
+                raise ConfigError(f"override {_shown_override(text)!r}: {part!r} is not a section")
             node = child
         node[path[-1]] = value
     return data
@@ -677,7 +764,8 @@ def _format_validation_error(exc: ValidationError, origin: str) -> str:
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
         got = err.get("input")
-        if err["type"] != "extra_forbidden" and _short(got):
+        secret = any(_is_secret_name(str(p)) for p in err["loc"][-1:])
+        if err["type"] != "extra_forbidden" and _short(got) and not secret:
             msg += f" (got {got!r})"
         lines.append(f"  {path}: {msg}")
     return "\n".join(lines)
@@ -711,19 +799,33 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+def _read_config_file(path: Path) -> str:
+    """The text of a config file; a path that is missing, a folder, unreadable or not UTF-8 is a
+    `ConfigError` naming it."""
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder, not a YAML config file")
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start} is {exc.object[exc.start:exc.start + 1]!r}): "
+                          "save the config as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({exc.strerror or exc})") from None
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> PipelineConfig:
     """Load a YAML config file (or only defaults when `path` is None) and apply dotted overrides."""
     data: dict = {}
     origin = "defaults"
     if path is not None:
         origin = str(path)
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {path}")
+        text = _read_config_file(Path(path))
         try:
-            loaded = yaml.load(p.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 (safe loader)
+            loaded = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (safe loader)
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+            raise ConfigError(f"{path}: not valid YAML ({_yaml_problem(exc)})") from None
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from None
         if loaded is None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from llm import storage, versions
+from llm.errors import InputNotFound
 from llm.layout import Layout
 from llm.lineage_chain import chain
 
@@ -64,6 +65,9 @@ def run_gc(work_dir: str, apply: bool = False) -> GcPlan:
     """Plan, and with `apply` delete, under the work directory's lock."""
     from llm.workdir_lock import WorkDirLock
 
+    # Checked before the lock, which would create the folder.
+    if not storage.is_s3(work_dir) and not storage.exists(work_dir):
+        raise InputNotFound(f"work directory {work_dir} does not exist")
     with WorkDirLock(work_dir, description="llmpipe gc"):
         plan = plan_gc(work_dir)
         if apply:

@@ -57,6 +57,7 @@ def chain(uri: str) -> list[dict]:
 def format_lineage(uri: str) -> str:
     """What `llmpipe lineage` prints: the dataset's versions, then the chain behind the chosen one."""
     root, _ = versions.split(uri)
+    versions.read(uri)  # not a dataset (or no such version): an error, not an empty listing
     lines = [f"versions of {root}:"]
     for v in versions.list_versions(root):
         mark = "*" if v["current"] else " "

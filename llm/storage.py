@@ -23,8 +23,10 @@ from typing import Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from llm.errors import InputNotFound, UserError
 
-class StorageError(OSError):
+
+class StorageError(OSError, UserError):
     """A storage problem a user can fix (missing credentials, missing bucket, unreadable path)."""
 
 
@@ -81,11 +83,25 @@ def _s3_client():
         raise StorageError("s3:// paths need boto3 (pip install boto3)") from exc
     session = boto3.session.Session()
     if session.get_credentials() is None:
-        raise StorageError(
-            "s3:// path used but no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
-            "(or AWS_PROFILE), and AWS_ENDPOINT_URL for an S3-compatible store"
-        )
+        raise StorageError(_NO_CREDENTIALS)
     return session.client("s3", config=Config(retries={"max_attempts": 5, "mode": "standard"}))
+
+
+_NO_CREDENTIALS = ("no AWS credentials found (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE; "
+                   "and AWS_ENDPOINT_URL for an S3-compatible store)")
+# Codes of a request the store understood and refused for who is asking: the credentials are wrong
+# or lack the permission, which the user fixes, not a retry.
+_ACCESS_CODES = ("403", "AccessDenied", "Forbidden", "AllAccessDisabled")
+_CREDENTIAL_CODES = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken")
+
+
+def _s3(uri: str):
+    """The S3 client, for a call about `uri`: missing credentials are reported naming its bucket."""
+    try:
+        return _s3_client()
+    except StorageError as exc:
+        bucket, _ = _split_s3(uri)
+        raise StorageError(f"s3://{bucket}: {exc}") from None
 
 
 def _s3_call(fn, uri: str, *args, **kwargs):
@@ -94,15 +110,21 @@ def _s3_call(fn, uri: str, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except NoCredentialsError:
-        raise StorageError(f"{uri}: no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY") from None
+        raise StorageError(f"{uri}: {_NO_CREDENTIALS}") from None
     except EndpointConnectionError as exc:
         raise StorageError(f"{uri}: cannot reach the S3 endpoint ({exc})") from None
     except ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "")
         if code in ("NoSuchKey", "404", "NotFound"):
-            raise FileNotFoundError(uri) from None
+            raise InputNotFound(f"{uri}: no such object") from None
         if code == "NoSuchBucket":
             raise StorageError(f"{uri}: bucket does not exist") from None
+        if code in _ACCESS_CODES:
+            raise StorageError(f"{uri}: access denied ({code}): the AWS credentials in use may not read or "
+                               "write it (check AWS_PROFILE / AWS_ACCESS_KEY_ID and the bucket's policy)") from None
+        if code in _CREDENTIAL_CODES:
+            raise StorageError(f"{uri}: the AWS credentials are not valid for this store ({code}): check AWS_ACCESS_KEY_ID, "
+                               "AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN and AWS_ENDPOINT_URL") from None
         raise StorageError(f"{uri}: S3 error {code}: {exc}") from None
 
 
@@ -113,7 +135,7 @@ def exists(uri: str) -> bool:
     if is_s3(uri):
         bucket, key = _split_s3(uri)
         try:
-            _s3_call(_s3_client().head_object, uri, Bucket=bucket, Key=key)
+            _s3_call(_s3(uri).head_object, uri, Bucket=bucket, Key=key)
             return True
         except FileNotFoundError:
             return False
@@ -123,14 +145,14 @@ def exists(uri: str) -> bool:
 def size(uri: str) -> int:
     if is_s3(uri):
         bucket, key = _split_s3(uri)
-        return int(_s3_call(_s3_client().head_object, uri, Bucket=bucket, Key=key)["ContentLength"])
+        return int(_s3_call(_s3(uri).head_object, uri, Bucket=bucket, Key=key)["ContentLength"])
     return _local(uri).stat().st_size
 
 
 def stat_s3(uri: str) -> tuple[int, str]:
     """(size, ETag) of an S3 object: what identifies its content without reading it."""
     bucket, key = _split_s3(uri)
-    head = _s3_call(_s3_client().head_object, uri, Bucket=bucket, Key=key)
+    head = _s3_call(_s3(uri).head_object, uri, Bucket=bucket, Key=key)
     return int(head["ContentLength"]), str(head.get("ETag", "")).strip('"')
 
 
@@ -141,7 +163,7 @@ def list_files(prefix: str, suffix: str = "", recursive: bool = True,
     if is_s3(prefix):
         bucket, key = _split_s3(prefix)
         key = key.rstrip("/") + "/" if key else ""
-        paginator = _s3_client().get_paginator("list_objects_v2")
+        paginator = _s3(prefix).get_paginator("list_objects_v2")
         kwargs = {"Bucket": bucket, "Prefix": key}
         if not recursive:
             kwargs["Delimiter"] = "/"
@@ -172,7 +194,7 @@ def list_files(prefix: str, suffix: str = "", recursive: bool = True,
 def read_bytes(uri: str) -> bytes:
     if is_s3(uri):
         bucket, key = _split_s3(uri)
-        body = _s3_call(_s3_client().get_object, uri, Bucket=bucket, Key=key)["Body"]
+        body = _s3_call(_s3(uri).get_object, uri, Bucket=bucket, Key=key)["Body"]
         return body.read()
     return _local(uri).read_bytes()
 
@@ -186,7 +208,7 @@ def open_read(uri: str) -> Iterator[io.BufferedIOBase]:
     """A binary file object; S3 objects are streamed, local files opened directly."""
     if is_s3(uri):
         bucket, key = _split_s3(uri)
-        body = _s3_call(_s3_client().get_object, uri, Bucket=bucket, Key=key)["Body"]
+        body = _s3_call(_s3(uri).get_object, uri, Bucket=bucket, Key=key)["Body"]
         try:
             yield body
         finally:
@@ -203,7 +225,7 @@ class _S3Range(io.RawIOBase):
     def __init__(self, uri: str):
         self.uri = uri
         self.bucket, self.key = _split_s3(uri)
-        self.client = _s3_client()
+        self.client = _s3(uri)
         self.length = size(uri)
         self.pos = 0
 
@@ -285,7 +307,7 @@ def write_bytes(uri: str, data: bytes, durable: bool = True) -> str:
     digest = hashlib.sha256(data).hexdigest() if durable else ""
     if is_s3(uri):
         bucket, key = _split_s3(uri)
-        _s3_call(_s3_client().put_object, uri, Bucket=bucket, Key=key, Body=data)
+        _s3_call(_s3(uri).put_object, uri, Bucket=bucket, Key=key, Body=data)
         return digest
     path = _local(uri)
     tmp = temp_beside(path, data, durable)
@@ -339,7 +361,7 @@ def upload_file(local_path: str, uri: str) -> None:
     """Copy a local file to a URI atomically (multipart upload for large S3 objects)."""
     if is_s3(uri):
         bucket, key = _split_s3(uri)
-        _s3_call(_s3_client().upload_file, uri, local_path, bucket, key)
+        _s3_call(_s3(uri).upload_file, uri, local_path, bucket, key)
         return
     dest = _local(uri)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -469,7 +491,7 @@ def replace_dir(local_dir: str, uri: str) -> None:
 
 
 def _delete_s3_keys(uris: list[str], where: str) -> None:
-    client = _s3_client()
+    client = _s3(where)
     for start in range(0, len(uris), 1000):  # DeleteObjects takes at most 1000 keys
         batch = [_split_s3(u) for u in uris[start:start + 1000]]
         bucket = batch[0][0]
@@ -504,7 +526,7 @@ def delete(uri: str) -> None:
     if is_s3(uri):
         for file_uri in list_files(uri) + ([uri] if exists(uri) else []):
             bucket, key = _split_s3(file_uri)
-            _s3_call(_s3_client().delete_object, file_uri, Bucket=bucket, Key=key)
+            _s3_call(_s3(file_uri).delete_object, file_uri, Bucket=bucket, Key=key)
         return
     path = _local(uri)
     if path.is_dir():

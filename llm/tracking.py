@@ -6,12 +6,14 @@ Default store is SQLite under the work directory (no server); `MLFLOW_TRACKING_U
 
 from __future__ import annotations
 
+import fcntl
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from llm import storage
 from llm.config import TrackingConfig
+from llm.errors import UserError, without_password
 
 
 def resolve_tracking_uri(cfg: TrackingConfig, work_dir: str) -> str:
@@ -21,9 +23,7 @@ def resolve_tracking_uri(cfg: TrackingConfig, work_dir: str) -> str:
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env:
         return env
-    folder = local_store_folder(work_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{folder / 'mlflow.db'}"
+    return f"sqlite:///{ensure_local_store(local_store_folder(work_dir))}"
 
 
 def local_store_folder(work_dir: str) -> Path:
@@ -31,6 +31,46 @@ def local_store_folder(work_dir: str) -> Path:
     `./work/mlflow` when the work directory is on S3."""
     base = work_dir if not storage.is_s3(work_dir) else "work"
     return Path(storage.absolute(base)) / "mlflow"
+
+
+def ensure_local_store(folder: Path) -> Path:
+    """The default store's database `<folder>/mlflow.db`, created when missing, with its artifact root
+    `<folder>/artifacts`; returns its path.
+
+    MLflow builds a new database in many steps (tables, then dozens of migrations): killed half-way,
+    it leaves a file on which every later start fails. So it is built under a temporary name and
+    renamed into place complete, by one process at a time (an flock on `mlflow.db.lock`: concurrent
+    starts wait for the first and then use its store)."""
+    db = folder / "mlflow.db"
+    if db.exists():
+        return db
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "mlflow.db.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+        if not db.exists():
+            _create_store(db, folder / "artifacts")
+    return db
+
+
+def _create_store(db: Path, artifacts: Path) -> None:
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    # Left by a creation that was killed; nobody else writes them while the lock is held.
+    for leftover in db.parent.glob(f"{db.name}.tmp-*"):
+        leftover.unlink(missing_ok=True)
+    tmp = db.with_name(f"{db.name}.tmp-{os.getpid()}")
+    # The default experiment made here gets its artifact root in the work directory too (MLflow's
+    # own default would be `./mlruns` of the current folder).
+    store = SqlAlchemyStore(f"sqlite:///{tmp}", artifacts.as_uri())
+    store.engine.dispose()
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, db)
+    directory = os.open(db.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 @dataclass(frozen=True)
@@ -87,6 +127,7 @@ class Tracker:
             self._artifacts = (local_store_folder(work_dir) / "artifacts").as_uri()
         self.experiment = cfg.experiment
         self._experiment_id: str | None = None
+        self._setting = "tracking.uri" if cfg.uri else "MLFLOW_TRACKING_URI"
 
     def client(self):
         from mlflow.tracking import MlflowClient
@@ -96,10 +137,28 @@ class Tracker:
     def experiment_id(self) -> str:
         if self._experiment_id is None:
             client = self.client()
-            exp = client.get_experiment_by_name(self.experiment)
-            self._experiment_id = exp.experiment_id if exp else \
-                client.create_experiment(self.experiment, artifact_location=self._artifacts)
+            try:
+                exp = client.get_experiment_by_name(self.experiment)
+            except Exception as exc:
+                # The first request of a run: a server that does not answer is reported here, once.
+                error = unreachable_server(exc, self.uri, self._setting)
+                if error is None:
+                    raise
+                raise error from exc
+            self._experiment_id = exp.experiment_id if exp else self._create_experiment(client)
         return self._experiment_id
+
+    def _create_experiment(self, client) -> str:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return client.create_experiment(self.experiment, artifact_location=self._artifacts)
+        except MlflowException:
+            # Another process on the same store made it since we looked: use theirs.
+            exp = client.get_experiment_by_name(self.experiment)
+            if exp is None:
+                raise
+            return exp.experiment_id
 
     def start_run(self, name: str, parent: str | None = None, params: dict | None = None,
                   tags: dict | None = None) -> RunTarget | None:
@@ -124,6 +183,25 @@ class Tracker:
 
     def ui_command(self) -> str:
         return f"mlflow ui --backend-store-uri {self.uri}" if self.uri else "(tracking disabled)"
+
+
+def unreachable_server(exc: BaseException, uri: str, setting: str) -> UserError | None:
+    """A `UserError` naming `setting` and the server when `exc` is MLflow failing to connect to an
+    HTTP tracking server (refused, timed out, unknown host); None for any other error."""
+    import requests
+
+    err: BaseException | None = exc
+    reason = None
+    while err is not None:
+        if isinstance(err, (requests.ConnectionError, requests.Timeout)):
+            reason = "no answer in time" if isinstance(err, requests.Timeout) else "cannot connect"
+        if reason and isinstance(err, OSError) and err.strerror:
+            reason = err.strerror.lower()
+        err = err.__cause__ or err.__context__
+    if reason is None:
+        return None
+    return UserError(f"{setting} {without_password(uri)}: cannot reach the MLflow tracking server ({reason}); "
+                     f"start it, or point {setting} at a running one (empty: a local store in the work directory)")
 
 
 def log_dict(target: RunTarget | None, data: dict, artifact_file: str) -> None:

@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from llm import storage
+from llm.errors import InputNotFound
 from llm.lineage import Identity
 
 MANIFEST = "_manifest.json"
@@ -56,9 +57,9 @@ def read(uri: str) -> dict:
     path = version_file(root, version) if version else storage.join(root, MANIFEST)
     try:
         return json.loads(storage.read_text(path))
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # NotADirectoryError: `root` is a file
         what = f"version {version} of {root}" if version else f"{root}: no {MANIFEST}"
-        raise FileNotFoundError(f"{what}; has the stage that writes it run?") from None
+        raise InputNotFound(f"{what}; has the stage that writes it run?") from None
 
 
 def current(root: str) -> str | None:
@@ -101,6 +102,9 @@ def reuse(root: str, ident: Identity) -> dict | None:
         return None
     if current(root) != ident.version:
         storage.write_text(storage.join(root, MANIFEST), _dumps(manifest))
+    # A run killed after writing the version (while it moved the pointer, say) left its temporary
+    # files; `publish`, which removes them, does not run again for a version that is complete.
+    storage.remove_temp_files(root)
     manifest["reused"] = True
     return manifest
 

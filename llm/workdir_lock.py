@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from llm import conditional_writes, storage
+from llm.errors import UserError
 
 log = logging.getLogger("llm.workdir_lock")
 
@@ -54,7 +55,7 @@ _GUARD_TIMEOUT_S = 10.0
 _ATTEMPTS = 5
 
 
-class WorkDirBusy(RuntimeError):
+class WorkDirBusy(RuntimeError, UserError):
     """Another live run holds the work directory's lock. `holder` is its lock record (pid, host,
     started, description, ...), `lock_uri` the lock file; the message is one line that says both."""
 

@@ -11,6 +11,20 @@ from llm.tracking import log_dict
 from tasks.runtime import stage
 
 
+def _secret_block(name: str | None) -> str | None:
+    """The value of the Prefect Secret block `name` (None when no block is named)."""
+    if name is None:
+        return None
+    from prefect.blocks.system import Secret
+
+    from llm.errors import UserError
+
+    try:
+        return str(Secret.load(name).get())
+    except ValueError as exc:  # Prefect: no block document of that name
+        raise UserError(f"data.pii.pseudonym_key_secret: no Prefect Secret block named {name!r} ({exc})") from None
+
+
 @task(name="crawl", cache_policy=NONE)
 def crawl(cfg: PipelineConfig, parent_run_id: str | None = None, refresh: bool = False) -> dict:
     """Crawl the configured site (default: a local pydoc server) into WARC files. `refresh`: recrawl with
@@ -30,8 +44,10 @@ def ingest(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict:
     """Read every source, extract, normalize, scrub PII and filter by language, quality and content, one
     fused pass per input shard."""
     from llm.data.ingest import run_ingest
+    from llm.secrets import with_pseudonym_key
 
     with stage(cfg, parent_run_id, "ingest") as ctx:
+        cfg = with_pseudonym_key(cfg, ctx.layout.work_dir, _secret_block(cfg.data.pii.pseudonym_key_secret))
         manifest = run_ingest(cfg, ctx.layout.crawl, ctx.layout.docs, ctx.executor)
         ctx.log_data_stats(ctx.layout.docs, manifest)
         return ctx.report(manifest, ctx.layout.docs)

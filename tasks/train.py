@@ -12,6 +12,7 @@ from prefect.cache_policies import NONE
 from llm import storage, versions
 from llm.config import PipelineConfig
 from llm.data.dataset import dumps, read_manifest
+from llm.errors import UserError
 from llm.lineage import identity, of_input
 from llm.tokenizer.stage import tokenizer_uri
 from tasks.runtime import stage
@@ -43,14 +44,14 @@ def resume_point(cfg: PipelineConfig, train_root: str, tokens_version: str) -> d
     try:
         earlier = versions.read(versions.pinned(train_root, version))
     except FileNotFoundError:
-        raise ValueError(f"train.resume_from: no pretraining version {version!r} under {train_root} "
+        raise UserError(f"train.resume_from: no pretraining version {version!r} under {train_root} "
                          f"(`llmpipe lineage {train_root}` lists them)") from None
     old_tokens = versions.parent_uri(train_root, earlier["parents"]["tokens"])
     old_manifest, new_manifest = versions.read(old_tokens), read_manifest(versions.pinned(
         versions.split(old_tokens)[0], tokens_version))
     if old_manifest["tokens"]["vocab_size"] != new_manifest["tokens"]["vocab_size"] or \
             old_manifest.get("parents", {}).get("tokenizer") != new_manifest.get("parents", {}).get("tokenizer"):
-        raise ValueError("train.resume_from: the earlier run's tokens come from another tokenizer than these; "
+        raise UserError("train.resume_from: the earlier run's tokens come from another tokenizer than these; "
                          "token ids would not mean the same (keep the tokenizer: tokenizer.on_new_data: keep)")
     seen = [e["bin"] for e in old_manifest["tokens"]["splits"].get("train", [])] \
         if cfg.train.resume_data == "new" else []

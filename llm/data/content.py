@@ -19,6 +19,7 @@ from llm import storage
 from llm.config import ContentConfig
 from llm.data.filtering import Rule, applies_to, scatter, split_by_rules, with_columns
 from llm.data.steps import StepOutput
+from llm.errors import UserError
 
 _HOST = r"^[A-Za-z][A-Za-z0-9+.\-]*://(?:[^@/?#]*@)?([^/:?#]+)"
 
@@ -35,7 +36,7 @@ def package_word_list() -> list[str]:
     does not use), and nothing is fetched."""
     spec = importlib.util.find_spec("better_profanity")
     if spec is None or spec.origin is None:
-        raise ValueError("data.content.word_list=better_profanity needs the `better-profanity` package "
+        raise UserError("data.content.word_list=better_profanity needs the `better-profanity` package "
                          "(pip install better-profanity)")
     return read_list(str(Path(spec.origin).parent / "profanity_wordlist.txt"))
 
@@ -64,7 +65,7 @@ class ContentStep:
         domains = read_list(cfg.blocked_domains_file) if cfg.blocked_domains_file else []
         if cfg.word_list == "file":
             if not cfg.blocked_words_file:
-                raise ValueError("data.content.word_list=file needs data.content.blocked_words_file")
+                raise UserError("data.content.word_list=file needs data.content.blocked_words_file")
             words = read_list(cfg.blocked_words_file)
         elif cfg.word_list == "better_profanity":
             words = package_word_list()

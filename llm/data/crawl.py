@@ -49,6 +49,7 @@ from warcio.warcwriter import WARCWriter
 
 from llm import __version__, storage
 from llm.config import CrawlConfig
+from llm.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +136,29 @@ class _Fetch:
 # ------------------------------------------------------------------------------------ pydoc server
 
 
+# The documentation server's program. Its pages must be the same from every server process, or each
+# refresh of the demo would find pages changed and rebuild everything after the crawl:
+# - `pydoc.browse` rather than `-m pydoc -p 0`: the command line puts the current folder on the path,
+#   and the index page lists every path entry, the temporary folder's random name among them;
+# - default values and module constants are shown by their repr, which often holds a memory address
+#   (`<object object at 0x7f...>`, `<PyDLL ..., handle 7f...>`), another in every process: cut out.
+_PYDOC_SERVER = r"""
+import pydoc, re
+
+_ADDRESS = re.compile(r"(?:\s|&nbsp;)+(?:at(?:\s|&nbsp;)+0x|handle(?:\s|&nbsp;)+)[0-9a-f]{6,}")
+_serve_page = pydoc._url_handler
+
+
+def _url_handler(url, content_type="text/html"):
+    page = _serve_page(url, content_type)
+    return _ADDRESS.sub("", page) if content_type == "text/html" else page
+
+
+pydoc._url_handler = _url_handler
+pydoc.browse(0, open_browser=False, hostname="127.0.0.1")
+"""
+
+
 @contextmanager
 def pydoc_server(timeout_s: float = 30.0) -> Iterator[str]:
     """Run Python's own documentation server on 127.0.0.1 and yield its base URL.
@@ -142,19 +166,18 @@ def pydoc_server(timeout_s: float = 30.0) -> Iterator[str]:
     It is the demo corpus: hundreds of real HTML pages, nothing downloaded. It answers every path,
     robots.txt included, with an HTML page that holds no rules, so everything is allowed.
     """
-    env = dict(os.environ)
+    # A fixed environment, not ours: the page of `os` shows `os.environ` whole, so anything in ours (a
+    # cloud key, a token) would be crawled into the corpus, and the page would differ from run to run.
     # Serving a module's page imports it. A few stdlib modules act on import: `antigravity` opens a
     # browser (BROWSER=true makes that a no-op), GUI modules open windows (no DISPLAY), and some
     # `__main__` modules run tools in the current folder (an empty temporary folder).
-    env["BROWSER"] = "true"
-    env.pop("DISPLAY", None)
-    env.pop("WAYLAND_DISPLAY", None)
+    env = {"BROWSER": "true", "PATH": os.defpath, "LC_ALL": "C.UTF-8"}
     with tempfile.TemporaryDirectory(prefix="llmpipe-pydoc-") as cwd:
         proc = subprocess.Popen(
             # -I -S: only the standard library is documented, whatever is installed or on PYTHONPATH,
             # so the corpus is the same on every machine with this Python version (and no heavy
             # third-party package gets imported); -u: the "Server ready" line is not held in a buffer.
-            [sys.executable, "-I", "-S", "-u", "-m", "pydoc", "-p", "0", "-n", "127.0.0.1"],
+            [sys.executable, "-I", "-S", "-u", "-c", _PYDOC_SERVER],
             # pydoc stops serving when its stdin closes, so keep a pipe open for its lifetime.
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -550,7 +573,7 @@ def crawl(
     """
     start = normalize_url(start_url)
     if start is None:
-        raise ValueError(f"crawl start URL must be http(s)://host/...: {start_url!r}")
+        raise UserError(f"data.crawl.start_url must be http(s)://host/...: {start_url!r}")
     if not _PREFIX.fullmatch(file_prefix):
         raise ValueError(f"crawl file_prefix must be letters, digits, '.', '_' or '-': {file_prefix!r}")
     result = CrawlResult()

@@ -1,8 +1,13 @@
-"""Payload decoding and HTML-to-text extraction (trafilatura), with a per-document time limit.
+"""Payload decoding and HTML-to-text extraction (trafilatura), with per-document limits.
 
 `ExtractStep` turns raw documents (`schema.RAW_SCHEMA`) into documents (`schema.DOC_SCHEMA`): HTML is
 decoded and extracted, plain text is decoded, anything else is dropped with its content type as the
-reason. Undecodable input and extraction failures or timeouts are quarantined with the error.
+reason. Undecodable input and extraction failures, or documents past a limit, are quarantined with
+the error.
+
+Extraction is bounded by the CPU time it uses, not by the time it takes: on a busy machine a page
+takes longer but needs the same CPU, so whether a page is kept never depends on the load. A much
+larger wall-clock limit is the backstop for a document that stalls without computing.
 """
 
 from __future__ import annotations
@@ -35,13 +40,13 @@ _MAX_REPLACED_SHARE = 0.01  # UTF-8 with this share of bad bytes is damaged UTF-
 _CONTROLS = re.compile(r"[\x00-\x08\x0e-\x1f]")
 
 # One fixed configuration so extraction never depends on a user's trafilatura settings file.
-# EXTRACTION_TIMEOUT is trafilatura's own (CLI-only) alarm; 0 keeps it away from our SIGALRM.
+# EXTRACTION_TIMEOUT is trafilatura's own (CLI-only) alarm; 0 keeps it away from our timers.
 _TRAFILATURA_CONFIG = use_config()
 _TRAFILATURA_CONFIG.set("DEFAULT", "EXTRACTION_TIMEOUT", "0")
 
 
-class ExtractionTimeout(BaseException):
-    """A document took longer than its time limit to extract.
+class ExtractionLimitExceeded(BaseException):
+    """A document went past an extraction limit; the message says which one.
 
     A BaseException, like KeyboardInterrupt, because it is raised asynchronously from a signal
     handler: trafilatura wraps its parsing in `except Exception` and would swallow it otherwise.
@@ -150,60 +155,123 @@ def _check_not_binary(text: str) -> None:
         raise ValueError(f"binary content: {controls / len(head):.0%} control characters after decoding")
 
 
-# ------------------------------------------------------------------------------------- time limit
+# ----------------------------------------------------------------------------------------- limits
 
 
-_warned_no_alarm = False
+_warned_no_signals = False
+_EPSILON_S = 1e-3  # timers fire at tick granularity: this close to a deadline counts as reached
+
+
+def cpu_limit_message(seconds: float) -> str:
+    """The quarantine error of a document past the CPU time limit."""
+    return f"extraction CPU time limit ({seconds:g} s) exceeded"
+
+
+def wall_limit_message(seconds: float) -> str:
+    """The quarantine error of a document past the wall-clock limit."""
+    return f"extraction wall-clock limit ({seconds:g} s) exceeded"
+
+
+class _Limit:
+    """One budget enforced by one interval timer, sharing that timer with an outer user.
+
+    `spent` measures the budget (this thread's CPU time, or elapsed time); `timer_clock` is what the
+    timer itself counts (the whole process's CPU time for ITIMER_PROF, elapsed time for ITIMER_REAL).
+    They differ for CPU time: other threads' CPU makes ITIMER_PROF fire early, so on firing the rest
+    of this thread's budget is re-armed, and only a spent budget raises. An outer timer (a test
+    runner's timeout, a profiler) is kept: the timer is armed for the sooner deadline, the outer
+    handler runs when its deadline comes first, and what is left of it is re-armed on exit.
+    """
+
+    def __init__(self, which: int, signum: int, budget_s: float, spent, timer_clock, message: str):
+        self.which, self.signum, self.budget_s = which, signum, budget_s
+        self.spent, self.timer_clock, self.message = spent, timer_clock, message
+        self.done = False
+
+    def arm(self) -> None:
+        self.outer_left, self.outer_interval = signal.getitimer(self.which)  # (0.0, 0.0): none armed
+        self.start_spent, self.start_timer = self.spent(), self.timer_clock()
+        self.previous = signal.signal(self.signum, self._on_signal)
+        self._set(self.budget_s)
+
+    def disarm(self) -> None:
+        self.done = True  # a signal already on its way finds the block finished
+        signal.setitimer(self.which, 0)
+        signal.signal(self.signum, self.previous)
+        outer = self._outer_left()
+        if outer is not None:
+            signal.setitimer(self.which, max(outer, _EPSILON_S), self.outer_interval)
+        elif self.outer_interval:  # a periodic outer timer that fired inside the block ticks on
+            signal.setitimer(self.which, self.outer_interval, self.outer_interval)
+
+    def _outer_left(self) -> float | None:
+        if not self.outer_left:
+            return None
+        return self.outer_left - (self.timer_clock() - self.start_timer)
+
+    def _set(self, ours: float) -> None:
+        outer = self._outer_left()
+        signal.setitimer(self.which, max(ours if outer is None else min(ours, outer), _EPSILON_S))
+
+    def _on_signal(self, signum, frame) -> None:
+        if self.done:
+            return
+        outer = self._outer_left()
+        if outer is not None and outer <= _EPSILON_S:
+            self.outer_left = 0.0  # it has fired: from here on the timer is ours alone
+            if callable(self.previous):
+                self.previous(signum, frame)  # the outer deadline came first: its handler decides
+        left = self.budget_s - (self.spent() - self.start_spent)
+        if left <= _EPSILON_S:
+            raise ExtractionLimitExceeded(self.message)
+        self._set(left)
 
 
 @contextmanager
-def time_limit(seconds: float) -> Iterator[None]:
-    """Raise `ExtractionTimeout` in the block once `seconds` have passed.
+def extraction_limits(cpu_s: float, wall_s: float) -> Iterator[None]:
+    """Raise `ExtractionLimitExceeded` in the block once it has used `cpu_s` seconds of this thread's
+    CPU time (ITIMER_PROF, checked against `time.thread_time`) or `wall_s` seconds have passed
+    (ITIMER_REAL); the message names the limit.
 
-    SIGALRM only reaches the main thread, which is where Ray runs task code; in any other thread the
-    block runs without a limit and this is logged once. An outer ITIMER_REAL (a test runner's
-    timeout, say) is kept: ours is armed for the sooner of the two deadlines, and the outer one is
-    re-armed with what is left of it afterwards (or handed to the outer handler if it came first).
-    The exception surfaces when control is back in Python code, so one long call inside lxml
-    finishes first.
+    Signals only reach the main thread, which is where Ray runs task code; in any other thread the
+    block runs without limits and this is logged once. The exception surfaces when control is back
+    in Python code, so one long call inside lxml finishes first.
     """
-    global _warned_no_alarm
+    global _warned_no_signals
     if not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
-        if not _warned_no_alarm:
-            _warned_no_alarm = True
-            log.warning("extraction runs without its time limit here: SIGALRM needs the main thread")
+        if not _warned_no_signals:
+            _warned_no_signals = True
+            log.warning("extraction runs without its limits here: interval timers need the main thread")
         yield
         return
 
-    start = time.monotonic()
-    outer_left = signal.getitimer(signal.ITIMER_REAL)[0]  # 0.0 when no outer timer is armed
-    previous = signal.getsignal(signal.SIGALRM)
-
-    def on_alarm(signum, frame):
-        if outer_left and time.monotonic() - start >= outer_left - 1e-3 and callable(previous):
-            previous(signum, frame)  # the outer deadline came first: its handler decides
-        raise ExtractionTimeout(f"extraction timeout after {seconds:g}s")
-
-    signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, min(seconds, outer_left) if outer_left else seconds)
+    limits = [
+        _Limit(signal.ITIMER_PROF, signal.SIGPROF, cpu_s, time.thread_time, time.process_time,
+               cpu_limit_message(cpu_s)),
+        _Limit(signal.ITIMER_REAL, signal.SIGALRM, wall_s, time.monotonic, time.monotonic,
+               wall_limit_message(wall_s)),
+    ]
+    armed: list[_Limit] = []
     try:
+        for limit in limits:
+            limit.arm()
+            armed.append(limit)
         yield
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-        if outer_left:
-            signal.setitimer(signal.ITIMER_REAL, max(outer_left - (time.monotonic() - start), 1e-3))
+        for limit in reversed(armed):
+            limit.disarm()
 
 
 # ----------------------------------------------------------------------------------------- extract
 
 
 def extract_html(html: str, cfg: ExtractConfig) -> str:
-    """Main text of an HTML page ("" when nothing is found), within `cfg.timeout_s`.
+    """Main text of an HTML page ("" when nothing is found), within `cfg.cpu_limit_s` of CPU time and
+    `cfg.wall_limit_s` of elapsed time.
 
-    Raises `ExtractionTimeout` past the limit; trafilatura's own errors propagate.
+    Raises `ExtractionLimitExceeded` past either limit; trafilatura's own errors propagate.
     """
-    with time_limit(cfg.timeout_s):
+    with extraction_limits(cfg.cpu_limit_s, cfg.wall_limit_s):
         text = trafilatura.extract(
             html,
             output_format="txt",
@@ -269,8 +337,8 @@ class ExtractStep:
                     drop_idx.append(i)
                     drops.append(("", "unsupported_content_type", None, None, mime))
                     continue
-            except ExtractionTimeout:
-                bad.append(self._quarantine(raw, i, payload, f"extraction timeout after {self.cfg.timeout_s:g}s"))
+            except ExtractionLimitExceeded as exc:
+                bad.append(self._quarantine(raw, i, payload, str(exc)))
                 continue
             except Exception as exc:  # decoding error or a parser failure on this document only
                 bad.append(self._quarantine(raw, i, payload, f"{type(exc).__name__}: {exc}"))
@@ -295,6 +363,7 @@ class ExtractStep:
             "stage": self.name,
             "error": error,
             "raw": payload[: schema.QUARANTINE_RAW_LIMIT],
+            "size": len(payload),
         }
 
 

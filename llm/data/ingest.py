@@ -16,7 +16,9 @@ from llm import storage, versions
 from llm.config import PipelineConfig, stable_hash
 from llm.data import schema
 from llm.data.dataset import Counts, ShardRecord, ShardTask, run_shard_stage, write_shard, writer_config
+from llm.data.quarantine import quarantined_records, seal
 from llm.data.steps import DocumentStep
+from llm.errors import UserError
 from llm.lineage import Identity, identity
 
 BATCH_ROWS = 256  # documents per step call: bounds memory for large inputs, amortises Arrow overhead
@@ -70,10 +72,18 @@ def _batches(records: Iterator[dict]) -> Iterator[tuple[pa.Table, pa.Table]]:
         yield pa.Table.from_pylist(raw, schema.RAW_SCHEMA), pa.Table.from_pylist(bad, schema.QUARANTINE_SCHEMA)
 
 
-def process_unit(unit, steps: list[DocumentStep]) -> tuple[pa.Table, pa.Table, pa.Table, dict[str, Counts]]:
-    """Run the steps over one input unit; returns (kept, rejected, quarantined, per-step counts)."""
+def process_unit(unit, steps: list[DocumentStep], keep_raw: bool = False
+                 ) -> tuple[pa.Table, pa.Table, pa.Table, dict[str, Counts]]:
+    """Run the steps over one input unit; returns (kept, rejected, quarantined, per-step counts).
+
+    Nothing leaves unscrubbed when the PII step runs: it scrubs what it keeps, and its scrubber is
+    applied to the documents steps before it dropped and to every quarantine entry (`quarantine.seal`;
+    `keep_raw` keeps quarantined bytes as they were read)."""
+    from llm.data.pii import PiiStep
     from llm.data.readers import read_unit
 
+    pii = next((s for s in steps if isinstance(s, PiiStep)), None)
+    before_pii = {s.name for s in steps[: steps.index(pii)]} if pii is not None else set()
     step_counts = {"read": Counts()} | {s.name: Counts() for s in steps}
     doc_schema = output_schema(steps)
     rej_schema = schema.reject_schema(doc_schema)
@@ -82,9 +92,10 @@ def process_unit(unit, steps: list[DocumentStep]) -> tuple[pa.Table, pa.Table, p
     quarantined_parts: list[pa.Table] = []
     for raw, bad in _batches(read_unit(unit)):
         reader = step_counts["read"]
-        reader.read += raw.num_rows + bad.num_rows
+        bad_records = quarantined_records(bad)
+        reader.read += raw.num_rows + bad_records
         reader.kept += raw.num_rows
-        reader.quarantined += bad.num_rows
+        reader.quarantined += bad_records
         quarantined_parts.append(bad)
         docs = raw
         for step in steps:
@@ -97,13 +108,15 @@ def process_unit(unit, steps: list[DocumentStep]) -> tuple[pa.Table, pa.Table, p
             for rule in out.dropped.column("rule").to_pylist():
                 counts.dropped[rule] = counts.dropped.get(rule, 0) + 1
             if out.dropped.num_rows:
-                dropped_parts.append(conform(out.dropped, rej_schema))
+                dropped = out.dropped if step.name not in before_pii else pii.scrub_table(out.dropped)
+                dropped_parts.append(conform(dropped, rej_schema))
             quarantined_parts.append(out.quarantined)
             docs = out.kept
         kept_parts.append(conform(docs, doc_schema))
     kept = _concat(kept_parts, doc_schema)
     rejected = _concat(dropped_parts, rej_schema)
-    quarantined = _concat(quarantined_parts, schema.QUARANTINE_SCHEMA)
+    quarantined = seal(_concat(quarantined_parts, schema.QUARANTINE_SCHEMA),
+                       pii.scrub_strings if pii is not None else None, keep_raw)
     return kept, rejected, quarantined, step_counts
 
 
@@ -136,7 +149,7 @@ def _total(step_counts: dict[str, Counts]) -> Counts:
     return total
 
 
-INGEST_SECTIONS = ("extract", "normalize", "pii", "langid", "quality", "content")
+INGEST_SECTIONS = ("extract", "normalize", "pii", "langid", "quality", "content", "quarantine")
 
 
 def ingest_identity(cfg: PipelineConfig, units) -> Identity:
@@ -154,9 +167,12 @@ def run_ingest(cfg: PipelineConfig, crawl_uri: str, out_uri: str, executor) -> d
     from llm.data.readers import plan_inputs
 
     started = time.time()
+    if not cfg.data.sources:
+        raise UserError("data.sources is empty: ingest has nothing to read; list at least one source "
+                        "(see configs/demo.yaml)")
     units = plan_inputs(cfg.data.sources, crawl_uri, storage.join(out_uri, versions.CACHE, "file_digests.json"))
     if not units:
-        raise ValueError("ingest: the configured sources hold no input files")
+        raise UserError("ingest: the configured sources (data.sources) hold no input files")
     ident = ingest_identity(cfg, units)
     parents = {}
     if any(s.kind == "crawl" for s in cfg.data.sources) and versions.current(crawl_uri):
@@ -173,8 +189,8 @@ def run_ingest(cfg: PipelineConfig, crawl_uri: str, out_uri: str, executor) -> d
 
     def make_shard(task: ShardTask) -> ShardRecord:
         steps = build_steps(cfg)
-        kept, rejected, quarantined, step_counts = process_unit(task.payload, steps)
-        inputs = [task.payload.relative(f) for f in task.inputs]
+        kept, rejected, quarantined, step_counts = process_unit(task.payload, steps, cfg.data.quarantine.keep_raw)
+        inputs = [task.payload.shown(f) for f in task.inputs]
         return write_shard(out_uri, task.name, inputs, kept, rejected, quarantined, _total(step_counts),
                            step_counts, shard_cfg.row_group_rows, shard_cfg.compression, key=task.key)
 

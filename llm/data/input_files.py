@@ -78,13 +78,23 @@ def describe(uris: list[str], root: str, cache: DigestCache) -> list[InputFile]:
         if storage.is_s3(uri):
             size, etag = storage.stat_s3(uri)
             return InputFile(uri, rel, size, f"etag:{etag}")
-        size, digest = cache.digest(uri)
+        try:
+            size, digest = cache.digest(uri)
+        except OSError as exc:  # no permission, a broken link: the reader quarantines the file
+            return InputFile(uri, rel, _size_or_zero(uri), f"unreadable:{type(exc).__name__}")
         return InputFile(uri, rel, size, digest)
 
     if not uris:
         return []
     with ThreadPoolExecutor(max_workers=min(8, len(uris))) as pool:
         return list(pool.map(one, uris))
+
+
+def _size_or_zero(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
 
 
 def content_groups(files: list[InputFile], per_group: int) -> list[list[InputFile]]:

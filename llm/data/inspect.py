@@ -14,6 +14,7 @@ import pyarrow.compute as pc
 from llm import storage
 from llm.data.dataset import read_manifest
 from llm.data.schema import DOC_FIELDS, REJECT_FIELDS
+from llm.errors import InputNotFound
 
 _DOC_COLUMNS = {f.name for f in DOC_FIELDS} | {f.name for f in REJECT_FIELDS}
 _PREFIX_STEP = {"lang": "langid", "rep_": "quality", "gopher_": "quality", "c4_": "quality", "fw_": "quality",
@@ -66,7 +67,7 @@ def explain(dataset: str, doc_id: str) -> str:
     manifest = read_manifest(dataset)
     found = find_document(dataset, doc_id)
     if found is None:
-        raise FileNotFoundError(f"{dataset}: no document with id {doc_id!r} in its kept, rejected or quarantine shards")
+        raise InputNotFound(f"{dataset}: no document with id {doc_id!r} in its kept, rejected or quarantine shards")
     role, row = found
     steps = manifest.get("step_order") or [s for s in manifest.get("totals", {}).get("steps", {}) if s != "read"]
     rules = manifest.get("rules", {})

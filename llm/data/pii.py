@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import json
 import re
 from dataclasses import dataclass
 from typing import Callable
@@ -23,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from llm.config import PiiConfig
+from llm.errors import UserError
 from llm.data.filtering import applies_to, scatter, with_columns
 from llm.data.steps import StepOutput, empty_quarantine, rejected_rows
 
@@ -184,13 +186,21 @@ def _valid_part(det: Detector, value: str) -> tuple[int, int] | None:
     return None
 
 
+PSEUDONYM_KEY_ENV = "LLMPIPE_PSEUDONYM_KEY"  # also read by `llm.secrets`
+
+
 class Scrubber:
     """Replaces the configured PII types in a batch of texts; returns new texts and counts per type."""
 
     def __init__(self, cfg: PiiConfig):
         self.cfg = cfg
         self.kinds = [k for k in ORDER if k in cfg.types]
-        self._key = cfg.pseudonym_key.encode()
+        self._key = b""
+        if cfg.replacement == "pseudonym":
+            if cfg.pseudonym_key is None:
+                raise UserError("data.pii.pseudonym_key: pseudonyms need a key; run through the pipeline "
+                                f"(which generates one under the work directory) or set {PSEUDONYM_KEY_ENV}")
+            self._key = cfg.pseudonym_key.get_secret_value().encode("utf-8", "surrogatepass")
 
     def token(self, kind: str, value: str) -> str:
         if self.cfg.replacement == "placeholder":
@@ -205,8 +215,8 @@ class Scrubber:
                 text, counts[kind] = self._scrub_phones(text)
             elif DETECTORS[kind].check is None and self.cfg.replacement == "placeholder":
                 # No check needed: Arrow counts and replaces over the whole batch.
-                counts[kind] = pc.count_substring_regex(text, DETECTORS[kind].pattern).to_numpy(
-                    zero_copy_only=False).astype(np.int64)
+                found = pc.fill_null(pc.count_substring_regex(text, DETECTORS[kind].pattern), 0)  # null: no text
+                counts[kind] = found.to_numpy(zero_copy_only=False).astype(np.int64)
                 text = pc.replace_substring_regex(text, DETECTORS[kind].pattern, PLACEHOLDER[kind])
             else:
                 text, counts[kind] = self._scrub_checked(text, DETECTORS[kind])
@@ -287,16 +297,116 @@ class PiiStep:
         if len(rows):
             text = docs.column("text").take(pa.array(rows, pa.int64())).combine_chunks()
             scrubbed, counts = self.scrubber.scrub(text)
-            full = docs.column("text").combine_chunks()
-            if len(rows) == n:
-                full = scrubbed
-            else:
-                values = full.to_pylist()
-                for r, v in zip(rows.tolist(), scrubbed.to_pylist()):
-                    values[r] = v
-                full = pa.array(values, pa.string())
-            docs = docs.set_column(docs.schema.get_field_index("text"), docs.schema.field("text"), full)
+            docs = _set_rows(docs, "text", rows, scrubbed)
+            docs = self._scrub_fields(docs, rows)
         docs = with_columns(docs, {f.name: scatter(counts.get(f.name[4:], np.zeros(0, np.int64)), rows, n, pa.int64())
                                    for f in self.signal_fields})
         return StepOutput(kept=docs, dropped=rejected_rows(docs.slice(0, 0), self.name, [], [], []),
                           quarantined=empty_quarantine())
+
+    def scrub_table(self, docs: pa.Table) -> pa.Table:
+        """`docs` with PII scrubbed from `text`, `url` and `meta` (no counts): for documents a step
+        before this one dropped, so rejected shards hold no more PII than kept ones."""
+        rows = applies_to(docs, self.cfg.sources)
+        if not len(rows):
+            return docs
+        if "text" in docs.column_names:
+            text = docs.column("text").take(pa.array(rows, pa.int64())).combine_chunks()
+            docs = _set_rows(docs, "text", rows, self.scrubber.scrub(text)[0])
+        return self._scrub_fields(docs, rows)
+
+    def scrub_strings(self, values: list[str | None], sources: list[str]) -> list[str | None]:
+        """`values` with PII scrubbed from those whose source the step applies to (quarantine fields)."""
+        rows = [i for i, (v, src) in enumerate(zip(values, sources))
+                if v and (self.cfg.sources is None or src in self.cfg.sources)]
+        if not rows:
+            return list(values)
+        scrubbed = self.scrubber.scrub(pa.array([values[i] for i in rows], pa.string()))[0].to_pylist()
+        out = list(values)
+        for i, v in zip(rows, scrubbed):
+            out[i] = v
+        return out
+
+    def _scrub_fields(self, docs: pa.Table, rows: np.ndarray) -> pa.Table:
+        """Scrub the other text-bearing columns: `url` as text (`mailto:` links, addresses in query
+        strings) and the string values inside the `meta` JSON (ids that are addresses, file paths), which
+        are scrubbed value by value so the JSON stays valid and numbers such as offsets stay numbers."""
+        take = pa.array(rows, pa.int64())
+        if "url" in docs.column_names:
+            urls = docs.column("url").take(take).combine_chunks()
+            docs = _set_rows(docs, "url", rows, self.scrubber.scrub(urls)[0])
+        if "meta" in docs.column_names:
+            metas = docs.column("meta").take(take).to_pylist()
+            docs = _set_rows(docs, "meta", rows, pa.array(self._scrub_meta(metas), pa.string()))
+        return docs
+
+    def _scrub_meta(self, metas: list[str | None]) -> list[str | None]:
+        parsed: list = []
+        strings: list[str] = []
+        for meta in metas:
+            try:
+                obj = json.loads(meta) if meta else None
+            except ValueError:  # not JSON: scrubbed as plain text
+                obj = _Opaque(meta)
+            parsed.append(obj)
+            _collect_strings(obj, strings)
+        if not strings:
+            return metas
+        scrubbed_all = self.scrubber.scrub(pa.array(strings, pa.string()))[0].to_pylist()
+        if scrubbed_all == strings:
+            return metas
+        scrubbed = iter(scrubbed_all)
+        out = []
+        for meta, obj in zip(metas, parsed):
+            if obj is None:
+                out.append(meta)
+            elif isinstance(obj, _Opaque):
+                out.append(next(scrubbed))
+            else:
+                before = []
+                _collect_strings(obj, before)
+                mine = [next(scrubbed) for _ in before]
+                changed = mine != before
+                # Re-serialised only when a value changed, in the readers' own form.
+                out.append(json.dumps(_replace_strings(obj, iter(mine)), sort_keys=True, ensure_ascii=False)
+                           if changed else meta)
+        return out
+
+
+class _Opaque(str):
+    """A `meta` value that is not JSON, scrubbed as one string."""
+
+
+def _collect_strings(obj, out: list[str]) -> None:
+    if isinstance(obj, str):
+        out.append(obj)
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            _collect_strings(v, out)
+    elif isinstance(obj, list):
+        for v in obj:
+            _collect_strings(v, out)
+
+
+def _replace_strings(obj, scrubbed):
+    """`obj` with each string replaced by the next of `scrubbed`, in `_collect_strings` order."""
+    if isinstance(obj, str):
+        return next(scrubbed)
+    if isinstance(obj, dict):
+        return {k: _replace_strings(v, scrubbed) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_replace_strings(v, scrubbed) for v in obj]
+    return obj
+
+
+def _set_rows(docs: pa.Table, column: str, rows: np.ndarray, values: pa.Array) -> pa.Table:
+    """`docs` with `column`'s values at `rows` replaced by `values`."""
+    idx = docs.schema.get_field_index(column)
+    if len(rows) == docs.num_rows:
+        full = values.cast(docs.schema.field(column).type)
+    else:
+        current = docs.column(column).to_pylist()
+        for r, v in zip(rows.tolist(), values.to_pylist()):
+            current[r] = v
+        full = pa.array(current, docs.schema.field(column).type)
+    return docs.set_column(idx, docs.schema.field(column), full)

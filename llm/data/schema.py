@@ -2,7 +2,8 @@
 
 A document dataset holds `DOC_SCHEMA` columns plus signal columns stages append (language, quality
 signals, dedup cluster, PII counts). Dropped documents go to `rejected/` with `REJECT_FIELDS` appended;
-bad input goes to `quarantine/` as `QUARANTINE_SCHEMA` rows.
+bad input goes to `quarantine/` as `QUARANTINE_SCHEMA` rows: where the bad bytes are text, their PII-scrubbed
+text; otherwise only their digest, length and the error (`llm.data.quarantine`).
 """
 
 from __future__ import annotations
@@ -46,7 +47,15 @@ QUARANTINE_SCHEMA = pa.schema(
         pa.field("location", pa.string(), nullable=False),  # file URI + "#offset" or "#line"
         pa.field("stage", pa.string(), nullable=False),
         pa.field("error", pa.string(), nullable=False),
-        pa.field("raw", pa.binary()),  # the offending bytes, truncated to QUARANTINE_RAW_LIMIT
+        # Input records the entry stands for: 1 for one bad record, N for a damaged file whose N records
+        # could be told apart but not read. `records_known` is false for a file that cannot be split:
+        # `records` is then 1, a lower bound, and `size` says how much input it was.
+        pa.field("records", pa.int64()),
+        pa.field("records_known", pa.bool_()),
+        pa.field("size", pa.int64()),  # bytes of the offending input (the record, or the whole file)
+        pa.field("digest", pa.string()),  # blake2b-128 of the bytes held back (up to QUARANTINE_RAW_LIMIT)
+        pa.field("text", pa.string()),  # those bytes as text, PII scrubbed, when they are UTF-8 text
+        pa.field("raw", pa.binary()),  # the bytes themselves: only with `data.quarantine.keep_raw`
     ]
 )
 QUARANTINE_RAW_LIMIT = 64 * 1024

@@ -13,6 +13,7 @@ import numpy as np
 import sentencepiece as spm
 
 from llm import storage
+from llm.errors import UserError
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 
@@ -76,7 +77,7 @@ def train_sentencepiece(
     except RuntimeError as exc:
         match = re.search(r"Vocabulary size is smaller than required_chars\. (\d+) vs (\d+)", str(exc))
         if match:
-            raise ValueError(
+            raise UserError(
                 f"tokenizer.vocab_size={vocab_size} is smaller than the {match.group(2)} pieces the sample "
                 f"needs (its characters at character_coverage={character_coverage}, plus special tokens): "
                 "raise tokenizer.vocab_size or lower tokenizer.character_coverage") from None

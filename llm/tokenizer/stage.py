@@ -12,6 +12,7 @@ import time
 from llm import storage, versions
 from llm.config import TokenizerConfig
 from llm.data.dataset import read_manifest
+from llm.errors import UserError
 from llm.lineage import identity, of_input
 from llm.tokenizer.spm import SentencePieceTokenizer, train_sentencepiece
 
@@ -55,7 +56,8 @@ def run_tokenizer_training(shards_uri: str, out_uri: str, cfg: TokenizerConfig, 
         return reused
     total = sum(s["extra"].get("text_bytes", 0) for s in manifest["shards"])
     if total == 0:
-        raise ValueError(f"tokenizer: {shards_uri} holds no text to train on")
+        raise UserError(f"tokenizer: {shards_uri} holds no text to train on (did the data filters drop "
+                        "every document? `llmpipe stats` on the datasets shows where they went)")
     fraction = min(1.0, cfg.sample_bytes / total)
     files = [storage.join(shards_root, s["files"]["data"]) for s in manifest["shards"]]
     samples = executor.map(lambda f: _sample_shard(f, cfg.seed, fraction), files, desc="tokenizer: sample")

@@ -23,6 +23,7 @@ import torch.nn as nn
 
 from llm import storage
 from llm.config import ModelConfig, TrainConfig
+from llm.errors import InputNotFound
 from llm.model.gpt import GPT
 
 MODEL_FILE, OPTIMIZER_FILE, STATE_FILE = "model.pt", "optimizer.pt", "state.json"
@@ -94,7 +95,7 @@ def read_state(checkpoint_uri: str) -> dict[str, Any]:
     try:
         return json.loads(storage.read_text(uri))
     except FileNotFoundError:
-        raise FileNotFoundError(f"{checkpoint_uri}: not a checkpoint folder (no {STATE_FILE})") from None
+        raise InputNotFound(f"{checkpoint_uri}: not a checkpoint folder (no {STATE_FILE})") from None
 
 
 def _load_tensor_file(uri: str, device: torch.device | str) -> Any:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from llm import storage
+from llm.errors import InputNotFound, UserError
 
 MANIFEST = "_manifest.json"
 _DTYPES = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}
@@ -52,9 +53,9 @@ class TokenManifest:
         try:
             data = versions.read(uri)
         except FileNotFoundError:
-            raise FileNotFoundError(f"{manifest_uri}: no token manifest (run the tokenize stage first)") from None
+            raise InputNotFound(f"{manifest_uri}: no token manifest (run the tokenize stage first)") from None
         if "tokens" not in data:
-            raise ValueError(f"{manifest_uri}: no 'tokens' section; is this a token dataset?")
+            raise UserError(f"{manifest_uri}: no 'tokens' section; is this a token dataset?")
         tok = data["tokens"]
         if tok["dtype"] not in _DTYPES:
             raise ValueError(f"{manifest_uri}: unsupported token dtype {tok['dtype']!r}")
@@ -136,7 +137,8 @@ class TokenDataset:
             parts, starts = [], []
             entries = [e for e in self.manifest.splits[name] if name != "train" or e["bin"] not in self.seen_parts]
             if not entries:
-                raise ValueError(f"{self.uri}: every part of split {name!r} was trained on already (nothing new)")
+                raise UserError(f"{self.uri}: every part of split {name!r} was trained on already (nothing new; "
+                                "train.resume_data: all trains on them again)")
             for entry in entries:
                 bin_path = self._local_path(entry["bin"])
                 n = os.path.getsize(bin_path) // dtype.itemsize
@@ -154,7 +156,8 @@ def global_batch_starts(num_tokens: int, context_length: int, batch_size: int, s
     """Start offsets of the `batch_size` windows (context_length + 1 tokens each) of global step `step`."""
     span = context_length + 1
     if num_tokens < span:
-        raise ValueError(f"training split has {num_tokens} tokens, fewer than one window of {span}")
+        raise UserError(f"training split has {num_tokens} tokens, fewer than one window of {span} "
+                        "(model.context_length + 1): lower model.context_length or add data")
     rng = np.random.Generator(np.random.PCG64([seed, step]))
     return rng.integers(0, num_tokens - span + 1, size=batch_size, dtype=np.int64)
 
@@ -215,7 +218,8 @@ def val_window_starts(num_tokens: int, context_length: int, max_windows: int) ->
     """
     available = (num_tokens - 1) // context_length
     if available < 1:
-        raise ValueError(f"validation split has {num_tokens} tokens, fewer than one window of {context_length + 1}")
+        raise UserError(f"validation split has {num_tokens} tokens, fewer than one window of {context_length + 1} "
+                        "(model.context_length + 1): raise tokenize.val_fraction or lower model.context_length")
     return np.arange(min(available, max_windows), dtype=np.int64) * context_length
 
 

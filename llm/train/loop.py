@@ -30,6 +30,7 @@ import torch.nn as nn
 
 from llm import storage
 from llm.config import ModelConfig, TrainConfig
+from llm.errors import UserError
 from llm.model.gpt import GPT
 from llm.tracking import RunTarget
 from llm.train.checkpoint import (
@@ -204,7 +205,7 @@ def _train(
     if model_cfg.vocab_size is None:
         model_cfg = model_cfg.model_copy(update={"vocab_size": dataset.vocab_size})
     if model_cfg.vocab_size < dataset.vocab_size:
-        raise ValueError(
+        raise UserError(
             f"model vocab_size {model_cfg.vocab_size} is smaller than the token dataset's {dataset.vocab_size}"
         )
     ctx = ParallelContext.create(train_cfg, device)
@@ -235,14 +236,14 @@ def _train(
         wanted = DCP_FORMAT if parallel.distributed_checkpoint else NAMED_FORMAT if parallel.sharded else None
         saved_cfg = resume.state.get("train_config", {})
         if written != wanted or (written != DCP_FORMAT and resume.optimizer is None):
-            raise ValueError(
+            raise UserError(
                 f"the checkpoint's optimizer state was written by strategy "
                 f"{saved_cfg.get('strategy')!r} and cannot resume {train_cfg.strategy!r}"
             )
         if written == DCP_FORMAT:
             if saved_cfg.get("tensor_parallel", 1) != train_cfg.tensor_parallel:
                 # The fused qkv rows of a tensor-parallel shard are laid out for its degree.
-                raise ValueError(
+                raise UserError(
                     f"a sharded checkpoint written with tensor_parallel {saved_cfg.get('tensor_parallel', 1)} "
                     f"cannot resume with tensor_parallel {train_cfg.tensor_parallel}"
                 )

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from llm import storage
 from llm.config import ModelConfig, TrainConfig, stable_hash
+from llm.errors import UserError
 from llm.tracking import RunTarget
 from llm.train.checkpoint import read_state
 from llm.train.data import TokenManifest
@@ -47,11 +48,25 @@ def resolve_vocab(model_cfg: ModelConfig, tokens_uri: str) -> ModelConfig:
     if model_cfg.vocab_size is None:
         return model_cfg.model_copy(update={"vocab_size": vocab})
     if model_cfg.vocab_size < vocab:
-        raise ValueError(
+        raise UserError(
             f"model.vocab_size ({model_cfg.vocab_size}) is smaller than the tokenizer's vocabulary ({vocab}) "
             f"used by {tokens_uri}: leave it empty to take it from the tokens"
         )
     return model_cfg
+
+
+def check_parallel_fits(model_cfg: ModelConfig, train_cfg: TrainConfig) -> None:
+    """Refuse, before any worker starts, a model the configured parallelism cannot split: inside Ray
+    Train every worker would fail on its own, after the cluster's start-up cost."""
+    from llm.model.gpt import mlp_hidden_size
+
+    pp, tp = train_cfg.pipeline_parallel, train_cfg.tensor_parallel
+    if pp > model_cfg.layers:
+        raise UserError(f"train.pipeline_parallel {pp} is more than the model's {model_cfg.layers} layers "
+                        "(model.layers)")
+    if tp > 1 and (model_cfg.attention_heads % tp or mlp_hidden_size(model_cfg) % tp):
+        raise UserError(f"train.tensor_parallel {tp} must divide model.attention_heads ({model_cfg.attention_heads}) "
+                        f"and the MLP width ({mlp_hidden_size(model_cfg)})")
 
 
 def run_name(model_cfg: ModelConfig, train_cfg: TrainConfig, tokens_uri: str) -> str:
@@ -88,15 +103,21 @@ def pretrain(
     from ray.train.torch import TorchTrainer
 
     import ray
-    from llm.cluster import ensure_ray
+    from llm.cluster import ensure_ray, on_loopback
 
     started = time.perf_counter()
     # Workers may run in other folders (or hosts): every local path must be absolute.
     tokens_uri = storage.absolute(tokens_uri)
     output_uri = storage.absolute(output_uri)
     model_cfg = resolve_vocab(model_cfg, tokens_uri)
+    check_parallel_fits(model_cfg, train_cfg)
     if not ray.is_initialized():
         ensure_ray()
+    torch_config = None
+    if on_loopback():  # a local Ray: the process group's sockets stay on loopback too
+        from llm.train.loopback import LoopbackTorchConfig
+
+        torch_config = LoopbackTorchConfig()
 
     trainer = TorchTrainer(
         ray_train_worker,
@@ -108,6 +129,7 @@ def pretrain(
             "resume_from": storage.absolute(resume_from) if resume_from else None,
             "seen_parts": sorted(seen_parts),
         },
+        torch_config=torch_config,
         scaling_config=ScalingConfig(
             num_workers=train_cfg.num_workers,
             use_gpu=train_cfg.use_gpu,

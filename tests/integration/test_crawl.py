@@ -61,6 +61,21 @@ def test_pydoc_crawl_is_limited_same_host_and_deterministic(pydoc_url: str, tmp_
     assert urls[1:] == sorted(urls[1:])  # the second BFS level, in sorted order
 
 
+def test_every_pydoc_server_serves_the_same_pages(pydoc_url: str, monkeypatch) -> None:
+    # Another server (another process, port, temporary folder and environment) must not change a page,
+    # or every refresh of the demo would find pages changed and rebuild everything after the crawl.
+    # The page of `os` shows the server's environment: ours must not reach the corpus.
+    import requests
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "kept-out-of-the-corpus")
+    with pydoc_server() as other:
+        # the index lists the path entries; the others print reprs with memory addresses
+        for path in ("", "os.html", "collections.html", "dataclasses.html", "ctypes.html", "robots.txt"):
+            page = requests.get(other + path, timeout=30).text
+            assert page == requests.get(pydoc_url + path, timeout=30).text, path
+            assert "kept-out-of-the-corpus" not in page and " at 0x" not in page
+
+
 def test_pydoc_warc_has_request_response_pairs(pydoc_url: str, tmp_path: Path) -> None:
     result = crawl(CrawlConfig(max_pages=4, records_per_warc=10), pydoc_url, str(tmp_path))
     records = _records(result.warc_files)

@@ -35,3 +35,14 @@ def test_every_stage_has_a_subcommand():
     from flows.pipeline import STAGES
 
     assert set(STAGE_HELP) == set(STAGES)
+
+
+def test_a_local_run_gives_the_temporary_api_time_to_start_on_a_busy_machine(monkeypatch):
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as startup
+
+    from flows.pipeline import local_run_settings
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.delenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", raising=False)
+    with local_run_settings():
+        assert startup.value() >= 120  # Prefect's 20 s ran out with every core busy

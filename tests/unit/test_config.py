@@ -94,8 +94,8 @@ def test_a_key_given_twice_is_refused_naming_it_and_both_lines(tmp_path):
 
 @pytest.mark.parametrize("value", [".inf", "-.inf", ".nan"])
 def test_non_finite_numbers_are_refused_naming_the_field(tmp_path, value):
-    with pytest.raises(ConfigError, match=r"data.extract.timeout_s: Input should be a finite number"):
-        build_config({}, [f"data.extract.timeout_s={value}"])
+    with pytest.raises(ConfigError, match=r"data.extract.cpu_limit_s: Input should be a finite number"):
+        build_config({}, [f"data.extract.cpu_limit_s={value}"])
 
 
 @pytest.mark.parametrize("name", ["../../../escaped", "..", ".", "a/b", "web\\\\x", "", "x" * 65])

@@ -40,13 +40,7 @@ def test_delete_folder(tmp_path):
     storage.delete(str(tmp_path / "never"))  # missing is fine
 
 
-def test_s3_without_credentials_names_them(monkeypatch, tmp_path):
-    for var in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"]:
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    storage._s3_client.cache_clear()
+def test_s3_without_credentials_names_them(monkeypatch, no_aws_credentials, tmp_path):
     try:
         with pytest.raises(storage.StorageError, match="AWS_ACCESS_KEY_ID"):
             storage.read_bytes("s3://bucket/key")

@@ -20,6 +20,7 @@ from llm import storage
 from llm.data.dataset import dumps
 from llm.data.minhash import partitions
 from llm.data.minhash.lsh import bucket_of
+from llm.errors import InputNotFound, UserError
 
 INDEX = "_index"
 META = "_meta.json"
@@ -75,12 +76,12 @@ class Index:
             seen.add(uri)
             meta_uri = storage.join(uri, INDEX, META)
             if not storage.exists(meta_uri):
-                raise FileNotFoundError(f"data.minhash.index_uri: {uri} has no {INDEX}/{META}; "
+                raise InputNotFound(f"data.minhash.index_uri: {uri} has no {INDEX}/{META}; "
                                         f"point it at the output of an earlier MinHash run")
             meta = json.loads(storage.read_text(meta_uri))
             wanted = _settings(plan)
             if {k: meta.get(k) for k in wanted} != wanted:
-                raise ValueError(f"data.minhash.index_uri: {uri} was made with "
+                raise UserError(f"data.minhash.index_uri: {uri} was made with "
                                  f"{ {k: meta.get(k) for k in wanted} }, this run uses {wanted}")
             files += [storage.join(uri, INDEX, s["file"]) for s in meta["shards"]]
             docs += [s["docs"] for s in meta["shards"]]

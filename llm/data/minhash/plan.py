@@ -13,6 +13,7 @@ import pyarrow.compute as pc
 from llm import storage
 from llm.config import MinHashConfig
 from llm.data.minhash import partitions
+from llm.errors import UserError
 
 # Columns (name -> dtype) of each shuffle's files, for reading an empty partition.
 BANDS = {"band": "int32", "hash": "uint64", "doc": "int64", "prio": "float64"}
@@ -74,7 +75,7 @@ def keeper_priority(docs: pa.Table, cfg: MinHashConfig) -> np.ndarray:
         return -pc.utf8_length(docs.column("text")).to_numpy(zero_copy_only=False).astype(np.float64)
     if cfg.keeper == "quality":
         if cfg.quality_column not in docs.column_names:
-            raise ValueError(f"data.minhash.keeper is 'quality' but documents have no column "
+            raise UserError(f"data.minhash.keeper is 'quality' but documents have no column "
                              f"{cfg.quality_column!r} (set data.minhash.quality_column)")
         values = pc.cast(docs.column(cfg.quality_column), pa.float64()).to_numpy(zero_copy_only=False)
         return np.where(np.isnan(values), np.inf, -values)

@@ -14,6 +14,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+from llm.errors import UserError
 from llm.model.gpt import GPT
 from llm.train.parallel.context import ParallelContext
 
@@ -21,7 +22,7 @@ from llm.train.parallel.context import ParallelContext
 def stage_layers(layers: int, stages: int, stage: int) -> range:
     """Block indices of `stage`: contiguous, as even as possible, the earlier stages one longer."""
     if stages > layers:
-        raise ValueError(f"pipeline_parallel {stages} is more than the model's {layers} layers")
+        raise UserError(f"train.pipeline_parallel {stages} is more than the model's {layers} layers (model.layers)")
     base, extra = divmod(layers, stages)
     start = stage * base + min(stage, extra)
     return range(start, start + base + (1 if stage < extra else 0))

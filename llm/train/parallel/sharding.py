@@ -14,6 +14,7 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor
 from torch.utils.checkpoint import checkpoint
 
+from llm.errors import UserError
 from llm.model.gpt import GPT, mlp_hidden_size
 
 
@@ -56,9 +57,9 @@ def apply_tensor_parallel(model: GPT, mesh: DeviceMesh) -> None:
     tp = mesh.size()
     cfg = model.cfg
     if cfg.attention_heads % tp or mlp_hidden_size(cfg) % tp:
-        raise ValueError(
-            f"tensor_parallel {tp} must divide attention_heads ({cfg.attention_heads}) and the MLP width "
-            f"({mlp_hidden_size(cfg)})"
+        raise UserError(
+            f"train.tensor_parallel {tp} must divide model.attention_heads ({cfg.attention_heads}) and the MLP "
+            f"width ({mlp_hidden_size(cfg)})"
         )
     plan = {
         "attn.qkv": ColwiseParallel(),

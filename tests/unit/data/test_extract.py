@@ -1,4 +1,4 @@
-"""Payload decoding, HTML extraction, the time limit, and ExtractStep's accounting."""
+"""Payload decoding, HTML extraction, the CPU and wall-clock limits, and ExtractStep's accounting."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ import pytest
 
 from llm.config import ExtractConfig, SourceConfig
 from llm.data import schema
-from llm.data.extract import ExtractionTimeout, ExtractStep, decode_payload, extract_html, time_limit
+from llm.data import extract
+from llm.data.extract import (ExtractionLimitExceeded, ExtractStep, decode_payload, extract_html,
+                              extraction_limits)
 from llm.data.readers import is_quarantine, plan_inputs, read_unit
 
 SHARED = Path(__file__).resolve().parents[3] / ".." / "shared" / "data"
@@ -88,32 +90,64 @@ def test_extract_html_keeps_the_article_and_is_deterministic() -> None:
     assert extract_html("<html><body></body></html>", cfg) == ""
 
 
-def test_time_limit_raises_in_main_thread_and_is_skipped_elsewhere() -> None:
-    with pytest.raises(ExtractionTimeout, match="after 0.05s"):
-        with time_limit(0.05):
-            deadline = time.monotonic() + 5
-            while time.monotonic() < deadline:  # Python-level loop: the alarm fires within it
-                pass
-    # the timer is cleared afterwards: a later sleep is not interrupted
-    time.sleep(0.1)
+def _burn_cpu(seconds: float) -> None:
+    """A Python-level loop (the signal handler runs within it) using `seconds` of this thread's CPU."""
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+
+
+def test_cpu_limit_counts_cpu_time_not_waiting() -> None:
+    with pytest.raises(ExtractionLimitExceeded, match=r"^extraction CPU time limit \(0.1 s\) exceeded$"):
+        with extraction_limits(cpu_s=0.1, wall_s=30):
+            _burn_cpu(5)
+    # waiting uses no CPU: far past the CPU limit in elapsed time, and nothing is raised
+    with extraction_limits(cpu_s=0.1, wall_s=30):
+        time.sleep(0.4)
+    # another thread's CPU does not count, though ITIMER_PROF counts the whole process
+    burner = threading.Thread(target=_burn_cpu, args=(0.6,))
+    with extraction_limits(cpu_s=0.1, wall_s=30):
+        burner.start()
+        burner.join()
+    # the timers are cleared afterwards: later CPU use and sleeps are not interrupted
+    _burn_cpu(0.2)
+    time.sleep(0.2)
+    assert signal.getitimer(signal.ITIMER_PROF) == (0.0, 0.0)
+
+
+def test_wall_clock_limit_is_the_backstop_for_a_stall() -> None:
+    with pytest.raises(ExtractionLimitExceeded, match=r"^extraction wall-clock limit \(0.1 s\) exceeded$"):
+        with extraction_limits(cpu_s=30, wall_s=0.1):
+            time.sleep(5)
+    time.sleep(0.2)
+
+
+def test_limits_keep_an_outer_timer_and_are_skipped_outside_the_main_thread() -> None:
     # an outer timer (here our own, as a test runner's would be) survives, re-armed with its rest
     fired = []
     previous = signal.signal(signal.SIGALRM, lambda *_: fired.append(True))
     saved = signal.setitimer(signal.ITIMER_REAL, 0.5)
     try:
-        with time_limit(0.2):
+        with extraction_limits(cpu_s=30, wall_s=0.2):
             time.sleep(0.01)
         left = signal.getitimer(signal.ITIMER_REAL)[0]
         assert 0.3 < left <= 0.5
         time.sleep(0.6)
         assert fired == [True]
+        # an outer deadline sooner than ours: its handler runs on time and our limit stays armed
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        with pytest.raises(ExtractionLimitExceeded, match="wall-clock"):
+            with extraction_limits(cpu_s=30, wall_s=0.3):
+                time.sleep(0.1)
+                assert fired == [True, True]
+                time.sleep(5)
     finally:
         signal.signal(signal.SIGALRM, previous)
         signal.setitimer(signal.ITIMER_REAL, *saved)
     finished = []
 
     def worker() -> None:
-        with time_limit(0.01):
+        with extraction_limits(cpu_s=0.01, wall_s=0.01):
             time.sleep(0.05)
         finished.append(True)
 
@@ -160,16 +194,42 @@ def test_extract_step_accounts_for_every_row() -> None:
     assert bad["location"] == "f.warc.gz#offset=500" and bad["raw"] == b"\x00\xff\x00\xfe" * 300
 
 
-def test_extraction_timeout_is_quarantined() -> None:
-    # A page big enough that trafilatura needs far more than the limit on any machine.
+def test_a_page_past_the_cpu_limit_is_quarantined_naming_it() -> None:
+    # A page big enough that trafilatura needs far more CPU than the limit on any machine.
     rows = "".join(f"<tr><td>cell {i}</td><td><p>text {i} with <b>bold</b> words</p></td></tr>" for i in range(20000))
     page = f"<html><body><article><table>{rows}</table></article></body></html>".encode()
-    out = ExtractStep(ExtractConfig(timeout_s=0.05, max_html_bytes=50_000_000)).apply(
+    out = ExtractStep(ExtractConfig(cpu_limit_s=0.05, max_html_bytes=50_000_000)).apply(
         _raw([{"payload": page, "content_type": "html"}]))
     (bad,) = out.quarantined.to_pylist()
-    assert bad["error"] == "extraction timeout after 0.05s"
+    assert bad["error"] == "extraction CPU time limit (0.05 s) exceeded"
     assert len(bad["raw"]) == schema.QUARANTINE_RAW_LIMIT
     assert out.kept.num_rows == 0 and out.dropped.num_rows == 0
+
+
+def test_each_limit_quarantines_with_its_own_error(monkeypatch) -> None:
+    def extract_that(spends):
+        def fake_extract(html, **kwargs):
+            spends()
+            return "never reached"
+        return fake_extract
+
+    cfg = ExtractConfig(cpu_limit_s=0.1, wall_limit_s=0.3)
+    raw = _raw([{"payload": ARTICLE.encode(), "content_type": "html"}])
+    monkeypatch.setattr(extract.trafilatura, "extract", extract_that(lambda: _burn_cpu(5)))
+    (bad,) = ExtractStep(cfg).apply(raw).quarantined.to_pylist()
+    assert bad["error"] == "extraction CPU time limit (0.1 s) exceeded"
+    monkeypatch.setattr(extract.trafilatura, "extract", extract_that(lambda: time.sleep(5)))
+    (bad,) = ExtractStep(cfg).apply(raw).quarantined.to_pylist()
+    assert bad["error"] == "extraction wall-clock limit (0.3 s) exceeded"
+    # waiting less than the wall-clock limit is no problem, however far past the CPU limit in time
+    monkeypatch.setattr(extract.trafilatura, "extract", lambda html, **kwargs: time.sleep(0.2) or "slow but kept")
+    out = ExtractStep(cfg).apply(raw)
+    assert out.kept.column("text").to_pylist() == ["slow but kept"] and out.quarantined.num_rows == 0
+
+
+def test_default_limits_are_far_above_what_real_pages_need() -> None:
+    cfg = ExtractConfig()
+    assert cfg.cpu_limit_s >= 30 and cfg.wall_limit_s >= 5 * cfg.cpu_limit_s
 
 
 def test_extract_step_on_real_warc_pages() -> None:

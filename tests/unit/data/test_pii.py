@@ -7,13 +7,17 @@ import email.utils
 import ipaddress
 import json
 import re
+import stat
 from collections import Counter
 
 import pyarrow as pa
 import pytest
 
-from llm.config import PiiConfig
-from llm.data.pii import PiiStep, Scrubber, iban_ok, luhn_ok
+from llm.config import PiiConfig, build_config
+from llm.data.pii import PSEUDONYM_KEY_ENV, PiiStep, Scrubber, iban_ok, luhn_ok
+from llm.errors import UserError
+from llm.lineage import redact
+from llm.secrets import with_pseudonym_key
 
 ADDRESS_FIELDS = ("from", "to", "cc", "reply-to", "return-path", "sender", "delivered-to", "errors-to")
 IP_FIELDS = ("received", "x-originating-ip", "x-sender-ip")
@@ -148,12 +152,54 @@ def test_ssn_and_secrets():
 
 def test_pseudonyms_are_consistent_and_keyed():
     texts = pa.array(["a@example.com wrote to b@example.org", "cc a@example.com"])
-    out, _ = Scrubber(PiiConfig(types=["email"], replacement="pseudonym")).scrub(texts)
+    key = "k" * 32
+    out, _ = Scrubber(PiiConfig(types=["email"], replacement="pseudonym", pseudonym_key=key)).scrub(texts)
     first, second = out.to_pylist()
     tok_a = re.findall(r"<EMAIL_[0-9a-f]{8}>", first)
     assert len(set(tok_a)) == 2 and tok_a[0] in second
     other, _ = Scrubber(PiiConfig(types=["email"], replacement="pseudonym", pseudonym_key="other")).scrub(texts)
     assert other[0].as_py() != first
+
+
+def test_pseudonyms_have_no_built_in_key():
+    with pytest.raises(UserError, match="data.pii.pseudonym_key"):
+        Scrubber(PiiConfig(types=["email"], replacement="pseudonym"))
+
+
+def test_pseudonym_key_never_leaves_the_config():
+    cfg = build_config({"data": {"pii": {"replacement": "pseudonym", "pseudonym_key": "hunter2-but-longer"}}})
+    dumped = json.dumps(cfg.model_dump(mode="json")) + repr(cfg) + str(cfg)
+    assert "hunter2" not in dumped
+    fingerprint = cfg.model_dump(mode="json")["data"]["pii"]["pseudonym_key"]
+    assert re.fullmatch(r"secret:[0-9a-f]{16}", fingerprint)
+    assert redact(cfg.model_dump(mode="json"))["data"]["pii"]["pseudonym_key"] == "<redacted>"
+    # Another key, another fingerprint: identities (config hashes) follow the key.
+    assert build_config({"data": {"pii": {"pseudonym_key": "another-key-entirely"}}}).model_dump(
+        mode="json")["data"]["pii"]["pseudonym_key"] != fingerprint
+    # A config read back from its JSON form (a Prefect run's stored parameters) has no key, not the mask.
+    assert build_config(cfg.model_dump(mode="json")).data.pii.pseudonym_key is None
+
+
+def test_work_dir_key_is_generated_once_owner_only(tmp_path, monkeypatch):
+    monkeypatch.delenv(PSEUDONYM_KEY_ENV, raising=False)
+    cfg = build_config({"data": {"pii": {"replacement": "pseudonym"}}})
+    first = with_pseudonym_key(cfg, str(tmp_path))
+    key_file = tmp_path / "_secrets" / "pseudonym_key"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert stat.S_IMODE(key_file.parent.stat().st_mode) == 0o700
+    again = with_pseudonym_key(cfg, str(tmp_path))
+    assert first.data.pii.pseudonym_key.get_secret_value() == again.data.pii.pseudonym_key.get_secret_value()
+    assert len(first.data.pii.pseudonym_key.get_secret_value()) == 64
+    # The environment wins over the generated key; placeholders need no key at all.
+    monkeypatch.setenv(PSEUDONYM_KEY_ENV, "from-the-environment-0123")
+    env = with_pseudonym_key(cfg, str(tmp_path))
+    assert env.data.pii.pseudonym_key.get_secret_value() == "from-the-environment-0123"
+    assert with_pseudonym_key(build_config({}), str(tmp_path / "other")).data.pii.pseudonym_key is None
+    assert not (tmp_path / "other").exists()
+    key_file.chmod(0o644)
+    monkeypatch.delenv(PSEUDONYM_KEY_ENV)
+    with pytest.raises(UserError, match="readable by other users"):
+        with_pseudonym_key(cfg, str(tmp_path))
 
 
 def test_step_keeps_every_row_and_no_original_survives(shared_data):
