@@ -2,11 +2,13 @@
 
     llmpipe run configs/demo.yaml train.max_steps=50
     llmpipe ingest configs/demo.yaml
+    llmpipe finetune configs/demo.yaml finetune.method=prefix
     llmpipe config configs/seed-24x1024.yaml
     llmpipe explain work/demo/datasets/docs DOC_ID
     llmpipe stats work/demo/datasets/docs
     llmpipe lineage work/demo/tokens
     llmpipe gc work/demo            # dry run; --apply deletes
+    llmpipe export work/demo/finetune/runs/VERSION/final exported/ --format merged
 
 An error the user can fix (a config field, an input path, credentials, a server address) is one line
 on stderr and exit status 2; `--debug` (or LLMPIPE_DEBUG=1) adds its traceback. Anything else is a bug:
@@ -34,6 +36,7 @@ STAGE_HELP = {
     "tokenize": "encode shards into token files, split train/validation",
     "pretrain": "pre-train the transformer with Ray Train",
     "evaluate": "validation loss, perplexity and sample continuations of the final checkpoint",
+    "finetune": "fine-tune the pretrained model on SFT pairs or chats (full, LoRA, prefix tuning, adapters)",
 }
 
 
@@ -46,8 +49,15 @@ def _quiet_environment() -> None:
         "RAY_USAGE_STATS_ENABLED": "0",
         "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING": "false",
         "TOKENIZERS_PARALLELISM": "false",
+        # The project's own log lines (data counts, a model registered, a publishing failure) go where
+        # Prefect's go: the console and the flow run's logs on a server.
+        "PREFECT_LOGGING_EXTRA_LOGGERS": "llm",
+        "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
     }.items():
         os.environ.setdefault(key, value)
+    llm_log = logging.getLogger("llm")
+    if llm_log.level == logging.NOTSET:
+        llm_log.setLevel(logging.INFO)
 
 
 DEBUG_HELP = "show the traceback of every error (also LLMPIPE_DEBUG=1)"
@@ -84,6 +94,12 @@ def _parser() -> argparse.ArgumentParser:
     what = "a dataset's versions and the chain of versions, code, config and inputs that made it"
     lineage = sub.add_parser("lineage", help=what, description=what, parents=[common])
     lineage.add_argument("dataset", help="dataset folder or URI, optionally DATASET@VERSION")
+    what = "write a fine-tuned checkpoint as one plain model (LoRA merged) or as base + adapter"
+    export = sub.add_parser("export", help=what, description=what, parents=[common])
+    export.add_argument("checkpoint", help="a fine-tune's checkpoint folder (e.g. .../finetune/runs/<version>/final)")
+    export.add_argument("out", help="folder to write (local path or s3://)")
+    export.add_argument("--format", choices=["merged", "adapter"], default="merged",
+                        help="merged: model.pt a plain GPT loads (LoRA, full); adapter: adapter.pt naming its base")
     what = "remove dataset versions (and their files) that no current version depends on"
     gc = sub.add_parser("gc", help=what, description=what + "; a dry run unless --apply", parents=[common])
     gc.add_argument("work_dir", help="the work directory (local path or s3:// prefix)")
@@ -129,6 +145,12 @@ def _command(args: argparse.Namespace, debug: bool) -> int:
         from llm.gc import format_gc, run_gc
 
         print(format_gc(run_gc(args.work_dir, apply=args.apply), args.apply))
+        return 0
+    if args.command == "export":
+        from llm.finetune.export import export
+
+        written = export(args.checkpoint, args.out, args.format)
+        print(f"wrote {', '.join(written['files'])} to {args.out} ({written['format']})")
         return 0
     if args.command in ("explain", "stats"):
         from llm.data import inspect

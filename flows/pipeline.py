@@ -23,10 +23,10 @@ from llm.errors import UserError
 from llm.layout import Layout
 from llm.lineage import redact
 from llm.tracking import Tracker
-from tasks import data, train
+from tasks import data, finetune, train
 
 DATA_STAGES = ["crawl", "ingest", "exact_dedup", "minhash_dedup", "shard", "tokenizer", "tokenize"]
-TRAIN_STAGES = ["pretrain", "evaluate"]
+TRAIN_STAGES = ["pretrain", "evaluate", "finetune"]
 STAGES = DATA_STAGES + TRAIN_STAGES
 
 _TASKS = {
@@ -38,6 +38,7 @@ _TASKS = {
     "tokenizer": data.tokenizer,
     "tokenize": data.tokenize,
     "pretrain": train.pretrain,
+    "finetune": finetune.finetune,
 }
 
 
@@ -63,8 +64,11 @@ def run_stages(config: PipelineConfig, stages: list[str], refresh: bool = False)
         ok = False
         try:
             for name in [s for s in STAGES if s in stages]:
-                if name == "crawl" and not any(s.kind == "crawl" for s in config.data.sources):
+                crawls = any(s.kind == "crawl" for s in config.data.sources)
+                if name == "crawl" and not crawls:
                     continue  # nothing reads the crawl: skip fetching it
+                if name == "finetune" and len(stages) > 1 and config.finetune.data.path is None and not crawls:
+                    continue  # no SFT data and no crawled docs to build pairs from: the pipeline ends at evaluate
                 if name == "crawl":
                     results[name] = data.crawl(config, parent_id, refresh=refresh)
                 elif name == "evaluate":
@@ -118,8 +122,16 @@ def local_run_settings() -> Iterator[None]:
 
 @flow(name="llmpipe-pipeline", log_prints=True)
 def pipeline(config: PipelineConfig = PipelineConfig()) -> dict:
-    """End to end: crawl, ingest, exact dedup, MinHash dedup, shard, tokenizer, tokenize, pretrain, evaluate."""
+    """End to end: crawl, ingest, exact dedup, MinHash dedup, shard, tokenizer, tokenize, pretrain, evaluate,
+    finetune."""
     return run_stages(config, STAGES)
+
+
+@flow(name="llmpipe-finetune", log_prints=True)
+def finetune_flow(config: PipelineConfig = PipelineConfig()) -> dict:
+    """Fine-tune the current pretrained model (or `finetune.base`: a checkpoint or `models:/NAME@ALIAS`)
+    on SFT data with full fine-tuning, LoRA, prefix tuning or adapters, and register the result."""
+    return run_stages(config, ["finetune"])
 
 
 @flow(name="llmpipe-data-refresh", log_prints=True)

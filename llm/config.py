@@ -218,6 +218,10 @@ class ShardConfig(Section):
     compression: Literal["zstd", "snappy", "none"] = Field("zstd", description="Parquet compression codec.")
 
 
+#: Role and end-of-turn markers of the default chat template, trained into the tokenizer as single pieces.
+CHAT_SPECIAL_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
+
+
 class TokenizerConfig(Section):
     """SentencePiece tokenizer training on a sample of the shards."""
 
@@ -230,6 +234,18 @@ class TokenizerConfig(Section):
     byte_fallback: bool = Field(True, description="Unknown characters become byte tokens, never <unk>.")
     max_sentence_length: int = Field(16384, ge=64, description="Longer training lines are split.")
     seed: int = Field(0, description="Seed for sampling and training.")
+    special_tokens: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+        default_factory=lambda: list(CHAT_SPECIAL_TOKENS),
+        description="Pieces kept whole (one id each, after pad/unk/bos/eos): the chat template's role and "
+        "end-of-turn markers (finetune.template).",
+    )
+    @model_validator(mode="after")
+    def _special_tokens_distinct(self) -> "TokenizerConfig":
+        reserved = {"<pad>", "<unk>", "<s>", "</s>"}
+        if len(set(self.special_tokens)) != len(self.special_tokens) or reserved & set(self.special_tokens):
+            raise ValueError(f"special_tokens must be distinct and none of {sorted(reserved)}, got {self.special_tokens}")
+        return self
+
     on_new_data: Literal["keep", "retrain"] = Field(
         "keep",
         description="When a refresh only adds or removes documents: `keep` the trained tokenizer (token "
@@ -638,6 +654,127 @@ class EvalConfig(Section):
     top_k: int = Field(40, ge=0, description="Sample from the k most likely tokens; 0 keeps all.")
 
 
+# ---------------------------------------------------------------------------------------- finetune
+
+
+class ChatTemplateConfig(Section):
+    """How an example becomes tokens: `bos`, then each message as its role's marker, the content and
+    `end`. The markers must be single pieces of the tokenizer (`tokenizer.special_tokens`)."""
+
+    system: str = Field("<|system|>", min_length=1, description="Marker before a system message.")
+    user: str = Field("<|user|>", min_length=1, description="Marker before a user message (a prompt).")
+    assistant: str = Field("<|assistant|>", min_length=1, description="Marker before an assistant message (a response).")
+    end: str = Field("<|end|>", min_length=1, description="Marker after every message; trained on after a response, so the model learns to stop.")
+    bos: bool = Field(True, description="Start every example with the tokenizer's begin-of-document token.")
+    default_system: str | None = Field(
+        None, description="A system message put first in every example that has none; empty: none."
+    )
+
+    @model_validator(mode="after")
+    def _distinct_markers(self) -> "ChatTemplateConfig":
+        markers = [self.system, self.user, self.assistant, self.end]
+        if len(set(markers)) != len(markers):
+            raise ValueError(f"the template's markers must differ from each other, got {markers}")
+        return self
+
+
+class SftDataConfig(Section):
+    """Supervised fine-tuning examples: JSONL of prompt/response pairs or chat messages."""
+
+    path: str | None = Field(
+        None,
+        description="A JSONL file (or .jsonl.gz), or a folder of them: `{\"prompt\", \"response\"}` pairs or "
+        "`{\"messages\": [{\"role\", \"content\"}]}` chats. Empty: the demo's pairs built from the crawled docs.",
+    )
+    format: Literal["auto", "pairs", "chat"] = Field(
+        "auto", description="Record shape: `auto` takes each record's own (messages if present, else a pair)."
+    )
+    prompt_field: str = Field("prompt", min_length=1, description="Pairs: the prompt's key.")
+    response_field: str = Field("response", min_length=1, description="Pairs: the response's key.")
+    messages_field: str = Field("messages", min_length=1, description="Chats: the message list's key.")
+    val_fraction: float = Field(
+        0.1, gt=0, lt=1, description="Share of examples held out (by a hash of the example) for the response loss."
+    )
+    pack: bool = Field(
+        True, description="Pack several examples into each window (attention and positions kept per example); "
+        "off: one example per window, padded.",
+    )
+    max_examples: int | None = Field(None, ge=1, description="Use at most this many examples (in file order); empty: all.")
+
+
+class LoraConfig(Section):
+    """LoRA (Hu et al. 2021): a trainable low-rank update beside each targeted linear layer."""
+
+    rank: int = Field(8, ge=1, description="Rank r of the update B @ A.")
+    alpha: float = Field(16.0, gt=0, description="Scale: the update is multiplied by alpha / rank.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the update's input.")
+    targets: list[Literal["qkv", "proj", "fc"]] = Field(
+        default_factory=lambda: ["qkv", "proj", "fc"], min_length=1,
+        description="Linear layers to adapt: qkv (attention input), proj (attention and MLP outputs), fc (MLP input).",
+    )
+
+
+class PrefixConfig(Section):
+    """Prefix tuning (Li & Liang 2021): trainable keys and values every layer's attention sees first."""
+
+    virtual_tokens: int = Field(16, ge=1, le=1024, description="Prefix length in virtual tokens per layer.")
+    reparam_hidden: int = Field(
+        0, ge=0, description="Hidden width of the MLP that produces the prefix during training (more stable); "
+        "dropped after training. 0: train the prefix directly.",
+    )
+
+
+class AdapterConfig(Section):
+    """Bottleneck adapters (Houlsby et al. 2019) after each attention and MLP sublayer."""
+
+    reduction_factor: int = Field(16, ge=1, description="Bottleneck width = hidden_size / reduction_factor.")
+
+
+class FinetuneTrainConfig(TrainConfig):
+    """A fine-tune's training settings: the fields of `train`, with defaults for fine-tuning (a lower peak
+    rate, a short warmup, no weight decay, its own registry name). Fields left out of a config keep these
+    defaults, not pre-training's."""
+
+    learning_rate: float = Field(1e-3, gt=0, le=10, description="Peak learning rate after warmup.")
+    warmup_steps: int = Field(10, ge=0, description="Linear warmup steps from 0 to the peak learning rate.")
+    max_steps: int = Field(200, ge=1, description="Optimizer steps.")
+    eval_every: int = Field(25, ge=1, description="Held-out response loss every N steps (and at the end).")
+    eval_batches: int = Field(4, ge=1, description="Held-out batches per evaluation.")
+    checkpoint_every: int = Field(50, ge=1, description="Checkpoint every N steps (and at the end).")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay (matrices only).")
+    registered_model: str | None = Field(
+        "llmpipe-gpt-sft",
+        description="MLflow registry name the fine-tuned model is registered under (when tracking is on); empty: none.",
+    )
+
+
+class FinetuneConfig(Section):
+    """Supervised fine-tuning of a pretrained model: the method, the data, and its own training settings."""
+
+    method: Literal["full", "lora", "prefix", "adapter"] = Field(
+        "lora", description="full (every weight), lora, prefix (prefix tuning) or adapter (bottleneck adapters)."
+    )
+    base: str | None = Field(
+        None,
+        description="The model to start from: empty for this work directory's current pretraining, a checkpoint "
+        "folder (local or s3://), or a registered model `models:/NAME@ALIAS`.",
+    )
+    data: SftDataConfig = Field(default_factory=SftDataConfig)
+    template: ChatTemplateConfig = Field(default_factory=ChatTemplateConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    prefix: PrefixConfig = Field(default_factory=PrefixConfig)
+    adapter: AdapterConfig = Field(default_factory=AdapterConfig)
+    train: FinetuneTrainConfig = Field(
+        default_factory=FinetuneTrainConfig,
+        description="Optimizer, schedule, batch, parallelism and checkpoints of the fine-tune (as for pretraining).",
+    )
+    sample_prompts: list[str] = Field(
+        default_factory=lambda: ["What does os.path.join do?", "dumps(obj, *, skipkeys=False)"],
+        description="Prompts answered before and after fine-tuning; the responses are logged side by side.",
+    )
+    sample_tokens: int = Field(48, ge=1, description="Tokens generated per sample response (greedy).")
+
+
 # ------------------------------------------------------------------------------------ infrastructure
 
 
@@ -672,6 +809,7 @@ class PipelineConfig(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 

@@ -56,7 +56,11 @@ class Layout:
     def eval(self) -> str:
         return self._at("eval")
 
+    @property
+    def finetune(self) -> str:
+        return self._at("finetune")
+
     def dataset_roots(self) -> list[str]:
         """Every versioned output under the work directory, upstream first."""
         return [self.crawl, self.docs, self.dedup, self.near_dedup, self.shards, self.tokenizer, self.tokens,
-                self.train, self.eval]
+                self.train, self.eval, self.finetune]

@@ -41,6 +41,8 @@ STAGE_CODE: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "tokenize": (("llm.data.tokenize",), ("sentencepiece", "numpy")),
     "pretrain": (("llm.train.trainer",), ("torch",)),
     "evaluate": (("llm.eval",), ("torch",)),
+    "finetune": (("llm.finetune.trainer", "llm.finetune.workload", "llm.finetune.export", "llm.finetune.doc_pairs"),
+                 ("torch", "sentencepiece")),
 }
 
 # Config fields whose values are secrets: hashed into identities (they change outputs) but never shown.

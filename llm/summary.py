@@ -53,14 +53,25 @@ def format_summary(result: dict) -> str:
         e = stages["evaluate"]
         lines.append(f"evaluate: validation loss {_f(e.get('val_loss'))}, perplexity {_f(e.get('perplexity'), 2)}"
                      f" on {e.get('tokens_evaluated', 0):,} held-out tokens")
+    if "finetune" in stages:
+        f = stages["finetune"]
+        share = f.get("examples_trained_token_share")
+        lines.append(
+            f"finetune ({f.get('method')}): {f.get('steps')} steps on {f.get('examples_train_examples')} examples "
+            f"({f.get('examples_quarantined', 0)} quarantined), held-out response loss "
+            f"{_f(f.get('response_loss_before'))} before -> {_f(f.get('response_loss_after'))} after; "
+            f"{f.get('trainable_parameters', 0):,} of {f.get('total_parameters', 0):,} parameters trained"
+            + (f", {share:.0%} of tokens in the loss" if share is not None else ""))
     lines.append("")
     lines.append("where to look:")
-    width = max([len(n) for n in stages] + [len("checkpoint")])
+    width = max([len(n) for n in stages] + [len("fine-tuned")])
     for name, s in stages.items():
         if s.get("uri"):
             lines.append(f"  {name:<{width}} {s['uri']}")
     if "pretrain" in stages and stages["pretrain"].get("checkpoint_uri"):
         lines.append(f"  {'checkpoint':<{width}} {stages['pretrain']['checkpoint_uri']}")
+    if "finetune" in stages and stages["finetune"].get("checkpoint_uri"):
+        lines.append(f"  {'fine-tuned':<{width}} {stages['finetune']['checkpoint_uri']}")
     if result.get("tracking_uri"):
         lines.append(f"  {'mlflow':<{width}} {result['tracking_uri']}")
         lines.append("")

@@ -35,18 +35,29 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.hidden_size, cfg.hidden_size, bias=cfg.bias)
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v of `x` (B, T, d), each (B, heads, T, head_size)."""
         batch, seq, _ = x.shape
         # Heads are counted from the width qkv returns, not from the config: a tensor-parallel wrapper
         # may hand this module a shard holding only some of the heads.
         q, k, v = self.qkv(x).chunk(3, dim=-1)
-        # (B, T, heads*Q) -> (B, heads, T, Q)
-        q, k, v = (t.view(batch, seq, -1, self.head_size).transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
-        )
+        return tuple(t.view(batch, seq, -1, self.head_size).transpose(1, 2) for t in (q, k, v))
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Attention of q over k/v, then the output projection: (B, heads, T, Q) -> (B, T, d).
+        `mask` (B, 1, T, S) boolean, True where a query may look; None is plain causal attention."""
+        dropout = self.dropout if self.training else 0.0
+        if mask is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        batch, _, seq, _ = q.shape
         y = y.transpose(1, 2).contiguous().view(batch, seq, -1)
         return self.resid_dropout(self.proj(y))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        q, k, v = self.heads(x)
+        return self.attend(q, k, v, mask)
 
 
 class MLP(nn.Module):
@@ -73,9 +84,23 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(cfg.hidden_size, bias=cfg.bias)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), mask)
         return x + self.mlp(self.ln2(x))
+
+
+def _cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    # In fp32 even under bf16 autocast: log-softmax over a large vocab loses digits in bf16.
+    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
+
+
+def packed_attention_mask(segments: torch.Tensor) -> torch.Tensor:
+    """Causal attention that stays inside each packed example: (B, T) example ids -> (B, 1, T, T)
+    boolean, True where query t may attend to key s (s <= t and the same example)."""
+    seq = segments.shape[1]
+    causal = torch.ones(seq, seq, dtype=torch.bool, device=segments.device).tril()
+    same = segments[:, :, None] == segments[:, None, :]
+    return (same & causal)[:, None]
 
 
 def mlp_hidden_size(cfg: ModelConfig) -> int:
@@ -118,22 +143,42 @@ class GPT(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
+        segments: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits for every position and, given targets (B, T; -100 = ignore), the mean cross-entropy."""
+        """Logits for every position and, given targets (B, T; -100 = ignore), the mean cross-entropy.
+
+        Several examples packed into one row pass `segments` (B, T), an id per example (attention
+        stays inside each one), and `positions` (B, T), each example's positions from 0.
+
+        With targets of which some are -100, the logits returned are those of the other positions only,
+        flattened to (N, vocab); without targets, or with a target everywhere, they are (B, T, vocab).
+        """
         seq = idx.shape[1]
         if seq > self.cfg.context_length:
             raise ValueError(f"sequence of {seq} tokens is longer than context_length {self.cfg.context_length}")
-        pos = torch.arange(seq, device=idx.device)
+        pos = torch.arange(seq, device=idx.device) if positions is None else positions
         x = self.drop(self.wte(idx) + self.wpe(pos))
+        mask = None if segments is None else packed_attention_mask(segments)
         for block in self.blocks:
-            x = block(x)
-        logits = self.lm_head(self.ln_f(x))
-        loss = None
-        if targets is not None:
-            # Loss in fp32 even under bf16 autocast: log-softmax over a large vocab loses digits in bf16.
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
-        return logits, loss
+            x = block(x, mask)
+        h = self.ln_f(x)
+        if targets is None:
+            return self.lm_head(h), None
+        trained = targets != -100
+        if bool(trained.all()):
+            logits = self.lm_head(h)
+            return logits, _cross_entropy(logits, targets)
+        # Some positions have no target (a fine-tune's prompt tokens, padding): the output projection and
+        # the softmax, the largest matmul and the widest activation, run only where a target is. The loss
+        # and every gradient are those of the full computation; the logits are those positions' (N, vocab).
+        logits = self.lm_head(h[trained])
+        if not logits.shape[0]:  # nothing to learn from: a zero loss that still reaches every parameter
+            return logits, logits.sum() * 0.0
+        return logits, _cross_entropy(logits, targets[trained])
 
     def num_params(self, exclude_embeddings: bool = False) -> int:
         """Parameters, each shared tensor once. `exclude_embeddings`: without the token and position

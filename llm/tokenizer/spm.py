@@ -35,6 +35,11 @@ class SentencePieceTokenizer:
 
     pad_id, unk_id, bos_id, eos_id = PAD_ID, UNK_ID, BOS_ID, EOS_ID
 
+    def piece_id(self, piece: str) -> int | None:
+        """The id of `piece` when the vocabulary holds it as one token (a special token), else None."""
+        pid = self.sp.piece_to_id(piece)
+        return None if pid == self.unk_id and piece != "<unk>" else int(pid)
+
     def encode(self, text: str) -> list[int]:
         return self.sp.encode(text, out_type=int)
 
@@ -68,12 +73,16 @@ def train_sentencepiece(
     byte_fallback: bool = True,
     max_sentence_length: int = 16384,
     num_threads: int = 1,
+    special_tokens: Iterable[str] = (),
 ) -> bytes:
-    """Train a model and return its serialized proto (bytes), deterministic for the same input."""
+    """Train a model and return its serialized proto (bytes), deterministic for the same input.
+
+    `special_tokens` become single pieces (ids 4, 5, ... after pad/unk/bos/eos) wherever they occur:
+    the chat template's role markers."""
     model = io.BytesIO()
     try:
         _train(docs, model, vocab_size, model_type, character_coverage, byte_fallback, max_sentence_length,
-               num_threads)
+               num_threads, list(special_tokens))
     except RuntimeError as exc:
         match = re.search(r"Vocabulary size is smaller than required_chars\. (\d+) vs (\d+)", str(exc))
         if match:
@@ -86,7 +95,7 @@ def train_sentencepiece(
 
 
 def _train(docs, model, vocab_size, model_type, character_coverage, byte_fallback, max_sentence_length,
-           num_threads) -> None:
+           num_threads, special_tokens) -> None:
     spm.SentencePieceTrainer.train(
         sentence_iterator=_lines(docs, max_sentence_length),
         model_writer=model,
@@ -103,6 +112,7 @@ def _train(docs, model, vocab_size, model_type, character_coverage, byte_fallbac
         unk_piece="<unk>",
         bos_piece="<s>",
         eos_piece="</s>",
+        user_defined_symbols=special_tokens,
         split_digits=True,
         remove_extra_whitespaces=False,  # keep code indentation
         normalization_rule_name="identity",  # the normalize stage already did NFC

@@ -66,7 +66,7 @@ def run_tokenizer_training(shards_uri: str, out_uri: str, cfg: TokenizerConfig, 
     def train(_):
         return train_sentencepiece(
             texts, cfg.vocab_size, cfg.model_type, cfg.character_coverage, cfg.byte_fallback,
-            cfg.max_sentence_length)
+            cfg.max_sentence_length, special_tokens=cfg.special_tokens)
 
     model = executor.map(train, [None], desc="tokenizer: train")[0]
     tok = SentencePieceTokenizer(model)

@@ -27,6 +27,8 @@ from llm.errors import InputNotFound
 from llm.model.gpt import GPT
 
 MODEL_FILE, OPTIMIZER_FILE, STATE_FILE = "model.pt", "optimizer.pt", "state.json"
+#: A parameter-efficient fine-tune's checkpoint holds only the method's weights, under this name.
+ADAPTER_FILE = "adapter.pt"
 
 
 def _encode_tensor(t: torch.Tensor) -> str:
@@ -66,16 +68,18 @@ def save_checkpoint(
     model_cfg: ModelConfig,
     train_cfg: TrainConfig,
     metrics: dict[str, Any] | None = None,
+    weights_file: str = MODEL_FILE,
 ) -> None:
     """Write a checkpoint folder (local path) for the plain `model` (or its full state dict) after `step`
     optimizer steps. `optimizer`: the optimizer or its state dict (sharded strategies pass the full,
     name-keyed state); None writes no `optimizer.pt`.
 
     `metrics` (val_loss, initial_val_loss, tokens_seen, ...) is stored in `state.json` as it is.
+    `weights_file`: `adapter.pt` when `model` is a fine-tuning method's weights alone.
     """
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
-    torch.save(model if isinstance(model, dict) else model.state_dict(), folder / MODEL_FILE)
+    torch.save(model if isinstance(model, dict) else model.state_dict(), folder / weights_file)
     if optimizer is not None:
         torch.save(optimizer if isinstance(optimizer, dict) else optimizer.state_dict(), folder / OPTIMIZER_FILE)
     state = {
@@ -83,6 +87,7 @@ def save_checkpoint(
         "model_config": model_cfg.model_dump(mode="json"),
         "train_config": train_cfg.model_dump(mode="json"),
         "vocab_size": model_cfg.vocab_size,
+        "weights_file": weights_file,
         "rng": rng_state(),
         **(metrics or {}),
     }
@@ -108,9 +113,10 @@ def load_optimizer_state(checkpoint_uri: str, device: torch.device | str = "cpu"
     return _load_tensor_file(storage.join(checkpoint_uri, OPTIMIZER_FILE), device)
 
 
-def load_model_state(checkpoint_uri: str, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-    """The model state dict of a checkpoint folder."""
-    return _load_tensor_file(storage.join(checkpoint_uri, MODEL_FILE), device)
+def load_model_state(checkpoint_uri: str, device: torch.device | str = "cpu",
+                     weights_file: str = MODEL_FILE) -> dict[str, torch.Tensor]:
+    """The model state dict of a checkpoint folder (`weights_file`: `adapter.pt` for a fine-tune's)."""
+    return _load_tensor_file(storage.join(checkpoint_uri, weights_file), device)
 
 
 def load_model(checkpoint_uri: str, device: torch.device | str = "cpu") -> tuple[GPT, dict[str, Any]]:
@@ -119,6 +125,12 @@ def load_model(checkpoint_uri: str, device: torch.device | str = "cpu") -> tuple
     Returns (model, state) where `state` is the checkpoint's `state.json` (step, configs, losses).
     """
     state = read_state(checkpoint_uri)
+    if state.get("weights_file", MODEL_FILE) == ADAPTER_FILE:  # a fine-tune's adapter: base + method
+        # Imported by name, so the code digest of stages that only read plain checkpoints does not
+        # follow it into the fine-tuning code.
+        import importlib
+
+        return importlib.import_module("llm.finetune.export").load_finetuned(checkpoint_uri, device=device)
     model_cfg = ModelConfig.model_validate(state["model_config"])
     model = GPT(model_cfg)
     model.load_state_dict(load_model_state(checkpoint_uri, device))

@@ -31,9 +31,9 @@ import torch.nn as nn
 from llm import storage
 from llm.config import ModelConfig, TrainConfig
 from llm.errors import UserError
-from llm.model.gpt import GPT
 from llm.tracking import RunTarget
 from llm.train.checkpoint import (
+    MODEL_FILE,
     OPTIMIZER_FILE,
     load_model_state,
     load_optimizer_state,
@@ -42,7 +42,6 @@ from llm.train.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from llm.train.data import TokenDataset, TrainBatches
 from llm.train.optim import build_optimizer
 from llm.train.guard import EarlyStopping, StepGuard
 from llm.train.mfu import device_peak_flops, mfu
@@ -51,7 +50,7 @@ from llm.train.parallel.optim_state import NAMED_FORMAT, full_optimizer_state, l
 from llm.train.parallel.sharded_checkpoint import DCP_FORMAT, SHARDED_DIR, load_sharded, save_sharded
 from llm.train.schedule import learning_rate
 from llm.train.system_metrics import SystemMetrics
-from llm.train.validation import validation_loss
+from llm.train.workload import TokenWorkload, Workload
 
 log = logging.getLogger("llm.train")
 
@@ -89,7 +88,7 @@ class ResumeState:
             return cls(model=None, optimizer=None, state=state, sharded_dir=download.name, _download=download)
         has_optimizer = storage.exists(storage.join(checkpoint_uri, OPTIMIZER_FILE))
         return cls(
-            model=load_model_state(checkpoint_uri),
+            model=load_model_state(checkpoint_uri, weights_file=state.get("weights_file", MODEL_FILE)),
             optimizer=load_optimizer_state(checkpoint_uri) if has_optimizer else None,
             state=state,
         )
@@ -179,35 +178,40 @@ def train(
     from a checkpoint (the data order depends only on the step, so it continues exactly). With
     `train.system_metrics`, rank 0 samples its host's CPU, memory (and GPU) into `run_target` meanwhile.
     """
+    workload = TokenWorkload(model_cfg, train_cfg, tokens_uri, seen_parts)
+    return run_workload(workload, train_cfg, run_target, device=device, resume=resume, report=report)
+
+
+def run_workload(
+    workload: Workload,
+    train_cfg: TrainConfig,
+    run_target: RunTarget | None = None,
+    *,
+    device: torch.device | None = None,
+    resume: ResumeState | None = None,
+    report: Reporter | None = None,
+) -> TrainSummary:
+    """Train `workload` (pre-training or fine-tuning) with `train_cfg`, as `train` does."""
     rank, _ = world()
     # One sampler per run, on rank 0: its metric names carry no rank, so two would mix their samples.
     with SystemMetrics(run_target if rank == 0 else None, enabled=train_cfg.system_metrics):
-        return _train(model_cfg, train_cfg, tokens_uri, run_target, device=device, resume=resume, report=report,
-                      seen_parts=seen_parts)
+        return _train(workload, train_cfg, run_target, device=device, resume=resume, report=report)
 
 
 def _train(
-    model_cfg: ModelConfig,
+    workload: Workload,
     train_cfg: TrainConfig,
-    tokens_uri: str,
     run_target: RunTarget | None,
     *,
     device: torch.device | None,
     resume: ResumeState | None,
     report: Reporter | None,
-    seen_parts: frozenset[str] = frozenset(),
 ) -> TrainSummary:
-    """The body of `train`."""
+    """The body of `run_workload`."""
     started = time.perf_counter()
     rank, world_size = world()
     device = device or default_device(train_cfg)
-    dataset = TokenDataset(tokens_uri, seen_parts=seen_parts)
-    if model_cfg.vocab_size is None:
-        model_cfg = model_cfg.model_copy(update={"vocab_size": dataset.vocab_size})
-    if model_cfg.vocab_size < dataset.vocab_size:
-        raise UserError(
-            f"model vocab_size {model_cfg.vocab_size} is smaller than the token dataset's {dataset.vocab_size}"
-        )
+    model_cfg = workload.model_cfg
     ctx = ParallelContext.create(train_cfg, device)
     micro_per_rank = train_cfg.micro_batch_size
     if train_cfg.batch_size % (micro_per_rank * ctx.dp):
@@ -215,19 +219,18 @@ def _train(
             f"batch_size {train_cfg.batch_size} is not a multiple of micro_batch_size x data-parallel workers "
             f"({micro_per_rank} x {ctx.dp})"
         )
-    grad_accum = train_cfg.batch_size // (micro_per_rank * ctx.dp)
     tokens_per_step = train_cfg.batch_size * model_cfg.context_length
 
     # Same seed on every rank: identical initial weights without relying on a broadcast.
     torch.manual_seed(train_cfg.seed)
-    model = GPT(model_cfg).to(device)
+    model = workload.build_model(device)
     flops_per_token = model.flops_per_token()
     step, initial_val_loss, last_loss, tokens_seen = 0, None, None, 0
     if resume is not None and resume.model is not None:
         # Full (unsharded) weights load before the strategy splits them.
-        model.load_state_dict(resume.model)
+        workload.load_weights(model, resume.model)
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(train_cfg.precision)
-    parallel = ParallelModel(model, ctx, train_cfg, autocast_dtype)
+    parallel = ParallelModel(model, ctx, train_cfg, autocast_dtype, gathered_checkpoints=workload.gathered_checkpoints)
     optimizer = build_optimizer(parallel.module, train_cfg, device, tied_output=model_cfg.tie_embeddings)
     # fp16 only (GPU, ddp): scale the loss so small gradients do not flush to zero; bf16 has fp32's range.
     scaler = torch.amp.GradScaler("cuda") if train_cfg.precision == "fp16" else None
@@ -273,10 +276,7 @@ def _train(
         # same within a tensor-parallel group (replicated activations must stay identical).
         torch.manual_seed(train_cfg.seed + ctx.dp_rank + 7919 * ctx.pp_rank)
 
-    train_split, val_split = dataset.split("train"), dataset.split("val")
-    batches = TrainBatches(
-        train_split, model_cfg.context_length, train_cfg.batch_size, micro_per_rank, train_cfg.seed, ctx.dp_rank, ctx.dp
-    )
+    batches = workload.batches(ctx)
     peak = device_peak_flops(device, train_cfg.precision)
     guard = StepGuard(train_cfg.spike_factor, train_cfg.rollback_after)
     stopper = EarlyStopping(train_cfg.early_stopping_patience, train_cfg.early_stopping_min_delta)
@@ -287,11 +287,7 @@ def _train(
     history: list[dict[str, float]] = []
 
     def evaluate() -> float:
-        loss, _ = validation_loss(
-            model, val_split, model_cfg.context_length, micro_per_rank, train_cfg.eval_batches, device,
-            autocast_dtype, parallel=parallel,
-        )
-        return loss
+        return workload.held_out_loss(parallel, device, autocast_dtype)
 
     start_step = step
     val_loss = resume.state.get("val_loss") if resume is not None else None
@@ -315,25 +311,27 @@ def _train(
             "tokens_per_s": tokens_per_s,
             **extra,
         }
+        meta = {**workload.checkpoint_metadata(), "rng_per_rank": None}
         if report is None:
             return
         # Every rank's random state goes into state.json (a collective: every rank is here). Kept out of
         # the reported metrics, which are small numbers.
-        rngs = _gather_rng_states(world_size)
+        meta["rng_per_rank"] = _gather_rng_states(world_size)
+        weights_file = workload.weights_file
         if parallel.distributed_checkpoint:
             # Every rank writes its model and optimizer shards (DCP); rank 0 adds the full model.pt that
             # evaluation and export read, and state.json. Both are collectives: every rank takes part.
             metrics["optimizer_format"] = DCP_FORMAT
             with tempfile.TemporaryDirectory(prefix="llmpipe-ckpt-") as folder:
                 save_sharded(parallel, optimizer, folder, model_state=weights)
-                full = parallel.full_state_dict(weights)
+                full = workload.checkpoint_weights(parallel.full_state_dict(weights))
                 if rank == 0:
-                    save_checkpoint(folder, full, None, step, model_cfg, train_cfg, {**metrics, "rng_per_rank": rngs})
+                    save_checkpoint(folder, full, None, step, model_cfg, train_cfg, {**metrics, **meta}, weights_file)
                 del full
                 report(metrics, folder)
             return
         # Gathering sharded weights and optimizer state is a collective: every rank takes part, rank 0 writes.
-        state = weights if weights is not None else parallel.full_state_dict()
+        state = workload.checkpoint_weights(weights if weights is not None else parallel.full_state_dict())
         optim_state: Any = optimizer
         if parallel.sharded:
             optim_state = full_optimizer_state(parallel, optimizer)
@@ -342,7 +340,7 @@ def _train(
             report(metrics, None)
             return
         with tempfile.TemporaryDirectory(prefix="llmpipe-ckpt-") as folder:
-            save_checkpoint(folder, state, optim_state, step, model_cfg, train_cfg, {**metrics, "rng_per_rank": rngs})
+            save_checkpoint(folder, state, optim_state, step, model_cfg, train_cfg, {**metrics, **meta}, weights_file)
             report(metrics, folder)
 
     rollback_to = _snapshot(parallel.module, optimizer) if train_cfg.rollback_after else None
@@ -352,8 +350,9 @@ def _train(
         lr = learning_rate(step, train_cfg) * lr_scale
         for group in optimizer.param_groups:
             group["lr"] = lr
-        micro = [(x.to(device, non_blocking=True), y.to(device, non_blocking=True)) for x, y in batches.micro_batches(step)]
-        loss_sum = parallel.forward_backward(micro, scaler)
+        micro, weights = batches.step(step)
+        micro = [tuple(t.to(device, non_blocking=True) for t in batch) for batch in micro]
+        loss_sum = parallel.forward_backward(micro, scaler, weights)
         if scaler is not None:
             scaler.unscale_(optimizer)  # clip and judge the true gradients
         grad_norm = parallel.grad_norm()
@@ -361,7 +360,7 @@ def _train(
         if judge or (step + 1) % train_cfg.log_every == 0 or step + 1 == train_cfg.max_steps:
             # Mean over every micro-batch of every data-parallel replica: the global batch's loss.
             total, = all_reduce_sum([loss_sum.item() if ctx.reports else 0.0], device)
-            step_loss = total / (grad_accum * ctx.dp)
+            step_loss = total / ctx.dp
         verdict = guard.check(step_loss, float(grad_norm)) if judge else "ok"
         if scaler is not None and not math.isfinite(float(grad_norm)):
             verdict = "ok"  # an fp16 overflow: GradScaler skips the step and lowers its scale

@@ -18,6 +18,8 @@ import torch.nn as nn
 from llm.tracking import RunTarget
 
 LOSS_CURVE_ARTIFACT = "plots/loss_curve.png"
+#: Key of the registered model's metadata that holds its `ModelConfig`.
+MODEL_CONFIG_KEY = "llmpipe_model_config"
 
 
 class LogitsOnly(nn.Module):
@@ -123,6 +125,8 @@ def register_model(target: RunTarget, checkpoint_uri: str, name: str, alias: str
             info = mlflow.pytorch.log_model(
                 LogitsOnly(model), name="model", input_example=example, signature=signature,
                 registered_model_name=name,
+                # The shape, so a registered model can be rebuilt as a GPT (a fine-tune's base).
+                metadata={MODEL_CONFIG_KEY: state["model_config"]},
             )
     version = str(info.registered_model_version)
     client = MlflowClient(tracking_uri=target.tracking_uri, registry_uri=target.tracking_uri)

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 from typing import Any
 
 import torch
 
 from llm.config import ModelConfig, TrainConfig
-from llm.train.loop import ResumeState, train
+from llm.train.loop import ResumeState, run_workload
+from llm.train.workload import TokenWorkload, Workload
+
+FINETUNE_WORKLOAD = "llm.finetune.workload"
 
 
 def _ray_report(metrics: dict[str, Any], directory: str | None) -> None:
@@ -20,10 +24,24 @@ def _ray_report(metrics: dict[str, Any], directory: str | None) -> None:
     ray.train.report(clean, checkpoint=checkpoint)
 
 
+def workload_from(config: dict[str, Any]) -> tuple[Workload, TrainConfig]:
+    """The workload and training settings a worker's `config` describes: a fine-tune when it has a
+    `finetune` entry (see `llm.finetune.workload.FinetuneWorkload.from_config`), else pre-training."""
+    if "finetune" in config:
+        # Imported by name: pre-training never runs fine-tuning code, so its code digest (which follows
+        # import statements) must not change when that code does.
+        workload = importlib.import_module(FINETUNE_WORKLOAD).FinetuneWorkload.from_config(config)
+        return workload, workload.train_cfg
+    train_cfg = TrainConfig.model_validate(config["train"])
+    model_cfg = ModelConfig.model_validate(config["model"])
+    return TokenWorkload(model_cfg, train_cfg, config["tokens_uri"], frozenset(config.get("seen_parts", ()))), train_cfg
+
+
 def ray_train_worker(config: dict[str, Any]) -> None:
     """Entry point of each Ray Train worker: `config` holds the two configs as dicts, `tokens_uri`
-    and an optional `run_target`, `resume_from` (a checkpoint to start from) and `seen_parts`. Resumes
-    from Ray Train's latest checkpoint of this run when there is one, else from `resume_from`."""
+    and an optional `run_target`, `resume_from` (a checkpoint to start from) and `seen_parts`, or a
+    fine-tune's entries. Resumes from Ray Train's latest checkpoint of this run when there is one,
+    else from `resume_from`."""
     import ray.train
     import ray.train.torch
 
@@ -37,8 +55,7 @@ def ray_train_worker(config: dict[str, Any]) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
         llm_log.addHandler(handler)
 
-    model_cfg = ModelConfig.model_validate(config["model"])
-    train_cfg = TrainConfig.model_validate(config["train"])
+    workload, train_cfg = workload_from(config)
     device = ray.train.torch.get_device()
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -51,13 +68,4 @@ def ray_train_worker(config: dict[str, Any]) -> None:
             resume = ResumeState.load(stack.enter_context(checkpoint.as_directory()))
         elif config.get("resume_from"):  # the first attempt of a run that continues an earlier one
             resume = ResumeState.load(config["resume_from"])
-        train(
-            model_cfg,
-            train_cfg,
-            config["tokens_uri"],
-            config.get("run_target"),
-            device=device,
-            resume=resume,
-            report=_ray_report,
-            seen_parts=frozenset(config.get("seen_parts", ())),
-        )
+        run_workload(workload, train_cfg, config.get("run_target"), device=device, resume=resume, report=_ray_report)

@@ -99,29 +99,14 @@ def pretrain(
     weights, optimizer state and step), and `seen_parts` the training-split parts left out because that
     run trained on them. Starts a local Ray only if none is running in this process.
     """
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    import ray
-    from llm.cluster import ensure_ray, on_loopback
-
     started = time.perf_counter()
     # Workers may run in other folders (or hosts): every local path must be absolute.
     tokens_uri = storage.absolute(tokens_uri)
     output_uri = storage.absolute(output_uri)
     model_cfg = resolve_vocab(model_cfg, tokens_uri)
     check_parallel_fits(model_cfg, train_cfg)
-    if not ray.is_initialized():
-        ensure_ray()
-    torch_config = None
-    if on_loopback():  # a local Ray: the process group's sockets stay on loopback too
-        from llm.train.loopback import LoopbackTorchConfig
-
-        torch_config = LoopbackTorchConfig()
-
-    trainer = TorchTrainer(
-        ray_train_worker,
-        train_loop_config={
+    final_uri = fit_on_ray(
+        {
             "model": model_cfg.model_dump(mode="json"),
             "train": train_cfg.model_dump(mode="json"),
             "tokens_uri": tokens_uri,
@@ -129,30 +114,8 @@ def pretrain(
             "resume_from": storage.absolute(resume_from) if resume_from else None,
             "seen_parts": sorted(seen_parts),
         },
-        torch_config=torch_config,
-        scaling_config=ScalingConfig(
-            num_workers=train_cfg.num_workers,
-            use_gpu=train_cfg.use_gpu,
-            resources_per_worker={"CPU": train_cfg.cpus_per_worker},
-        ),
-        run_config=RunConfig(
-            name=run_name(model_cfg, train_cfg, tokens_uri),
-            storage_path=storage.join(output_uri, "ray"),
-            # Two: the latest, and the one before it in case the latest was being written when a
-            # worker died.
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
-            failure_config=FailureConfig(max_failures=train_cfg.max_failures),
-        ),
+        train_cfg, run_name(model_cfg, train_cfg, tokens_uri), output_uri,
     )
-    result = trainer.fit()
-    if result.error is not None:  # V1 returns the error; V2 raises it from fit()
-        raise result.error
-    if result.checkpoint is None:
-        raise RuntimeError("training finished without a checkpoint")
-
-    final_uri = storage.join(output_uri, "final")
-    with result.checkpoint.as_directory() as folder:
-        storage.replace_dir(folder, final_uri)
     state = read_state(final_uri)
     if run_target is not None:
         # Observability after the fact: a failure here must not lose a finished training run.
@@ -175,3 +138,52 @@ def pretrain(
         checkpoint_uri=final_uri,
         seconds=time.perf_counter() - started,
     )
+
+
+def fit_on_ray(loop_config: dict, train_cfg: TrainConfig, name: str, output_uri: str) -> str:
+    """Run `ray_train_worker` on `train_cfg.num_workers` Ray Train workers with `loop_config` and copy
+    the run's last checkpoint to `<output_uri>/final`; returns that URI. The Ray run `name` resumes
+    from its latest checkpoint when it exists under `<output_uri>/ray`. Starts a local Ray only if
+    none is running in this process."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    import ray
+    from llm.cluster import ensure_ray, on_loopback
+
+    if not ray.is_initialized():
+        ensure_ray()
+    torch_config = None
+    if on_loopback():  # a local Ray: the process group's sockets stay on loopback too
+        from llm.train.loopback import LoopbackTorchConfig
+
+        torch_config = LoopbackTorchConfig()
+
+    trainer = TorchTrainer(
+        ray_train_worker,
+        train_loop_config=loop_config,
+        torch_config=torch_config,
+        scaling_config=ScalingConfig(
+            num_workers=train_cfg.num_workers,
+            use_gpu=train_cfg.use_gpu,
+            resources_per_worker={"CPU": train_cfg.cpus_per_worker},
+        ),
+        run_config=RunConfig(
+            name=name,
+            storage_path=storage.join(output_uri, "ray"),
+            # Two: the latest, and the one before it in case the latest was being written when a
+            # worker died.
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            failure_config=FailureConfig(max_failures=train_cfg.max_failures),
+        ),
+    )
+    result = trainer.fit()
+    if result.error is not None:  # V1 returns the error; V2 raises it from fit()
+        raise result.error
+    if result.checkpoint is None:
+        raise RuntimeError("training finished without a checkpoint")
+
+    final_uri = storage.join(output_uri, "final")
+    with result.checkpoint.as_directory() as folder:
+        storage.replace_dir(folder, final_uri)
+    return final_uri

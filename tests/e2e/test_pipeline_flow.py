@@ -1,5 +1,5 @@
 """The whole flow on a tiny config: a real local pydoc crawl, the stdlib code source, Ray, Prefect's
-ephemeral API and an MLflow SQLite store; then every record is read back."""
+ephemeral API and an MLflow SQLite store, ending with a LoRA fine-tune; then every record is read back."""
 
 from __future__ import annotations
 
@@ -26,6 +26,10 @@ TINY = [
     "train.warmup_steps=5", "train.eval_every=20", "train.eval_batches=2", "train.checkpoint_every=20",
     "train.log_every=5", "train.learning_rate=0.01",
     "eval.batches=4", "eval.max_new_tokens=8",
+    "finetune.train.num_workers=2", "finetune.train.batch_size=8", "finetune.train.micro_batch_size=4",
+    "finetune.train.max_steps=10", "finetune.train.eval_every=10", "finetune.train.checkpoint_every=10",
+    "finetune.train.eval_batches=2", "finetune.train.log_every=5", "finetune.train.learning_rate=0.01",
+    "finetune.sample_tokens=8",
     "ray.object_store_memory=134217728",
 ]
 
@@ -48,7 +52,7 @@ def test_pipeline_flow_end_to_end(tmp_path, ray_local, prefect_home):
     result = pipeline(cfg)
     stages = result["stages"]
     assert list(stages) == ["crawl", "ingest", "exact_dedup", "minhash_dedup", "shard", "tokenizer", "tokenize",
-                            "pretrain", "evaluate"]
+                            "pretrain", "evaluate", "finetune"]
 
     # accounting on every document stage, and each stage reads exactly what the previous kept
     ingest = stages["ingest"]["counts"]
@@ -90,7 +94,23 @@ def test_pipeline_flow_end_to_end(tmp_path, ray_local, prefect_home):
     eval_artifacts = {a.path for a in client.list_artifacts(by_stage["evaluate"].info.run_id)}
     assert any("sample" in p for p in eval_artifacts), eval_artifacts
 
+    # Fine-tuning: LoRA on signature -> docstring pairs built from the crawled pages, adapter-only checkpoint,
+    # before/after response loss, samples and the registered model in MLflow.
+    ft = stages["finetune"]
+    assert ft["method"] == "lora" and ft["steps"] == 10 and ft["doc_pairs_pairs"] > 0
+    assert ft["examples_read"] == ft["examples_kept"] + ft["examples_quarantined"]
+    assert ft["response_loss_after"] < ft["response_loss_before"]
+    assert storage.exists(storage.join(ft["checkpoint_uri"], "adapter.pt"))
+    assert not storage.exists(storage.join(ft["checkpoint_uri"], "model.pt"))
+    assert ft["checkpoint_bytes"] < ft["base_bytes"]
+    ft_run = by_stage["finetune"]
+    assert ft_run.data.metrics["response_loss_after"] == pytest.approx(ft["response_loss_after"])
+    assert {a.path for a in client.list_artifacts(ft_run.info.run_id, "finetune")} >= {"finetune/samples.json"}
+    assert client.get_model_version_by_alias("llmpipe-gpt-sft", "current").run_id == ft_run.info.run_id
+    assert client.get_model_version_by_alias("llmpipe-gpt", "current").run_id == by_stage["pretrain"].info.run_id
+
     text = format_summary(result)
+    assert "held-out response loss" in text
     assert "mlflow ui --backend-store-uri" in text and "perplexity" in text
     assert json.loads((work / "eval" / "eval.json").read_text())["val_loss"] == ev["val_loss"]
 
@@ -98,7 +118,7 @@ def test_pipeline_flow_end_to_end(tmp_path, ray_local, prefect_home):
     data_versions = {name: stages[name]["version"] for name in stages}
     shorter = pipeline(build_config({}, TINY + [f"work_dir={work}", "train.max_steps=30"]))["stages"]
     reran = sorted(n for n in shorter if shorter[n]["version"] != data_versions[n])
-    assert reran == ["evaluate", "pretrain"] and shorter["pretrain"]["steps"] == 30
+    assert reran == ["evaluate", "finetune", "pretrain"] and shorter["pretrain"]["steps"] == 30
     assert all(shorter[n]["reused"] for n in shorter if n not in reran)
     before = {p: p.read_bytes() for p in sorted(work.rglob("*")) if p.is_file() and "mlflow" not in p.parts}
     rerun = pipeline(build_config({}, TINY + [f"work_dir={work}", "train.max_steps=30"]))

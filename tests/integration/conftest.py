@@ -65,3 +65,22 @@ def s3_endpoint(monkeypatch, tmp_path):
         from llm import storage
 
         storage._s3_client.cache_clear()
+
+
+@pytest.fixture()
+def mlflow_server(tmp_path):
+    """A real MLflow tracking server on 127.0.0.1 (SQLite store, artifacts proxied); yields its URL."""
+    port = free_port()
+    mlflow = Path(sys.executable).with_name("mlflow")
+    log = open(tmp_path / "mlflow.log", "wb")
+    proc = subprocess.Popen(
+        [str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+         "--artifacts-destination", str(tmp_path / "artifacts")],
+        stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port, proc, timeout=120)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop(proc)
+        log.close()

@@ -3,35 +3,13 @@
 from __future__ import annotations
 
 import json
-
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from llm.config import build_config
-from tests.integration.conftest import free_port, stop, wait_for_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-@pytest.fixture()
-def mlflow_server(tmp_path):
-    port = free_port()
-    mlflow = Path(sys.executable).with_name("mlflow")
-    log = open(tmp_path / "mlflow.log", "wb")
-    proc = subprocess.Popen(
-        [str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
-         "--artifacts-destination", str(tmp_path / "artifacts")],
-        stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_for_port(port, proc, timeout=120)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        stop(proc)
-        log.close()
 
 
 def test_data_stages_tracked_over_http(tmp_path, shared_data, ray_local, mlflow_server, monkeypatch):

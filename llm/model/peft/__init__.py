@@ -1,7 +1,10 @@
-"""Parameter-efficient fine-tuning applied to a built `GPT` from the outside: LoRA and bottleneck adapters.
+"""Parameter-efficient fine-tuning applied to a built `GPT` from the outside: LoRA, prefix tuning and
+bottleneck adapters.
 
 Each `apply_*` freezes the base model and adds a small set of trainable parameters; `peft_state_dict`
-saves just those, so a fine-tune's checkpoint is a few MB next to the base checkpoint it needs.
+saves just those, so a fine-tune's checkpoint is a few MB next to the base checkpoint it needs. A
+reparametrised prefix saves its embedding and MLP until `drop_prefix_reparam` reduces it to its keys
+and values.
 """
 
 from __future__ import annotations
@@ -11,12 +14,16 @@ import torch.nn as nn
 
 from llm.model.peft.adapter import Adapter, apply_adapters
 from llm.model.peft.lora import LoRALinear, apply_lora
+from llm.model.peft.prefix import PrefixKV, apply_prefix, drop_prefix_reparam
 
 __all__ = [
     "Adapter",
     "LoRALinear",
+    "PrefixKV",
     "apply_adapters",
     "apply_lora",
+    "apply_prefix",
+    "drop_prefix_reparam",
     "load_peft_state_dict",
     "peft_state_dict",
     "trainable_counts",
@@ -35,13 +42,15 @@ def _method_param_names(model: nn.Module) -> list[str]:
         dot = f"{prefix}." if prefix else ""
         if isinstance(module, LoRALinear):
             names += [f"{dot}lora_A", f"{dot}lora_B"]
-        elif isinstance(module, Adapter):
+        elif isinstance(module, (Adapter, PrefixKV)):
+            # Whatever the module holds now: a prefix's embedding and MLP, or its key and value once
+            # the reparametrisation is dropped.
             names += [f"{dot}{n}" for n, _ in module.named_parameters()]
     return names
 
 
 def peft_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The LoRA and adapter parameters only (detached), keyed as in `model.state_dict()`."""
+    """The LoRA, prefix and adapter parameters only (detached), keyed as in `model.state_dict()`."""
     full = model.state_dict()
     return {name: full[name].detach() for name in _method_param_names(model)}
 

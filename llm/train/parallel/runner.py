@@ -36,7 +36,8 @@ from llm.train.parallel.sharding import (
     full_state_dict,
 )
 
-Batch = tuple[torch.Tensor, torch.Tensor]
+#: (inputs, targets), or (inputs, targets, positions, segments) for packed examples.
+Batch = tuple[torch.Tensor, ...]
 
 
 log = logging.getLogger("llm.train")
@@ -46,8 +47,12 @@ class ParallelModel:
     """Owns the wrapped model of this rank. `module` holds the parameters to optimize (a pipeline
     stage under pp); `full_state_dict` gives the whole GPT's weights in GPT's layout."""
 
-    def __init__(self, model: GPT, ctx: ParallelContext, cfg: TrainConfig, autocast_dtype: torch.dtype | None = None):
+    def __init__(self, model: GPT, ctx: ParallelContext, cfg: TrainConfig, autocast_dtype: torch.dtype | None = None,
+                 gathered_checkpoints: bool = False):
         self.model, self.ctx, self.cfg = model, ctx, cfg
+        # Full files even when sharded: what a fine-tune trains is small, and gathering keeps its
+        # checkpoints to the trained weights instead of every shard of the frozen base.
+        self.gathered_checkpoints = gathered_checkpoints
         self.autocast_dtype = autocast_dtype
         self.tied = model.cfg.tie_embeddings
         self._schedule = None
@@ -87,7 +92,7 @@ class ParallelModel:
     def distributed_checkpoint(self) -> bool:
         """Whether checkpoints hold this run's model and optimizer state as per-rank DCP shards
         (fsdp, tp, fsdp+tp) rather than gathered into full files (pipeline stages are merged instead)."""
-        return self.sharded and self.kind != "pp"
+        return self.sharded and self.kind != "pp" and not self.gathered_checkpoints
 
     @property
     def sharded(self) -> bool:
@@ -99,17 +104,26 @@ class ParallelModel:
             return contextlib.nullcontext()
         return torch.autocast(self.ctx.device.type, dtype=self.autocast_dtype)
 
-    def forward_backward(self, micro_batches: list[Batch], scaler: torch.amp.GradScaler | None = None) -> torch.Tensor:
+    def forward_backward(self, micro_batches: list[Batch], scaler: torch.amp.GradScaler | None = None,
+                         weights: list[float] | None = None) -> torch.Tensor:
         """Forward and backward over this rank's micro-batches of one optimizer step, leaving the
         gradients of the mean loss (synced across data-parallel ranks) in `.grad`.
 
-        Returns the sum of the micro-batches' mean losses (zero on pipeline stages other than the last).
+        `weights`: each micro-batch's share of the loss (default 1/n each). A fine-tune passes
+        dp x (its trained tokens) / (the global batch's), so that after data-parallel averaging the
+        gradient is that of the mean over every trained token, however unevenly they fall.
+        Returns the weighted sum of the micro-batches' losses (zero on pipeline stages other than the
+        last); summed over data-parallel ranks and divided by their number, it is the step's loss.
         """
         if self.kind == "pp":
+            if weights is not None or any(len(batch) > 2 for batch in micro_batches):
+                raise ValueError("pipeline stages take plain (inputs, targets) micro-batches of equal weight")
             return self._pipeline_step(micro_batches)
         n = len(micro_batches)
+        if weights is None:
+            weights = [1.0 / n] * n  # equal-sized micro-batches: the mean of their means is the batch's mean
         loss_sum = torch.zeros((), device=self.ctx.device)
-        for i, (inputs, targets) in enumerate(micro_batches):
+        for i, batch in enumerate(micro_batches):
             last = i == n - 1
             sync: contextlib.AbstractContextManager = contextlib.nullcontext()
             if self.kind == "ddp" and not last:
@@ -118,11 +132,10 @@ class ParallelModel:
                 self.model.set_requires_gradient_sync(last)
             with sync:
                 with self._autocast():
-                    _, loss = self.wrapped(inputs, targets)
-                # Equal-sized micro-batches: the mean of their means is the batch's mean.
-                scaled = loss / n
+                    _, loss = self.wrapped(*batch)
+                scaled = loss * weights[i]
                 (scaler.scale(scaled) if scaler is not None else scaled).backward()
-            loss_sum += loss.detach()
+            loss_sum += scaled.detach()
         return loss_sum
 
     def _pipeline_step(self, micro_batches: list[Batch]) -> torch.Tensor:
@@ -139,7 +152,7 @@ class ParallelModel:
         average_over_data_parallel([p for p in self.module.parameters()], self.ctx)
         if not losses:
             return torch.zeros((), device=self.ctx.device)
-        return torch.stack([loss.detach().float() for loss in losses]).sum()
+        return torch.stack([loss.detach().float() for loss in losses]).mean()
 
     def grad_norm(self) -> torch.Tensor:
         """Global gradient norm of the whole model (equal to the unsharded model's)."""
@@ -148,12 +161,16 @@ class ParallelModel:
             exclude = frozenset({id(tied_weights(self.module, self.tied))})
         return global_grad_norm(self.module.parameters(), self.ctx, exclude)
 
-    def logits(self, inputs: torch.Tensor) -> torch.Tensor | None:
-        """Inference forward (no grad) of one batch: logits on ranks that hold them, else None."""
+    def logits(self, inputs: torch.Tensor, positions: torch.Tensor | None = None,
+               segments: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Inference forward (no grad) of one batch: logits on ranks that hold them, else None.
+        `positions` and `segments`: packed examples, as `GPT.forward` takes them (not under pp)."""
         with torch.no_grad(), self._autocast():
             if self.kind == "pp":
+                if segments is not None:
+                    raise ValueError("pipeline stages do not take packed examples")
                 return pipeline_forward(self.module, inputs, self.ctx, self.model.cfg.hidden_size)
-            logits, _ = self.module(inputs)
+            logits, _ = self.module(inputs, None, positions, segments)
             return logits
 
     def full_state_dict(self, state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:

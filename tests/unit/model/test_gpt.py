@@ -108,3 +108,30 @@ def test_generate_is_reproducible_with_a_seeded_generator():
     # Greedy is the argmax of the last position.
     greedy = model.generate(prompt, 1, temperature=0.0)
     assert greedy[0, -1].item() == model(prompt)[0][0, -1].argmax().item()
+
+
+def test_untargeted_positions_skip_the_head_with_the_same_loss_and_gradients():
+    """Positions whose target is -100 are left out of the output projection: same loss, same gradients
+    as computing every position's logits and ignoring them in the loss."""
+    torch.manual_seed(0)
+    model = GPT(tiny())
+    idx = torch.randint(0, 50, (3, 10))
+    targets = torch.randint(0, 50, (3, 10))
+    targets[:, :4] = -100  # a prompt
+    targets[2, 7:] = -100  # padding
+    logits, loss = model(idx, targets)
+    assert logits.shape == (int((targets != -100).sum()), 50)
+    loss.backward()
+    selected = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    full, _ = model(idx)
+    reference = torch.nn.functional.cross_entropy(full.view(-1, 50), targets.view(-1), ignore_index=-100)
+    reference.backward()
+    torch.testing.assert_close(loss, reference, rtol=1e-6, atol=1e-7)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(selected[name], p.grad, rtol=1e-5, atol=1e-7, msg=name)
+    # Nothing to learn from: a zero loss, and the backward still runs.
+    model.zero_grad()
+    _, zero = model(idx, torch.full_like(targets, -100))
+    zero.backward()
+    assert zero.item() == 0.0

@@ -16,6 +16,7 @@ from llm.model.peft import (
     trainable_counts,
 )
 from llm.train.parallel.sharding import apply_activation_checkpointing
+from tests.unit.model.grads import assert_grads_only_on_trainable, one_adamw_step
 
 TARGETS = ["qkv", "proj", "fc"]
 
@@ -63,15 +64,8 @@ def test_output_equals_base_at_init(method):
 def test_one_step_changes_only_method_params(method):
     model = with_method(method)
     method_names = set(peft_state_dict(model))
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    trainable = [p for p in model.parameters() if p.requires_grad]
     assert {n for n, p in model.named_parameters() if p.requires_grad} == method_names
-    opt = torch.optim.AdamW(trainable, lr=1e-2, weight_decay=0.0)
-    idx = tokens()
-    _, loss = model(idx, idx)
-    loss.backward()
-    opt.step()
-    after = dict(model.named_parameters())
+    before, after = one_adamw_step(model, tokens())
     for name, old in before.items():
         if name not in method_names:
             assert torch.equal(after[name], old), name
@@ -115,11 +109,7 @@ def test_gradients_reach_method_params_under_activation_checkpointing(method):
     idx = tokens()
     _, loss = model(idx, idx)
     loss.backward()
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            assert p.grad is not None and p.grad.abs().sum() > 0, name
-        else:
-            assert p.grad is None, name
+    assert_grads_only_on_trainable(model)
 
 
 def test_lora_trainable_count_matches_formula():
