@@ -23,8 +23,10 @@ token over every held-out row, after the last step.
 Each side runs in its own fresh child process on the same pinned cores with the same number of threads
 (`--threads`, default all), so its peak resident set (the kernel's high-water mark, VmHWM) is its own:
 printed whole and as the rise of the training steps' peak above the memory held once the model is
-built (the mark is reset there). Step time is the median over the steps after the first five. The last
-line is LoRA's held-out loss relative to full fine-tuning's (target: within 10%).
+built (the mark is reset there). Step time is the median over the steps after the first five; the
+training runs are followed by `--repeat - 1` more short timing runs per side, alternating, and each side
+keeps its fastest (the machine may be shared). The last line is LoRA's held-out loss relative to full
+fine-tuning's (target: within 10%).
 """
 
 from __future__ import annotations
@@ -118,7 +120,8 @@ def response_loss(model, inputs, targets, batch: int = 64) -> float:
 
 
 def measure(args: argparse.Namespace) -> dict:
-    """In this fresh process: fine-tune the base with one method, then evaluate on the held-out rows."""
+    """In this fresh process: fine-tune the base with one method, then evaluate on the held-out rows
+    (with `--time-only N`: only time the first N steps)."""
     import torch
 
     from llm.model.gpt import GPT
@@ -137,8 +140,10 @@ def measure(args: argparse.Namespace) -> dict:
     train = list(zip(data["train_inputs"], data["train_targets"]))
     build_peak, baseline = peak_mib(), rss_mib()
     reset_peak()
-    times, losses = train_steps(model, train_cfg, train, args.steps)
+    times, losses = train_steps(model, train_cfg, train, args.time_only or args.steps)
     step_peak = peak_mib()
+    if args.time_only:
+        return {"side": args.side, "step_s": statistics.median(times[5:])}
     held = response_loss(model, data["held_inputs"], data["held_targets"])
     return {"side": args.side, "lr": lr, "trainable": trainable, "total": total, "step_s": statistics.median(times[5:]),
             "train_s": sum(times), "peak_mib": max(build_peak, step_peak), "baseline_mib": baseline,
@@ -189,10 +194,10 @@ def prepare(args: argparse.Namespace, work: Path) -> dict:
             "response_tokens": (int((tr_tg[pick] != -100).sum()), int((he_tg != -100).sum()))}
 
 
-def child_argv(args: argparse.Namespace, side: str, work: Path) -> list[str]:
-    argv = [__file__, "--side", side, "--work", str(work)]
+def child_argv(args: argparse.Namespace, side: str, work: Path, time_only: int = 0) -> list[str]:
+    argv = [__file__, "--side", side, "--work", str(work), "--time-only", str(time_only)]
     for key, value in vars(args).items():
-        if key not in ("side", "work"):
+        if key not in ("side", "work", "time_only"):
             argv += [f"--{key.replace('_', '-')}", str(value)]
     return argv
 
@@ -203,7 +208,8 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=192)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--context", type=int, default=128)
-    parser.add_argument("--vocab-size", type=int, default=4096, help="SentencePiece vocabulary trained on the training split")
+    parser.add_argument("--vocab-size", type=int, default=4096,
+                        help="SentencePiece vocabulary trained on the training split")
     parser.add_argument("--batch", type=int, default=16, help="sequences per step")
     parser.add_argument("--steps", type=int, default=200, help="fine-tuning steps of each side")
     parser.add_argument("--warmup", type=int, default=10, help="linear warm-up steps of the fine-tune")
@@ -218,10 +224,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=all_cores(), help="cores and intra-op threads of each side")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data", default=str(DEFAULT_SFT), help="SFT rows (JSONL with id, prompt and response)")
+    parser.add_argument("--repeat", type=int, default=2,
+                        help="step-time runs per side, alternating, the fastest counts: the training run, then "
+                        "runs of --time-steps steps")
+    parser.add_argument("--time-steps", type=int, default=30, help="steps of each extra step-time run")
     parser.add_argument("--side", choices=["lora", "full"], default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--time-only", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--work", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--vocab", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.time_steps < 10:
+        parser.error("--time-steps must be at least 10 (the first five are not timed)")
     if args.side is not None:
         print(json.dumps(measure(args)))
         return
@@ -233,6 +246,12 @@ def main() -> None:
         work = Path(tmp)
         info = prepare(args, work)
         res = {side: run_child(child_argv(args, side, work)) for side in ("lora", "full")}
+        timed = {side: [res[side]["step_s"]] for side in res}
+        for i in range(1, args.repeat):
+            for side in (("full", "lora") if i % 2 else ("lora", "full")):
+                timed[side].append(run_child(child_argv(args, side, work, args.time_steps))["step_s"])
+    for side in res:
+        res[side]["step_s"] = min(timed[side])
     lora, full = res["lora"], res["full"]
     print(f"model: {args.layers} x {args.hidden}, {args.heads} heads, context {args.context}, vocab {args.vocab}; "
           f"batch {args.batch}; {args.steps} fine-tuning steps (warm-up {args.warmup}, cosine), fp32, "
@@ -243,11 +262,14 @@ def main() -> None:
           f"train loss {info['pretrain_loss']:.3f}); held-out response loss {info['base_held_out']:.4f} "
           f"(ppl {math.exp(info['base_held_out']):.1f})")
     for label, r in (("LoRA (r=%d, alpha=%g)" % (args.rank, args.alpha), lora), ("full fine-tuning", full)):
+        runs = ", ".join(f"{t * 1e3:.1f}" for t in timed[r["side"]])
         print(f"{label:20s} lr {r['lr']:g}: trainable {r['trainable']:,} of {r['total']:,}; "
-              f"{r['step_s'] * 1e3:.1f} ms/step; peak RSS {r['peak_mib']:.0f} MiB (+{r['delta_mib']:.0f} MiB over "
-              f"{r['baseline_mib']:.0f} after build); train loss {r['first_loss']:.3f} -> {r['last_loss']:.3f}; "
+              f"{r['step_s'] * 1e3:.1f} ms/step (runs: {runs}); peak RSS {r['peak_mib']:.0f} MiB "
+              f"(+{r['delta_mib']:.0f} MiB over {r['baseline_mib']:.0f} after build); "
+              f"train loss {r['first_loss']:.3f} -> {r['last_loss']:.3f}; "
               f"held-out response loss {r['held_out']:.4f} (ppl {math.exp(r['held_out']):.1f})")
-    print(f"LoRA/full: step time {lora['step_s'] / full['step_s']:.3f}, peak RSS {lora['peak_mib'] / full['peak_mib']:.3f}, "
+    print(f"LoRA/full: step time {lora['step_s'] / full['step_s']:.3f}, "
+          f"peak RSS {lora['peak_mib'] / full['peak_mib']:.3f}, "
           f"rise over build {lora['delta_mib'] / full['delta_mib']:.3f}")
     print(f"held-out response loss LoRA relative to full: {(lora['held_out'] / full['held_out'] - 1) * 100:+.1f}% "
           f"(LoRA {lora['held_out']:.4f}, full {full['held_out']:.4f})")

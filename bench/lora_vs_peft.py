@@ -353,7 +353,8 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=384)
     parser.add_argument("--heads", type=int, default=6)
     parser.add_argument("--context", type=int, default=256)
-    parser.add_argument("--vocab-size", type=int, default=4096, help="SentencePiece vocabulary trained on the SFT texts")
+    parser.add_argument("--vocab-size", type=int, default=4096,
+                        help="SentencePiece vocabulary trained on the SFT texts")
     parser.add_argument("--batch", type=int, default=8, help="sequences per step")
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--alpha", type=float, default=16.0)
@@ -385,9 +386,11 @@ def main() -> None:
                 runs[side].append(run_child(child_argv(args, side, work)))
     best = {side: min(rs, key=lambda r: r["step_s"]) for side, rs in runs.items()}
     ours, peer = best["project"], best["peer"]
-    assert ours["trainable"] == peer["trainable"], f"trainable parameters differ: {ours['trainable']} vs {peer['trainable']}"
+    assert ours["trainable"] == peer["trainable"], \
+        f"trainable parameters differ: {ours['trainable']} vs {peer['trainable']}"
     first_gap = abs(ours["losses"][0] - peer["losses"][0]) / peer["losses"][0]
-    assert first_gap < 1e-4, f"first-step losses differ ({ours['losses'][0]} vs {peer['losses'][0]}): not the same model"
+    assert first_gap < 1e-4, \
+        f"first-step losses differ ({ours['losses'][0]} vs {peer['losses'][0]}): not the same model"
 
     tokens = args.batch * args.context
     print(f"model: {args.layers} x {args.hidden}, {args.heads} heads, context {args.context}, vocab {args.vocab}; "
