@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from llm.model.peft.adapter import Adapter, apply_adapters
-from llm.model.peft.lora import LoRALinear, apply_lora
+from llm.model.peft.lora import LoRALinear, apply_lora, lora_linear
 from llm.model.peft.prefix import PrefixKV, apply_prefix, drop_prefix_reparam
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "apply_prefix",
     "drop_prefix_reparam",
     "load_peft_state_dict",
+    "lora_linear",
     "peft_state_dict",
     "trainable_counts",
 ]

@@ -12,6 +12,7 @@ from llm.model.peft import (
     apply_adapters,
     apply_lora,
     load_peft_state_dict,
+    lora_linear,
     peft_state_dict,
     trainable_counts,
 )
@@ -81,6 +82,71 @@ def test_merged_and_unmerged_forward_agree():
         if isinstance(m, LoRALinear):
             m.merge()
     torch.testing.assert_close(model(idx)[0], unmerged, rtol=0, atol=1e-5)
+
+
+def two_branch(x, layer: LoRALinear):
+    """The textbook LoRA forward: the base layer plus a separate low-rank branch."""
+    return torch.nn.functional.linear(x, layer.weight, layer.bias) + (x @ layer.lora_A.t() @ layer.lora_B.t()) * layer.scaling
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("train_weight", [False, True])
+def test_fused_lora_matches_two_branch_form_and_gradients(bias, train_weight):
+    torch.manual_seed(0)
+    layer = LoRALinear(torch.nn.Linear(24, 40, bias=bias).double(), rank=4, alpha=8.0)
+    torch.nn.init.normal_(layer.lora_B)
+    layer.weight.requires_grad_(train_weight)
+    x = torch.randn(3, 5, 24, dtype=torch.double, requires_grad=True)
+    params = [x, layer.lora_A, layer.lora_B] + ([layer.weight] if train_weight else []) + ([layer.bias] if bias else [])
+    fused = layer(x)
+    ref = two_branch(x, layer)
+    torch.testing.assert_close(fused, ref, rtol=0, atol=1e-12)
+    g = torch.randn_like(ref)
+    for got, want in zip(torch.autograd.grad(fused, params, g), torch.autograd.grad(ref, params, g)):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    # And against finite differences, not only against another autograd graph.
+    w = layer.weight.detach().requires_grad_(train_weight)
+    assert torch.autograd.gradcheck(
+        lambda x, a, b: lora_linear(x, w, layer.bias, a, b, layer.scaling), (x, layer.lora_A, layer.lora_B)
+    )
+
+
+def test_fused_lora_leaves_frozen_base_without_gradient():
+    layer = LoRALinear(torch.nn.Linear(8, 6), rank=2)
+    layer.weight.requires_grad_(False)
+    layer.bias.requires_grad_(False)
+    layer(torch.randn(4, 8)).sum().backward()
+    assert layer.weight.grad is None and layer.bias.grad is None
+    assert layer.lora_A.grad is not None and layer.lora_B.grad is not None
+
+
+def test_lora_dropout_applies_to_the_update_only_in_training():
+    torch.manual_seed(0)
+    layer = LoRALinear(torch.nn.Linear(16, 16), rank=4, dropout=0.5)
+    torch.nn.init.normal_(layer.lora_B)
+    x = torch.randn(6, 16)
+    layer.train()
+    torch.manual_seed(1)
+    a = layer(x)
+    torch.manual_seed(2)
+    b = layer(x)
+    assert not torch.allclose(a, b)  # a fresh dropout mask each call
+    layer.eval()
+    torch.testing.assert_close(layer(x), two_branch(x, layer), rtol=0, atol=1e-6)
+
+
+def test_fused_lora_under_bf16_autocast_computes_in_bf16_and_keeps_fp32_grads():
+    torch.manual_seed(0)
+    layer = LoRALinear(torch.nn.Linear(32, 48), rank=4, alpha=8.0)
+    torch.nn.init.normal_(layer.lora_B)
+    x = torch.randn(4, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x)
+        ref = two_branch(x, layer)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref.float(), rtol=2e-2, atol=2e-2)
+    out.float().sum().backward()
+    assert layer.lora_A.grad.dtype == torch.float32 and layer.lora_B.grad.dtype == torch.float32
 
 
 def test_merge_then_unmerge_restores_base_weights():
