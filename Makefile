@@ -12,7 +12,7 @@ export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 
-.PHONY: demo test install install-dev bench clean
+.PHONY: demo test install install-dev bench clean serve stop browser
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -34,7 +34,25 @@ install-dev: $(VENV)/.installed-dev
 demo: install
 	$(VENV)/bin/llmpipe run configs/demo.yaml
 
-test: install-dev
+# Prefect server + worker + MLflow server on 127.0.0.1, deployments registered (see README, "Serving
+# locally"); SERVE_ARGS passes flags, e.g. make serve SERVE_ARGS="--prefect-port 4300".
+serve: install
+	$(VENV)/bin/llmpipe serve $(SERVE_ARGS)
+
+stop:
+	@if [ -x $(VENV)/bin/llmpipe ]; then $(VENV)/bin/llmpipe stop $(STOP_ARGS); else echo "no $(VENV): nothing to stop"; fi
+
+# The UI tests drive Debian's chromium, headless; installed here where apt can (root), else they skip.
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  echo "installing Debian's chromium and chromium-driver for the UI tests"; \
+	  apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
+	  { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium chromium-driver >/dev/null 2>&1; } || \
+	  echo "could not install chromium: the UI tests will skip"; \
+	else echo "no chromium (apt-get install chromium chromium-driver): the UI tests will skip"; fi
+
+test: install-dev browser
 	$(PY) -m pytest -q
 
 # Every CPU benchmark in bench/ (bench/README.md lists them and the GPU one).

@@ -9,6 +9,7 @@
     llmpipe lineage work/demo/tokens
     llmpipe gc work/demo            # dry run; --apply deletes
     llmpipe export work/demo/finetune/runs/VERSION/final exported/ --format merged
+    llmpipe serve                   # Prefect server + worker + MLflow server on 127.0.0.1; `llmpipe stop`
 
 An error the user can fix (a config field, an input path, credentials, a server address) is one line
 on stderr and exit status 2; `--debug` (or LLMPIPE_DEBUG=1) adds its traceback. Anything else is a bug:
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 import traceback
 from contextlib import contextmanager
@@ -104,7 +106,29 @@ def _parser() -> argparse.ArgumentParser:
     gc = sub.add_parser("gc", help=what, description=what + "; a dry run unless --apply", parents=[common])
     gc.add_argument("work_dir", help="the work directory (local path or s3:// prefix)")
     gc.add_argument("--apply", action="store_true", help="delete (default: only list what would go)")
+    _add_serve_commands(sub, common)
     return parser
+
+
+def _add_serve_commands(sub, common: argparse.ArgumentParser) -> None:
+    from flows import serve
+
+    home_help = f"folder for the state file, databases and logs (default: {serve.DEFAULT_HOME})"
+    what = ("start a Prefect server, a worker on its work pool and an MLflow server on 127.0.0.1, register "
+            "prefect.yaml's deployments, and print the addresses; reuses a running one")
+    p = sub.add_parser("serve", help=what, description=what, parents=[common])
+    p.add_argument("--home", help=home_help)
+    p.add_argument("--prefect-port", type=int, default=serve.DEFAULT_PREFECT_PORT, help="Prefect server and UI port")
+    p.add_argument("--mlflow-port", type=int, default=serve.DEFAULT_MLFLOW_PORT, help="MLflow server and UI port")
+    p.add_argument("--pool", default=serve.DEFAULT_POOL, help="the process work pool the worker polls")
+    p.add_argument("--backend-store-uri", help="MLflow's run store, e.g. postgresql://... (default: "
+                   "$MLFLOW_BACKEND_STORE_URI, else SQLite in the home)")
+    p.add_argument("--artifacts-destination", help="MLflow's artifact store, e.g. s3://bucket/mlflow (default: "
+                   "$MLFLOW_ARTIFACTS_DESTINATION, else a folder in the home)")
+    p.add_argument("--stop", action="store_true", help="stop what a serve started instead (same as `llmpipe stop`)")
+    what = "stop the processes `llmpipe serve` started, by the PIDs it recorded"
+    p = sub.add_parser("stop", help=what, description=what, parents=[common])
+    p.add_argument("--home", help=home_help)
 
 
 def _split_config_arg(args: argparse.Namespace) -> tuple[str | None, list[str]]:
@@ -123,7 +147,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _command(args, debug)
     except KeyboardInterrupt:
-        print("llmpipe: interrupted; rerun the same command to resume from the finished shards", file=sys.stderr)
+        if args.command == "serve":
+            print("llmpipe: interrupted; serve stopped what it had started", file=sys.stderr)
+        elif args.command == "stop":
+            print("llmpipe: interrupted; rerun `llmpipe stop` to finish", file=sys.stderr)
+        else:
+            print("llmpipe: interrupted; rerun the same command to resume from the finished shards", file=sys.stderr)
         return 130
     except Exception as exc:
         return _report(exc, debug)
@@ -136,6 +165,17 @@ def main(argv: list[str] | None = None) -> int:
 def _command(args: argparse.Namespace, debug: bool) -> int:
     from llm.config import load_config
 
+    if args.command == "stop" or (args.command == "serve" and args.stop):
+        from flows.serve import stop
+
+        stop(args.home)
+        return 0
+    if args.command == "serve":
+        from flows.serve import serve
+
+        serve(args.home, prefect_port=args.prefect_port, mlflow_port=args.mlflow_port, pool=args.pool,
+              backend_store_uri=args.backend_store_uri, artifacts_destination=args.artifacts_destination)
+        return 0
     if args.command == "lineage":
         from llm.lineage_chain import format_lineage
 
@@ -254,7 +294,28 @@ class _UserErrorRecords(logging.Filter):
             self.messages.append(str(cause))
             return False
         text = record.getMessage()
+        # A task whose retry condition declines a retry logs no traceback record first: only its
+        # failed state, "... encountered an exception UserError: <message>".
+        failed = _FAILED_WITH.search(text)
+        if failed and failed.group(1) in _user_error_names():
+            self.messages.append(failed.group(2).rstrip("\"')"))
+            return False
         return not any(message and message in text for message in self.messages)
+
+
+_FAILED_WITH = re.compile(r"encountered an exception:? (\w+): (.+)", re.S)
+
+
+def _user_error_names() -> set[str]:
+    """Class names of `UserError` and its subclasses (as Prefect writes them in a failed state)."""
+    from llm.errors import UserError
+
+    names, stack = set(), [UserError]
+    while stack:
+        cls = stack.pop()
+        names.add(cls.__name__)
+        stack += cls.__subclasses__()
+    return names
 
 
 @contextmanager

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from typing import Mapping
 from urllib.parse import urlsplit
 
 from llm.config import RayConfig
@@ -20,9 +21,63 @@ _QUIET_ENV = {
 # a cluster, whose processes must reach each other across hosts.
 _LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
+# What every Ray task and Ray Train worker needs from the driver's environment: a worker on another
+# node starts from its own node's environment, not the driver's. Names ending in "_" are prefixes; only
+# variables set in the driver are forwarded, and their values (credentials among them) are never logged.
+# - AWS_*: S3 credentials, region, endpoint, profile, CA bundle (AWS_CA_BUNDLE) for s3:// work dirs
+# - MLFLOW_*: the tracking server's URI, its credentials and artifact endpoint (MLFLOW_S3_ENDPOINT_URL)
+# - LLMPIPE_*: the project's own settings (LLMPIPE_PSEUDONYM_KEY, LLMPIPE_TOKEN_CACHE, ...)
+# - Ray's telemetry and loopback switches above (the loopback one for a local Ray only)
+# Ray's switches travel as the job's runtime_env `env_vars` (a worker reads them as it starts). The rest
+# travel in a worker setup hook, which Ray keeps in its cluster store and runs in every worker of the
+# job before its first task: Ray's runtime-env agent writes a job's `env_vars` into its log file on every
+# node, where credentials must not go.
+FORWARDED_ENV = ("AWS_", "MLFLOW_", "LLMPIPE_", *_QUIET_ENV, *_LOOPBACK_ENV)
+_RAY_SWITCHES = (*_QUIET_ENV, *_LOOPBACK_ENV)
+
+# What `ensure_ray` forwarded to the Ray job this process started or joined (None: it did not start one).
+_forwarded: dict[str, str] | None = None
+
+
+def forwarded_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The variables of `environ` (default: this process's) that `FORWARDED_ENV` names, set ones only."""
+    environ = os.environ if environ is None else environ
+    prefixes = tuple(n for n in FORWARDED_ENV if n.endswith("_"))
+    names = {n for n in FORWARDED_ENV if not n.endswith("_")}
+    return {k: v for k, v in sorted(environ.items()) if k in names or k.startswith(prefixes)}
+
+
+def unforwarded_names() -> list[str]:
+    """Names (never values) of the forwarded variables set here that the running Ray job does not carry
+    with the same value: set after Ray started, or every one when Ray was started outside `ensure_ray`."""
+    carried = _forwarded or {}
+    return [k for k, v in forwarded_env().items() if carried.get(k) != v and k not in _LOOPBACK_ENV]
+
+
+def job_runtime_env(env: Mapping[str, str], cluster: bool) -> dict:
+    """The runtime_env that carries `env` (from `forwarded_env`) to the job's workers: Ray's switches as
+    `env_vars`, the rest in a setup hook (see FORWARDED_ENV). On a `cluster`, no loopback switch."""
+    switches = {k: v for k, v in env.items() if k in _RAY_SWITCHES and not (cluster and k in _LOOPBACK_ENV)}
+    carried = {k: v for k, v in env.items() if k not in _RAY_SWITCHES}
+    runtime_env: dict = {"env_vars": switches}
+    if carried:
+        runtime_env["worker_process_setup_hook"] = _setting_env(carried)
+    return runtime_env
+
+
+def _setting_env(values: dict[str, str]):
+    # A closure, so cloudpickle ships it by value with its values; Ray names the hook by __name__.
+    def set_forwarded_env() -> None:
+        os.environ.update(values)
+
+    return set_forwarded_env
+
 
 def ensure_ray(cfg: RayConfig | None = None) -> None:
-    """Initialise Ray once per process. A running Ray (e.g. inside a Ray task) is reused as it is."""
+    """Initialise Ray once per process. A running Ray (e.g. inside a Ray task) is reused as it is.
+
+    The job's runtime_env carries `forwarded_env()`, so tasks and Ray Train workers on every node see
+    the driver's credentials and settings; it is passed to Ray only, never logged."""
     cfg = cfg or RayConfig()
     address = cfg.address or os.environ.get("RAY_ADDRESS")
     env = dict(_QUIET_ENV) if address else {**_QUIET_ENV, **_LOOPBACK_ENV}
@@ -34,12 +89,15 @@ def ensure_ray(cfg: RayConfig | None = None) -> None:
     if ray.is_initialized():
         return
     # Workers import llm/, tasks/ from the driver's working tree when the project is not installed.
-    runtime_env = {"env_vars": {k: os.environ[k] for k in env}}
+    global _forwarded
+    forwarded = forwarded_env()
+    runtime_env = job_runtime_env(forwarded, cluster=bool(address))
     if address:
         setting = "ray.address" if cfg.address else "RAY_ADDRESS"
         check_reachable(address, setting)
         try:
             ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+            _forwarded = forwarded
         except ConnectionError as exc:  # `auto` with no cluster on this machine, a cluster that went away
             raise UserError(f"{setting} {address}: no Ray cluster found there ({exc}); start one (`ray start "
                             "--head`) or leave ray.address empty to run Ray on this machine") from None
@@ -54,6 +112,7 @@ def ensure_ray(cfg: RayConfig | None = None) -> None:
         log_to_driver=True,
         configure_logging=False,
     )
+    _forwarded = forwarded
     _start_workers(ray)
 
 

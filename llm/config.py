@@ -652,6 +652,8 @@ class EvalConfig(Section):
     max_new_tokens: int = Field(48, ge=1, description="Tokens sampled per prompt.")
     temperature: float = Field(0.8, ge=0, description="Sampling temperature; 0 is greedy.")
     top_k: int = Field(40, ge=0, description="Sample from the k most likely tokens; 0 keeps all.")
+    use_gpu: bool = Field(False, description="Evaluate in a Ray task holding one GPU (it waits for one); "
+                                             "off: a CPU task, even where GPUs are free.")
 
 
 # ---------------------------------------------------------------------------------------- finetune
@@ -937,9 +939,11 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def _read_config_file(path: Path) -> str:
-    """The text of a config file; a path that is missing, a folder, unreadable or not UTF-8 is a
-    `ConfigError` naming it."""
+def _read_config_file(path: Path | str) -> str:
+    """The text of a config file (a local path or an object-store URI such as s3://bucket/key); a path
+    that is missing, a folder, unreadable or not UTF-8 is a `ConfigError` naming it."""
+    if isinstance(path, str) and "://" in path:
+        return _read_config_uri(path)
     if path.is_dir():
         raise ConfigError(f"{path}: is a folder, not a YAML config file")
     if not path.is_file():
@@ -953,13 +957,26 @@ def _read_config_file(path: Path) -> str:
         raise ConfigError(f"{path}: cannot read the config file ({exc.strerror or exc})") from None
 
 
+def _read_config_uri(uri: str) -> str:
+    from llm import storage
+
+    try:
+        data = storage.read_bytes(uri)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {uri}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{uri}: not UTF-8 text (byte {exc.start}): save the config as UTF-8") from None
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> PipelineConfig:
     """Load a YAML config file (or only defaults when `path` is None) and apply dotted overrides."""
     data: dict = {}
     origin = "defaults"
     if path is not None:
         origin = str(path)
-        text = _read_config_file(Path(path))
+        text = _read_config_file(path if isinstance(path, str) and "://" in path else Path(path))
         try:
             loaded = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (safe loader)
         except yaml.YAMLError as exc:

@@ -2,10 +2,12 @@
 
 A stage hands a function and a list of items to `map`; it never knows where they run. Results come
 back in input order; failures re-raise in the caller after in-flight work finishes, with the item named.
+`run_task` runs one whole call (a stage that is a single piece of work) as one Ray task.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any, Callable, Sequence
 
 from tqdm.auto import tqdm
@@ -31,7 +33,10 @@ class RayExecutor:
     Many small items are cut into runs of consecutive items, one task per run (about `tasks_per_cpu`
     tasks per CPU): a task costs milliseconds to schedule, which would otherwise dominate a pass over
     hundreds of small shards. A task processes its items one after another, so memory stays that of
-    one item."""
+    one item.
+
+    `nodes` counts, per Ray node id, the items that ran there (every `map` so far): where a stage's
+    work went on a cluster."""
 
     def __init__(self, num_cpus: float = 1, max_in_flight: int | None = None, progress: bool = False,
                  max_retries: int = 1, ray_config=None, tasks_per_cpu: int = 4):
@@ -42,6 +47,7 @@ class RayExecutor:
         # Ray starts on the first map, not before: a stage whose output is current never needs it.
         self.ray_config = ray_config
         self.tasks_per_cpu = tasks_per_cpu
+        self.nodes: Counter[str] = Counter()
 
     def map(self, fn: Callable[[Any], Any], items: Sequence[Any], desc: str = "") -> list[Any]:
         import ray
@@ -73,7 +79,9 @@ class RayExecutor:
                 ready, _ = ray.wait(list(in_flight), num_returns=1)
                 chunk = in_flight.pop(ready[0])
                 try:
-                    results.update(zip(chunk, ray.get(ready[0])))
+                    node, values = ray.get(ready[0])
+                    results.update(zip(chunk, values))
+                    self.nodes[node] += len(chunk)
                 except ray.exceptions.RayTaskError as exc:
                     first_error = first_error or _unwrap(exc)
                 bar.update(len(chunk))
@@ -84,7 +92,9 @@ class RayExecutor:
         return [results[i] for i in range(len(items))]
 
 
-def _call_each(fn, items):
+def _call_each(fn, items) -> tuple[str, list]:
+    import ray
+
     out = []
     for item in items:
         try:
@@ -92,7 +102,33 @@ def _call_each(fn, items):
         except BaseException as exc:
             exc.add_note(f"while processing shard {getattr(item, 'name', repr(item)[:80])}")
             raise
-    return out
+    return ray.get_runtime_context().get_node_id(), out
+
+
+def run_task(fn: Callable[..., Any], *args: Any, num_cpus: float = 1, num_gpus: float = 0, ray_config=None,
+             **kwargs: Any) -> Any:
+    """`fn(*args, **kwargs)` as one Ray task holding `num_cpus` CPUs and `num_gpus` GPUs, on whichever
+    node has them; returns its result, or re-raises its error as the original exception.
+
+    For a stage body that is one piece of work (a crawl, an evaluation): on a cluster it runs where the
+    resources are, with the job's forwarded environment (`llm.cluster.forwarded_env`). Not retried:
+    such a body writes its outputs as it goes and is rerun as a whole."""
+    import ray
+
+    from llm.cluster import ensure_ray
+
+    ensure_ray(ray_config)
+    # Named after `fn` in Ray's task list and in the log lines it forwards.
+    remote = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=0)(_call).options(
+        name=getattr(fn, "__name__", "run_task"))
+    try:
+        return ray.get(remote.remote(fn, args, kwargs))
+    except ray.exceptions.RayTaskError as exc:
+        raise _unwrap(exc) from None
+
+
+def _call(fn, args, kwargs):
+    return fn(*args, **kwargs)
 
 
 def _unwrap(exc) -> BaseException:

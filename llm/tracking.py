@@ -2,14 +2,18 @@
 
 Default store is SQLite under the work directory (no server); `MLFLOW_TRACKING_URI` or
 `tracking.uri` points it at a server. Ray workers log through `RunTarget`, a picklable handle.
+A store on this machine's disk with an `s3://` work directory works on one machine only: refused when a
+Ray cluster is configured (its tasks on other nodes could not reach it), else a warning.
 """
 
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from llm import storage
 from llm.config import TrackingConfig
@@ -24,6 +28,41 @@ def resolve_tracking_uri(cfg: TrackingConfig, work_dir: str) -> str:
     if env:
         return env
     return f"sqlite:///{ensure_local_store(local_store_folder(work_dir))}"
+
+
+log = logging.getLogger("llm.tracking")
+
+# Tracking URIs already warned about (once per process each).
+_warned: set[str] = set()
+
+
+def is_local_store(uri: str) -> bool:
+    """Whether a tracking URI is a store on this machine's disk (SQLite, a file store, a bare path)
+    rather than a server every node can reach."""
+    # `databricks` alone names a hosted server (MLflow's own shorthand), not a folder.
+    return uri != "databricks" and urlsplit(uri).scheme in ("", "file", "sqlite")
+
+
+def check_shared_store(uri: str, work_dir: str, ray_address: str | None = None) -> None:
+    """With an `s3://` work directory and a tracking store on this machine's disk: a `UserError` when a
+    Ray cluster is configured (`ray_address`, else RAY_ADDRESS; `local` is this machine), since its
+    tasks on other nodes log to the store and cannot reach it; else a warning, once per store, that
+    this works on one machine only. Nothing for a tracking server or a local work directory."""
+    if not storage.is_s3(work_dir) or not is_local_store(uri):
+        return
+    setting = "ray.address" if ray_address else "RAY_ADDRESS"
+    address = ray_address or os.environ.get("RAY_ADDRESS")
+    where = without_password(uri)
+    if address and address != "local":
+        raise UserError(
+            f"{setting} {address}: a Ray cluster with work_dir {work_dir} needs an MLflow tracking server "
+            f"every node can reach, but tracking goes to {where} on this machine's disk; set "
+            "MLFLOW_TRACKING_URI (or tracking.uri) to a server's http:// URL, or tracking.enabled=false")
+    if uri not in _warned:
+        _warned.add(uri)
+        log.warning("work_dir %s is on S3 but MLflow tracking goes to %s on this machine's disk: that works "
+                    "on one machine only; point MLFLOW_TRACKING_URI (or tracking.uri) at an MLflow server "
+                    "before running on a Ray cluster", work_dir, where)
 
 
 def local_store_folder(work_dir: str) -> Path:
@@ -117,8 +156,14 @@ class Tracker:
     """Creates the parent run of a pipeline run and one nested run per stage, with explicit run ids
     (no global "active run"), so stages running in threads or other processes never mix runs up."""
 
-    def __init__(self, cfg: TrackingConfig, work_dir: str):
+    def __init__(self, cfg: TrackingConfig, work_dir: str, ray_address: str | None = None):
+        """`ray_address`: the configured `ray.address` (RAY_ADDRESS counts too), for
+        `check_shared_store`."""
         self.enabled = cfg.enabled
+        if cfg.enabled:  # before the default store is created: a refused run leaves nothing behind
+            explicit = cfg.uri or os.environ.get("MLFLOW_TRACKING_URI")
+            check_shared_store(explicit or f"sqlite:///{local_store_folder(work_dir) / 'mlflow.db'}", work_dir,
+                               ray_address)
         self.uri = resolve_tracking_uri(cfg, work_dir) if cfg.enabled else ""
         # The default store keeps its artifacts beside its database; MLflow's own default would be
         # `./mlruns` of whatever folder the command ran in. A configured store has its own root.

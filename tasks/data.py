@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from prefect import task
-from prefect.cache_policies import NONE
-
 from llm import storage
 from llm.config import PipelineConfig
 from llm.tracking import log_dict
-from tasks.runtime import stage
+from tasks.runtime import stage, stage_task
 
 
 def _secret_block(name: str | None) -> str | None:
@@ -25,21 +22,26 @@ def _secret_block(name: str | None) -> str | None:
         raise UserError(f"data.pii.pseudonym_key_secret: no Prefect Secret block named {name!r} ({exc})") from None
 
 
-@task(name="crawl", cache_policy=NONE)
+@stage_task("crawl")
 def crawl(cfg: PipelineConfig, parent_run_id: str | None = None, refresh: bool = False) -> dict:
     """Crawl the configured site (default: a local pydoc server) into WARC files. `refresh`: recrawl with
-    conditional requests and add only new and changed pages."""
-    from llm.data.crawl_stage import COUNTERS, crawl_stage
+    conditional requests and add only new and changed pages. The crawl is one Ray task (one CPU); a
+    current crawl is reused without starting Ray."""
+    from llm.data.crawl_stage import COUNTERS, crawl_stage, reused_crawl
+    from llm.executor import run_task
 
     with stage(cfg, parent_run_id, "crawl") as ctx:
         out = ctx.layout.crawl
-        manifest = crawl_stage(cfg.data.crawl, out, refresh=refresh, progress=True)
+        manifest = reused_crawl(cfg.data.crawl, out, refresh)
+        if manifest is None:
+            manifest = run_task(crawl_stage, cfg.data.crawl, out, refresh=refresh, progress=True,
+                                ray_config=cfg.ray)
         extra = {k: manifest[k] for k in COUNTERS if k in manifest}
         extra.update({f"refresh_{k}": v for k, v in manifest.get("refresh", {}).items()})
         return ctx.report(manifest, out, extra)
 
 
-@task(name="ingest", cache_policy=NONE)
+@stage_task("ingest")
 def ingest(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict:
     """Read every source, extract, normalize, scrub PII and filter by language, quality and content, one
     fused pass per input shard."""
@@ -53,7 +55,7 @@ def ingest(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict:
         return ctx.report(manifest, ctx.layout.docs)
 
 
-@task(name="exact_dedup", cache_policy=NONE)
+@stage_task("exact_dedup")
 def exact_dedup(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict:
     """Drop exact duplicates of the normalized text, keeping the first copy in input order."""
     from llm.data.exact_dedup import run_exact_dedup
@@ -64,7 +66,7 @@ def exact_dedup(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict:
         return ctx.report(manifest, ctx.layout.dedup)
 
 
-@task(name="minhash_dedup", cache_policy=NONE)
+@stage_task("minhash_dedup")
 def minhash_dedup(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict:
     """Drop near-duplicates by MinHash LSH with verified pairs and no chaining, after repeated URLs."""
     from llm.data.minhash.stage import removal_rate, run_minhash_dedup
@@ -85,7 +87,7 @@ def minhash_dedup(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict
         return ctx.report(manifest, ctx.layout.near_dedup, extra)
 
 
-@task(name="shard", cache_policy=NONE)
+@stage_task("shard")
 def shard(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict:
     """Cut the cleaned corpus into Parquet shards of the configured size."""
     from llm.data.reshard import run_reshard
@@ -95,7 +97,7 @@ def shard(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict:
         return ctx.report(manifest, ctx.layout.shards)
 
 
-@task(name="tokenizer", cache_policy=NONE)
+@stage_task("tokenizer")
 def tokenizer(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict:
     """Train the SentencePiece tokenizer on a sample of the shards and log it to MLflow."""
     from llm.tokenizer.stage import run_tokenizer_training
@@ -117,7 +119,7 @@ def tokenizer(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict:
                                           "sample_documents": manifest["sample"]["documents"]})
 
 
-@task(name="tokenize", cache_policy=NONE)
+@stage_task("tokenize")
 def tokenize(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict:
     """Encode the shards into token files with document indexes, split into train and validation."""
     from llm.data.tokenize import run_tokenize

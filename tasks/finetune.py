@@ -7,9 +7,6 @@ import hashlib
 import time
 from dataclasses import asdict
 
-from prefect import task
-from prefect.cache_policies import NONE
-
 from llm import storage, versions
 from llm.config import PipelineConfig
 from llm.data.dataset import read_manifest
@@ -17,7 +14,7 @@ from llm.errors import UserError
 from llm.lineage import identity, of_input
 from llm.tokenizer.stage import tokenizer_uri
 from llm.train.checkpoint import read_state
-from tasks.runtime import stage
+from tasks.runtime import stage, stage_task
 from tasks.train import final_checkpoint
 
 #: The demo's SFT set: built from the crawled documentation when `finetune.data.path` is empty.
@@ -57,7 +54,7 @@ def _base_input(cfg: PipelineConfig, layout) -> tuple[dict, dict, str | None]:
     return {"base": hashlib.sha256(storage.read_bytes(model)).hexdigest()}, {}, storage.absolute(ref)
 
 
-@task(name="finetune", cache_policy=NONE)
+@stage_task("finetune")
 def finetune(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict:
     """Fine-tune the pretrained model (or `finetune.base`) on SFT pairs or chats with `finetune.method`."""
     from llm.cluster import ensure_ray

@@ -2,15 +2,32 @@
 
 from __future__ import annotations
 
+import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
+
+from prefect import task
+from prefect.cache_policies import NONE
 
 from llm import versions
 from llm.config import PipelineConfig
 from llm.executor import RayExecutor
 from llm.layout import Layout
 from llm.tracking import RunTarget, Tracker, log_dict
+from tasks.artifacts import mlflow_run_url, publish_stage
+from tasks.retry import RETRIES, RETRY_DELAYS_S, RETRY_JITTER, retry_transient
+
+
+# Under the project's `llm` logger, so that the line reaches the console and the Prefect run's logs alike.
+log = logging.getLogger("llm.stages")
+
+
+def stage_task(name: str):
+    """The Prefect task decorator every stage uses: no result caching (a stage decides reuse itself, by
+    its identity), and retries with backoff for transient infrastructure errors only (`tasks.retry`)."""
+    return task(name=name, cache_policy=NONE, retries=RETRIES, retry_delay_seconds=RETRY_DELAYS_S,
+                retry_jitter_factor=RETRY_JITTER, retry_condition_fn=retry_transient)
 
 
 @dataclass
@@ -22,6 +39,7 @@ class StageContext:
     layout: Layout
     executor: RayExecutor
     run: RunTarget | None
+    run_url: str | None = None  # the MLflow UI's page of `run`, when the store is a server
 
     def report(self, manifest: dict, uri: str, extra: dict | None = None) -> dict:
         """Log the manifest's counts to the stage run and return the small summary the flow passes on."""
@@ -61,6 +79,8 @@ class StageContext:
                     log_dict(self.run, {"chain": chain(versions.pinned(uri, manifest["version"]))},
                              f"{self.name}_lineage.json")
                 log_dict(self.run, manifest, f"{self.name}_manifest.json")
+        log.info("%s", summary_line(summary))
+        publish_stage(summary, self.run_url)
         return summary
 
     def log_data_stats(self, dataset: str, manifest: dict) -> None:
@@ -79,14 +99,28 @@ class StageContext:
         self.run.client().log_text(self.run.run_id, format_stats(data), f"{self.name}_stats.txt")
 
 
+def summary_line(summary: dict) -> str:
+    """One log line for a finished stage: its accounting, version and whether it was reused."""
+    parts = [summary["stage"]]
+    counts = summary.get("counts") or {}
+    if counts:
+        parts.append(f"read {counts['read']:,}, kept {counts['kept']:,}, dropped {sum(counts['dropped'].values()):,}, "
+                     f"quarantined {counts['quarantined']:,}")
+    if summary.get("version"):
+        parts.append(f"version {summary['version']} ({'reused' if summary.get('reused') else 'made'})")
+    parts.append(f"output {summary['uri']}")
+    return ": ".join(parts[:2]) + ("; " + "; ".join(parts[2:]) if len(parts) > 2 else "")
+
+
 @contextmanager
 def stage(cfg: PipelineConfig, parent_run_id: str | None, name: str) -> Iterator[StageContext]:
     """Run a stage body with a nested MLflow run open (Ray starts when the stage first needs it); the run
     is marked FAILED on error."""
     tracker = Tracker(cfg.tracking, cfg.work_dir)
     run = tracker.start_run(name, parent=parent_run_id, tags={"llmpipe.stage": name}) if parent_run_id else None
+    url = mlflow_run_url(tracker.uri, tracker.experiment_id(), run.run_id) if run is not None else None
     ctx = StageContext(name, cfg, Layout.for_work_dir(cfg.work_dir), RayExecutor(progress=True, ray_config=cfg.ray),
-                       run)
+                       run, url)
     try:
         yield ctx
     except BaseException:

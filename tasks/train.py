@@ -6,16 +6,13 @@ from __future__ import annotations
 import time
 from dataclasses import asdict
 
-from prefect import task
-from prefect.cache_policies import NONE
-
 from llm import storage, versions
 from llm.config import PipelineConfig
 from llm.data.dataset import dumps, read_manifest
 from llm.errors import UserError
 from llm.lineage import identity, of_input
 from llm.tokenizer.stage import tokenizer_uri
-from tasks.runtime import stage
+from tasks.runtime import stage, stage_task
 
 
 def final_checkpoint(train_root: str) -> str:
@@ -58,7 +55,7 @@ def resume_point(cfg: PipelineConfig, train_root: str, tokens_version: str) -> d
     return {"version": version, "checkpoint": storage.join(train_root, earlier["checkpoint"]), "seen_parts": seen}
 
 
-@task(name="pretrain", cache_policy=NONE)
+@stage_task("pretrain")
 def pretrain(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict:
     """Pre-train the decoder-only transformer on the token files with Ray Train workers."""
     from llm.cluster import ensure_ray
@@ -104,10 +101,13 @@ def pretrain(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict:
         return ctx.report(manifest, root, summary)
 
 
-@task(name="evaluate", cache_policy=NONE)
+@stage_task("evaluate")
 def evaluate(cfg: PipelineConfig, checkpoint_uri: str, parent_run_id: str | None = None) -> dict:
-    """Held-out loss and perplexity of a checkpoint, plus sampled continuations of the prompts."""
+    """Held-out loss and perplexity of a checkpoint, plus sampled continuations of the prompts; one Ray
+    task holding a GPU with `eval.use_gpu`, else a CPU. It logs to the stage's run itself, by run id
+    and tracking URI."""
     from llm.eval import evaluate as run_evaluate
+    from llm.executor import run_task
 
     with stage(cfg, parent_run_id, "evaluate") as ctx:
         started = time.time()
@@ -123,12 +123,18 @@ def evaluate(cfg: PipelineConfig, checkpoint_uri: str, parent_run_id: str | None
             parents["train"] = versions.pinned(layout.train, train_version)
         else:  # a checkpoint from elsewhere: known by its state file's digest
             inputs["checkpoint"] = _digest(storage.join(checkpoint_uri, "state.json"))
-        ident = identity("evaluate", cfg.eval, inputs, {"tokens": tokens_recipe})
+        # Where it runs is not what it computes: `use_gpu` stays out of the identity.
+        ident = identity("evaluate", cfg.eval.model_dump(mode="json", exclude={"use_gpu"}), inputs,
+                         {"tokens": tokens_recipe})
         out = layout.eval
         manifest = versions.reuse(out, ident)
         if manifest is None:
-            result = run_evaluate(checkpoint_uri, versions.pinned(layout.tokens, tokens_version),
-                                  tokenizer_uri(parents["tokenizer"]), cfg.eval, ctx.run)
+            # Every path absolute (the layout's are): the task may run in another folder, or on another node.
+            gpu = cfg.eval.use_gpu
+            result = run_task(run_evaluate, storage.absolute(checkpoint_uri),
+                              versions.pinned(layout.tokens, tokens_version), tokenizer_uri(parents["tokenizer"]),
+                              cfg.eval, ctx.run, device="cuda" if gpu else "cpu", num_gpus=1 if gpu else 0,
+                              ray_config=cfg.ray)
             data = asdict(result)
             rel = f"eval-{ident.version}.json"
             storage.write_text(storage.join(out, rel), dumps(data))

@@ -157,10 +157,36 @@ def pin_crawl_clock(monkeypatch) -> None:
     monkeypatch.setattr(StatusAndHeadersParser, "make_warc_id", staticmethod(_record_ids()))
 
 
+def crawl_on_ray_with_pinned_clock(monkeypatch) -> None:
+    """Pin the clock of the crawl stage where it runs (a Ray task, in a Ray worker), each crawl's record
+    ids numbered from the start: `run_task` is given the stage wrapped in `PinnedClock`."""
+    from llm import executor
+
+    run_task = executor.run_task
+    monkeypatch.setattr(executor, "run_task", lambda fn, *args, **kwargs: run_task(PinnedClock(fn), *args, **kwargs))
+
+
+class PinnedClock:
+    """`fn` called with `pin_crawl_clock`'s fixed capture dates and fresh record ids, in whatever process
+    calls it; everything is put back after the call."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.__name__ = getattr(fn, "__name__", "pinned")
+
+    def __call__(self, *args, **kwargs):
+        import pytest
+
+        with pytest.MonkeyPatch.context() as patch:
+            pin_crawl_clock(patch)
+            return self.fn(*args, **kwargs)
+
+
 _SITECUSTOMIZE = f'''
-# Written by tests/text_site.py: pins the crawl clock of the llmpipe command (see pin_crawl_clock).
+# Written by tests/text_site.py: pins the crawl clock of the llmpipe command (see pin_crawl_clock), and
+# of the Ray workers it starts, where its crawl runs.
 import sys
-if sys.argv and sys.argv[0].endswith("llmpipe"):
+if sys.argv and sys.argv[0].endswith(("llmpipe", "default_worker.py")):
     import uuid
     from warcio.recordbuilder import RecordBuilder
     from warcio.statusandheaders import StatusAndHeadersParser

@@ -62,16 +62,31 @@ def _to_urls(pages: dict[str, dict], origin: str) -> dict[str, dict]:
     return {full(p): {**e, "links": [full(x) for x in e.get("links", [])]} for p, e in pages.items()}
 
 
+def _current(cfg: CrawlConfig, out_uri: str):
+    """(config, identity, current version's manifest or None, whether that version has this recipe)."""
+    config = {"crawl": cfg.model_dump(mode="json"), "site": _site_name(cfg)}
+    full = identity("crawl", config)
+    previous = versions.read(out_uri) if versions.current(out_uri) else None
+    return config, full, previous, previous is not None and previous["identity"]["recipe"] == full.recipe
+
+
+def reused_crawl(cfg: CrawlConfig, out_uri: str, refresh: bool = False) -> dict | None:
+    """What `crawl_stage` returns when it would reuse the current version without fetching anything
+    (same code, config and site, no refresh); None when it would crawl. Cheap: reads one manifest, so a
+    caller can skip starting a crawl elsewhere."""
+    if refresh:
+        return None
+    _, _, previous, same_recipe = _current(cfg, out_uri)
+    return {**previous, "reused": True} if same_recipe else None
+
+
 def crawl_stage(cfg: CrawlConfig, out_uri: str, refresh: bool = False, progress: bool = False) -> dict:
     """Run the crawl stage into `out_uri`; returns the current version's manifest (`reused` set when
     nothing was written)."""
     from llm.data.crawl import crawl
 
     started = time.time()
-    config = {"crawl": cfg.model_dump(mode="json"), "site": _site_name(cfg)}
-    full = identity("crawl", config)
-    previous = versions.read(out_uri) if versions.current(out_uri) else None
-    same_recipe = previous is not None and previous["identity"]["recipe"] == full.recipe
+    config, full, previous, same_recipe = _current(cfg, out_uri)
     if same_recipe and not refresh:
         return {**previous, "reused": True}
     base = previous if same_recipe else None

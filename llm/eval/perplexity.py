@@ -38,14 +38,16 @@ def evaluate(
     cfg: EvalConfig,
     run_target: RunTarget | None = None,
     seed: int = 0,
+    device: str | None = None,
 ) -> EvalResult:
     """Score a checkpoint on the validation split and sample a continuation of each prompt.
 
     Uses `cfg.batches` batches of the training micro-batch size, from the start of the validation split
     (the same windows the training loop validates on, more of them). With `run_target`, the metrics
     `eval_loss`, `eval_perplexity`, `eval_tokens` are logged and the samples saved as `samples.json`.
+    `device`: `cuda`, `cpu`, ...; None takes a GPU when one is visible.
     """
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, state = load_model(checkpoint_uri, device)
     batch_size = int(state["train_config"]["micro_batch_size"])
     split = TokenDataset(tokens_uri).split("val")

@@ -149,7 +149,7 @@ def fit_on_ray(loop_config: dict, train_cfg: TrainConfig, name: str, output_uri:
     from ray.train.torch import TorchTrainer
 
     import ray
-    from llm.cluster import ensure_ray, on_loopback
+    from llm.cluster import ensure_ray, on_loopback, unforwarded_names
 
     if not ray.is_initialized():
         ensure_ray()
@@ -158,6 +158,15 @@ def fit_on_ray(loop_config: dict, train_cfg: TrainConfig, name: str, output_uri:
         from llm.train.loopback import LoopbackTorchConfig
 
         torch_config = LoopbackTorchConfig()
+    else:
+        # The workers get the driver's environment (credentials, tracking server) through the job's
+        # runtime_env, which `ensure_ray` fills and the Train controller and its workers inherit. Not
+        # through Ray Train's own `worker_runtime_env`: Ray Train records that in its run state.
+        missing = unforwarded_names()
+        if missing:  # names only: the values may be secrets
+            log.warning("Ray was started without %s in its runtime_env: training workers on other nodes "
+                        "will not see them (let llmpipe start or join Ray, or set them on every node)",
+                        ", ".join(missing))
 
     trainer = TorchTrainer(
         ray_train_worker,

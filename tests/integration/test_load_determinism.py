@@ -15,7 +15,7 @@ import pytest
 
 from llm.config import build_config
 from tests.integration.data_runs import TINY
-from tests.text_site import pin_crawl_clock, text_site
+from tests.text_site import crawl_on_ray_with_pinned_clock, pin_crawl_clock, text_site
 from tests.trees import output_tree
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -53,6 +53,7 @@ def test_a_busy_machine_writes_the_same_output_as_a_quiet_one(tmp_path: Path, ra
 
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect"))
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    crawl_on_ray_with_pinned_clock(monkeypatch)  # the crawl runs in a Ray worker: pinned there too
     quiet, busy = tmp_path / "quiet", tmp_path / "busy"
     with text_site() as site:
         for work in (quiet, busy):
