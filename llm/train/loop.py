@@ -44,7 +44,7 @@ from llm.train.checkpoint import (
 )
 from llm.train.optim import build_optimizer
 from llm.train.guard import EarlyStopping, StepGuard
-from llm.train.mfu import device_peak_flops, mfu
+from llm.train.mfu import ImplausibleMFU, device_peak_flops, mfu
 from llm.train.parallel import ParallelContext, ParallelModel, all_reduce_sum, clip_grads, world
 from llm.train.parallel.optim_state import NAMED_FORMAT, full_optimizer_state, load_full_optimizer_state
 from llm.train.parallel.sharded_checkpoint import DCP_FORMAT, SHARDED_DIR, load_sharded, save_sharded
@@ -284,6 +284,7 @@ def _train(
     best_step = step
     lr_scale = 1.0
     tokens_per_s = None  # of the latest logging window (training only)
+    implausible_mfu = 0  # readings above 100% (a wrong FLOP count or device peak), not logged as MFU
     history: list[dict[str, float]] = []
 
     def evaluate() -> float:
@@ -398,7 +399,14 @@ def _train(
             last_loss = step_loss
             seconds = max(time.perf_counter() - window_start, 1e-9)
             tokens_per_s = window_tokens / seconds
-            utilisation = mfu(flops_per_token, tokens_per_s, world_size, peak)
+            try:
+                utilisation = mfu(flops_per_token, tokens_per_s, world_size, peak)
+            except ImplausibleMFU as exc:
+                # The figure is wrong, not the training: count such readings and say why once.
+                utilisation = None
+                implausible_mfu += 1
+                if implausible_mfu == 1 and rank == 0:
+                    log.warning("%s (counted as mfu_implausible, not logged as mfu)", exc)
             memory = _memory_mib(device)
             history.append({"step": step, "loss": last_loss, "lr": lr, "grad_norm": float(grad_norm)})
             if rank == 0:
@@ -411,6 +419,8 @@ def _train(
                            "step_seconds": seconds / max(window_tokens // tokens_per_step, 1), "memory_mib": memory}
                 if utilisation is not None:
                     metrics["mfu"] = utilisation
+                if implausible_mfu:
+                    metrics["mfu_implausible"] = implausible_mfu
                 _log_metrics(run_target, metrics, step)
         stop = False
         if step % train_cfg.eval_every == 0 or last_step:
