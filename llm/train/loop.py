@@ -108,6 +108,8 @@ class TrainSummary:
     history: list[dict[str, float]] = field(default_factory=list)
     skipped_steps: int = 0
     rollbacks: int = 0
+    #: fp16 steps GradScaler skipped because the scaled gradients overflowed (not bad steps).
+    overflow_steps: int = 0
 
 
 def default_device(cfg: TrainConfig) -> torch.device:
@@ -233,7 +235,7 @@ def _train(
     parallel = ParallelModel(model, ctx, train_cfg, autocast_dtype, gathered_checkpoints=workload.gathered_checkpoints)
     optimizer = build_optimizer(parallel.module, train_cfg, device, tied_output=model_cfg.tie_embeddings)
     # fp16 only (GPU, ddp): scale the loss so small gradients do not flush to zero; bf16 has fp32's range.
-    scaler = torch.amp.GradScaler("cuda") if train_cfg.precision == "fp16" else None
+    scaler = torch.amp.GradScaler(device.type) if train_cfg.precision == "fp16" else None
     if resume is not None:
         written = resume.state.get("optimizer_format")
         wanted = DCP_FORMAT if parallel.distributed_checkpoint else NAMED_FORMAT if parallel.sharded else None
@@ -347,6 +349,7 @@ def _train(
     rollback_to = _snapshot(parallel.module, optimizer) if train_cfg.rollback_after else None
     parallel.module.train()
     window_start, window_tokens = time.perf_counter(), 0
+    step_loss = math.nan  # computed on judged and logged steps
     while step < train_cfg.max_steps:
         lr = learning_rate(step, train_cfg) * lr_scale
         for group in optimizer.param_groups:
@@ -357,14 +360,15 @@ def _train(
         if scaler is not None:
             scaler.unscale_(optimizer)  # clip and judge the true gradients
         grad_norm = parallel.grad_norm()
+        # An fp16 overflow (the global norm, the same on every rank): GradScaler skips the step and
+        # lowers its scale. The guard counts it apart and never skips or rolls back for it.
+        overflow = scaler is not None and not math.isfinite(float(grad_norm))
         judge = train_cfg.spike_factor > 0 or train_cfg.rollback_after > 0
         if judge or (step + 1) % train_cfg.log_every == 0 or step + 1 == train_cfg.max_steps:
             # Mean over every micro-batch of every data-parallel replica: the global batch's loss.
             total, = all_reduce_sum([loss_sum.item() if ctx.reports else 0.0], device)
             step_loss = total / ctx.dp
-        verdict = guard.check(step_loss, float(grad_norm)) if judge else "ok"
-        if scaler is not None and not math.isfinite(float(grad_norm)):
-            verdict = "ok"  # an fp16 overflow: GradScaler skips the step and lowers its scale
+        verdict = guard.check(step_loss, float(grad_norm), overflow) if judge or overflow else "ok"
         if verdict == "ok":
             if train_cfg.gradient_clipping > 0:
                 clip_grads(parallel.module.parameters(), train_cfg.gradient_clipping, grad_norm)
@@ -373,6 +377,8 @@ def _train(
                 scaler.update()
             else:
                 optimizer.step()
+        elif scaler is not None:
+            scaler.update()  # closes the step that unscale_ opened, or the next unscale_ raises
         optimizer.zero_grad(set_to_none=True)
         step += 1
         tokens_seen += tokens_per_step
@@ -393,6 +399,9 @@ def _train(
                     {"bad_step": 1.0, "skipped_steps": guard.skipped, "rollbacks": guard.rollbacks, "lr_scale": lr_scale},
                     step,
                 )
+        if overflow and rank == 0:
+            log.info("step %d | fp16 overflow: step skipped, loss scale now %g", step, scaler.get_scale())
+            _log_metrics(run_target, {"overflow_skips": guard.overflows, "loss_scale": scaler.get_scale()}, step)
 
         last_step = step == train_cfg.max_steps
         if step % train_cfg.log_every == 0 or last_step:
@@ -465,6 +474,7 @@ def _train(
         history=history,
         skipped_steps=guard.skipped,
         rollbacks=guard.rollbacks,
+        overflow_steps=guard.overflows,
     )
 
 
