@@ -275,7 +275,8 @@ def _train(
             log.info("resuming from step %d", step)
     else:
         # Dropout masks differ between data-parallel replicas (their data differs too), and are the
-        # same within a tensor-parallel group (replicated activations must stay identical).
+        # same within a tensor-parallel group (replicated activations must stay identical; attention
+        # on each rank's heads reseeds from this stream per rank, see apply_tensor_parallel).
         torch.manual_seed(train_cfg.seed + ctx.dp_rank + 7919 * ctx.pp_rank)
 
     batches = workload.batches(ctx)
