@@ -162,6 +162,34 @@ def _snapshot(module: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict
     return weights, copy.deepcopy(optimizer.state_dict())
 
 
+def _host_copy(value: Any) -> Any:
+    """A deep copy of a (nested) state dict with plain tensors on the CPU, so that a kept copy costs
+    no accelerator memory; DTensor shards stay on their devices (they load back only onto their mesh)."""
+    from torch.distributed.tensor import DTensor
+
+    if isinstance(value, DTensor):
+        return value.detach().clone()
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: _host_copy(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_host_copy(v) for v in value)
+    return copy.deepcopy(value)
+
+
+@dataclass
+class _Best:
+    """This rank's whole training state at the best evaluation so far (early stopping), to end on."""
+
+    step: int
+    weights: dict[str, Any]
+    optimizer: dict[str, Any]
+    rng: dict[str, Any]
+    tokens_seen: int
+    loss: float | None
+
+
 def train(
     model_cfg: ModelConfig,
     train_cfg: TrainConfig,
@@ -283,8 +311,7 @@ def _train(
     peak = device_peak_flops(device, train_cfg.precision)
     guard = StepGuard(train_cfg.spike_factor, train_cfg.rollback_after)
     stopper = EarlyStopping(train_cfg.early_stopping_patience, train_cfg.early_stopping_min_delta)
-    best_weights: dict[str, torch.Tensor] | None = None
-    best_step = step
+    best: _Best | None = None
     lr_scale = 1.0
     tokens_per_s = None  # of the latest logging window (training only)
     implausible_mfu = 0  # readings above 100% (a wrong FLOP count or device peak), not logged as MFU
@@ -305,7 +332,7 @@ def _train(
                 0,
             )
 
-    def save(step: int, weights: dict[str, torch.Tensor] | None = None, **extra: Any) -> None:
+    def save(step: int, **extra: Any) -> None:
         metrics = {
             "step": step,
             "loss": last_loss,
@@ -327,15 +354,15 @@ def _train(
             # evaluation and export read, and state.json. Both are collectives: every rank takes part.
             metrics["optimizer_format"] = DCP_FORMAT
             with tempfile.TemporaryDirectory(prefix="llmpipe-ckpt-") as folder:
-                save_sharded(parallel, optimizer, folder, model_state=weights)
-                full = workload.checkpoint_weights(parallel.full_state_dict(weights))
+                save_sharded(parallel, optimizer, folder)
+                full = workload.checkpoint_weights(parallel.full_state_dict())
                 if rank == 0:
                     save_checkpoint(folder, full, None, step, model_cfg, train_cfg, {**metrics, **meta}, weights_file)
                 del full
                 report(metrics, folder)
             return
         # Gathering sharded weights and optimizer state is a collective: every rank takes part, rank 0 writes.
-        state = workload.checkpoint_weights(weights if weights is not None else parallel.full_state_dict())
+        state = workload.checkpoint_weights(parallel.full_state_dict())
         optim_state: Any = optimizer
         if parallel.sharded:
             optim_state = full_optimizer_state(parallel, optimizer)
@@ -441,18 +468,19 @@ def _train(
             if train_cfg.early_stopping_patience:
                 stop = stopper(val_loss)
                 if stopper.improved:
-                    if parallel.distributed_checkpoint:
-                        # This rank's shards only: the full copy is built when the checkpoint is written.
-                        best_weights = {k: v.detach().clone() for k, v in parallel.module.state_dict().items()}
-                    else:
-                        best_weights = parallel.full_state_dict()
-                    best_step = step
-        if stop or (last_step and best_weights is not None):
-            # Keep the best weights as the run's final checkpoint.
+                    # The whole state, not only the weights: the final checkpoint is then that step's,
+                    # and a run resumed from it continues from there (optimizer moments, schedule, data).
+                    best = _Best(step, _host_copy(parallel.module.state_dict()), _host_copy(optimizer.state_dict()),
+                                 rng_state(), tokens_seen, last_loss)
+        if stop or (last_step and best is not None):
+            # The run ends on the best evaluation's state: the final checkpoint holds its weights.
             if rank == 0 and stop:
-                log.info("early stop at step %d: best val_loss %.4f at step %d", step, stopper.best_loss, best_step)
+                log.info("early stop at step %d: best val_loss %.4f at step %d", step, stopper.best_loss, best.step)
+            parallel.module.load_state_dict(best.weights)
+            optimizer.load_state_dict(best.optimizer)
+            set_rng_state(best.rng)
             val_loss = stopper.best_loss
-            save(step, best_weights, best_step=best_step, early_stopped=stop)
+            save(best.step, loss=best.loss, tokens_seen=best.tokens_seen, best_step=best.step, early_stopped=stop)
             break
         if step % train_cfg.checkpoint_every == 0 or last_step:
             save(step)

@@ -186,3 +186,39 @@ def test_fp16_bad_steps_still_skip_and_roll_back(tokens_uri, tmp_path, monkeypat
     nine, _ = load_model(str(tmp_path / "step9"))
     for k, v in five.state_dict().items():
         torch.testing.assert_close(nine.state_dict()[k], v, atol=0, rtol=0, msg=k)
+
+
+def test_the_early_stopping_checkpoint_is_the_best_steps_whole_state(tokens_uri, tmp_path):
+    """Best weights come with the best step's optimizer state, step, token count and random state: a
+    run resumed from the final checkpoint continues exactly as one resumed from that step's checkpoint."""
+    from llm.train.checkpoint import load_optimizer_state
+    from llm.train.loop import ResumeState
+
+    model_cfg = tiny_model().model_copy(update={"dropout": 0.1})  # the random state must match too
+    cfg = tiny_train(max_steps=60, eval_every=5, checkpoint_every=5, early_stopping_patience=1,
+                     early_stopping_min_delta=10.0)
+
+    def keep(metrics, folder):
+        if folder is not None:
+            name = "final" if "early_stopped" in metrics else f"step{metrics['step']}"
+            checkpoint_to(str(tmp_path / name))(metrics, folder)
+
+    summary = train(model_cfg, cfg, tokens_uri, report=keep)
+    assert summary.steps == 10  # trained up to the stop
+    final = str(tmp_path / "final")
+    state = read_state(final)
+    assert state["early_stopped"] is True
+    assert state["step"] == state["best_step"] == 5 and state["tokens_seen"] == 5 * 8 * 32
+    assert {int(s["step"]) for s in load_optimizer_state(final)["state"].values()} == {5}
+    more = tiny_train(max_steps=8, eval_every=8, checkpoint_every=8, log_every=1)
+    from_final = train(model_cfg, more, tokens_uri, resume=ResumeState.load(final),
+                       report=checkpoint_to(str(tmp_path / "from-final")))
+    from_best = train(model_cfg, more, tokens_uri, resume=ResumeState.load(str(tmp_path / "step5")),
+                      report=checkpoint_to(str(tmp_path / "from-best")))
+    assert [h["step"] for h in from_final.history] == [6, 7, 8]
+    assert from_final.history == from_best.history
+    assert from_final.tokens_seen == from_best.tokens_seen == 8 * 8 * 32
+    a, _ = load_model(str(tmp_path / "from-final"))
+    b, _ = load_model(str(tmp_path / "from-best"))
+    for k, v in b.state_dict().items():
+        torch.testing.assert_close(a.state_dict()[k], v, atol=0, rtol=0, msg=k)
