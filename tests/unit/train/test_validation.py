@@ -16,7 +16,7 @@ from tests.unit.train.tiny import VOCAB, tiny_model, tiny_train
 # Three batches of two windows over two data-parallel ranks: rank 0 holds two batches, rank 1 one.
 BATCHES, BATCH_SIZE = 3, 2
 #: Seconds the two processes get; a rank left waiting in an all-gather would otherwise block forever.
-TIMEOUT = 90
+TIMEOUT = 120
 
 
 def _model() -> GPT:
