@@ -514,7 +514,8 @@ class TrainConfig(Section):
     min_lr_ratio: float = Field(
         0.1, ge=0, le=1, description="Floor of the decay as a fraction of the peak (a tenth, as in Chinchilla)."
     )
-    warmup_steps: int = Field(20, ge=0, description="Linear warmup steps from 0 to the peak learning rate.")
+    warmup_steps: int = Field(20, ge=0, description="Linear warmup steps up to the peak learning rate: warmup "
+                              "step s runs at peak x (s+1) / warmup_steps, so the first step already learns.")
     max_steps: int = Field(200, ge=1, description="Optimizer steps.")
     decay: Literal["cosine", "linear", "step", "constant"] = Field("cosine", description="Decay after warmup.")
     step_decay_every: int = Field(
@@ -736,7 +737,8 @@ class FinetuneTrainConfig(TrainConfig):
     defaults, not pre-training's."""
 
     learning_rate: float = Field(1e-3, gt=0, le=10, description="Peak learning rate after warmup.")
-    warmup_steps: int = Field(10, ge=0, description="Linear warmup steps from 0 to the peak learning rate.")
+    warmup_steps: int = Field(10, ge=0, description="Linear warmup steps up to the peak learning rate: warmup "
+                              "step s runs at peak x (s+1) / warmup_steps, so the first step already learns.")
     max_steps: int = Field(200, ge=1, description="Optimizer steps.")
     eval_every: int = Field(25, ge=1, description="Held-out response loss every N steps (and at the end).")
     eval_batches: int = Field(4, ge=1, description="Held-out batches per evaluation.")
