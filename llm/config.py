@@ -257,9 +257,21 @@ class TokenizerConfig(Section):
 class TokenizeConfig(Section):
     """Shards to flat binary token files with a document index, split by document hash."""
 
-    val_fraction: float = Field(0.05, ge=0, lt=1, description="Share of documents sent to validation.")
+    val_fraction: float = Field(
+        0.05, ge=0, lt=1, description="Share of documents sent to validation (periodic validation and early "
+        "stopping during training).")
+    test_fraction: float = Field(
+        0.05, ge=0, lt=1, description="Share of documents sent to the test split, which only the evaluate stage "
+        "scores: training and early stopping never see it.")
     append_eos: bool = Field(True, description="Add the end-of-document token after each document.")
     prepend_bos: bool = Field(True, description="Add the begin-of-document token before each document.")
+
+    @model_validator(mode="after")
+    def _shares_leave_training_data(self) -> "TokenizeConfig":
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError(f"val_fraction + test_fraction must be below 1 (training keeps the rest), got "
+                             f"{self.val_fraction} + {self.test_fraction}")
+        return self
 
 
 class LangIdConfig(Section):

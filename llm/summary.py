@@ -42,7 +42,8 @@ def format_summary(result: dict) -> str:
         lines.append(f"crawl: {c.get('pages_fetched')} pages fetched, {c.get('pages_failed')} failed")
     if "tokenize" in stages:
         t = stages["tokenize"]
-        lines.append(f"tokens: train {t.get('train_tokens'):,}  val {t.get('val_tokens'):,}  ({t.get('dtype')})")
+        lines.append(f"tokens: train {t.get('train_tokens'):,}  val {t.get('val_tokens'):,}  "
+                     f"test {t.get('test_tokens', 0):,}  ({t.get('dtype')})")
     if "pretrain" in stages:
         p = stages["pretrain"]
         lines.append(
