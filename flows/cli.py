@@ -35,7 +35,7 @@ STAGE_HELP = {
     "tokenizer": "train the SentencePiece tokenizer on a sample of the shards",
     "tokenize": "encode shards into token files, split train/validation/test",
     "pretrain": "pre-train the transformer with Ray Train",
-    "evaluate": "validation loss, perplexity and sample continuations of the final checkpoint",
+    "evaluate": "test-split loss, perplexity and sample continuations of the final checkpoint",
     "finetune": "fine-tune the pretrained model on SFT pairs or chats (full, LoRA, prefix tuning, adapters)",
 }
 

@@ -655,9 +655,10 @@ class TrainConfig(Section):
 
 
 class EvalConfig(Section):
-    """Evaluation after training: held-out loss and perplexity, sampled continuations."""
+    """Evaluation after training: test-split loss and perplexity, sampled continuations."""
 
-    batches: int = Field(32, ge=1, description="Validation batches for the final loss.")
+    batches: int = Field(32, ge=1, description="Test-split batches for the final loss (validation batches for "
+                         "a token dataset made without a test split).")
     prompts: list[str] = Field(
         default_factory=lambda: ["def main(", "The Python standard library", "import os\n"],
         description="Prompts whose sampled continuations are saved as an artifact.",

@@ -52,7 +52,8 @@ def format_summary(result: dict) -> str:
             f"{_f(p.get('seconds'), 1)} s")
     if "evaluate" in stages:
         e = stages["evaluate"]
-        lines.append(f"evaluate: validation loss {_f(e.get('val_loss'))}, perplexity {_f(e.get('perplexity'), 2)}"
+        held_out = "test" if e.get("split") == "test" else "validation (no test split)"
+        lines.append(f"evaluate: {held_out} loss {_f(e.get('val_loss'))}, perplexity {_f(e.get('perplexity'), 2)}"
                      f" on {e.get('tokens_evaluated', 0):,} held-out tokens")
     if "finetune" in stages:
         f = stages["finetune"]

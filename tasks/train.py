@@ -106,7 +106,8 @@ def pretrain(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict:
 
 @task(name="evaluate", cache_policy=NONE)
 def evaluate(cfg: PipelineConfig, checkpoint_uri: str, parent_run_id: str | None = None) -> dict:
-    """Held-out loss and perplexity of a checkpoint, plus sampled continuations of the prompts."""
+    """Held-out loss and perplexity of a checkpoint on the test split (validation for token datasets
+    without one), plus sampled continuations of the prompts."""
     from llm.eval import evaluate as run_evaluate
 
     with stage(cfg, parent_run_id, "evaluate") as ctx:
