@@ -43,7 +43,7 @@ SECRET = "|".join([
 ])
 IPV4 = r"\b(?:\d{1,3}\.){3}\d{1,3}\b"
 IPV6 = r"(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?:%\w+)?"
-CARD = r"\b\d(?:[ \-]?\d){12,18}\b"
+CARD = r"\b\d(?:[ \-]?\d){11,18}\b"
 IBAN = r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b"
 SSN = r"\b\d{3}-\d{2}-\d{4}\b"
 PHONE_HINT = r"(?:\+|\b)\d[\d\-. ()/]{5,}\d"
@@ -53,15 +53,58 @@ PLACEHOLDER = {"email": "<EMAIL>", "ip": "<IP>", "phone": "<PHONE>", "card": "<C
 # Order matters: secrets and e-mails first (they contain digits and dots), phones last (any other
 # number left could look like one).
 ORDER = ["secret", "email", "ip", "card", "iban", "ssn", "phone"]
-# A release suffix marks a version; other words after an address do not ("1.2.3.4-generic" is a host).
-_VERSION_AFTER = re.compile(r"\.\d|[\-_]?[a-zA-Z]\d|[\-_](?:alpha|beta|rc|dev|pre|snapshot|final|stable)\b", re.I)
-_VERSION_BEFORE = re.compile(r"(?:\b[vV]|version|release|ver\.?|build|[\d.][.\-]?)\s*$", re.I)
+# A dotted quad is a version, not an address, when a version marker is right beside it (the rule the
+# README documents); anything else is scrubbed, so an address is kept only where a reader would also
+# read a version. Before it: "v", "version", "release", "build", "rev", "changes in", "fixed in",
+# "upgrade to", "since", a requirement operator ("pkg==", ">=", "~=", "^"), a name joined by "/"
+# ("Apache/2.4.1.1"), or by "-" / "_" when nothing but a space or an archive extension follows
+# ("foo-1.2.3.4.tar.gz"; "dialup-1.2.3.4.example.net" is a host), or more dotted digits. After it: a fifth
+# part, a release suffix ("-beta", "rc1") or an archive extension. Changelog headings: "## 1.2.3.4",
+# "## [1.2.3.4] - 2024-01-15", "* 1.2.3.4:", "1.2.3.4 (2024-01-15)", "[1.2.3.4]: https://...", or the quad
+# alone on a line underlined with "===" / "---". Other words after an address do not make it a version
+# ("1.2.3.4-generic" is a host; "8.8.8.8" alone on a line, "from 8.8.8.8", "IP 1.2.3.4" are addresses).
+_ARCHIVE = r"\.(?:tar|tgz|zip|whl|gz|bz2|xz|exe|msi|dmg|jar|deb|rpm|apk|nupkg)\b"
+_VERSION_AFTER = re.compile(r"\.\d|[\-_]?[a-zA-Z]\d|[\-_](?:alpha|beta|rc|dev|pre|snapshot|final|stable)\b|" + _ARCHIVE,
+                            re.I)
+_VERSION_BEFORE = re.compile(
+    r"(?:\b[vV]|\bversions?|\breleases?d?|\bver\.?|\bbuild|\brev(?:ision)?\.?|\btag(?:ged)?|\bsince|\buntil"
+    r"|\bchanges\s+(?:in|for|since)|\b(?:fixed|added|changed|deprecated|removed|introduced|new|backported)\s+(?:in|since)"
+    r"|\b(?:upgrade[sd]?|update[sd]?|bump(?:ed|s)?|pinned|downgrade[sd]?)\s+to"
+    r"|==|[<>~!]=|[\^~])\s*\Z|(?:[A-Za-z]/|[\d.][.\-]?)\Z", re.I)
+_NAME_JOINED = re.compile(r"[A-Za-z][\-_]\Z")
+_NAME_JOINED_AFTER = re.compile(r"\s|[,;:)\]]|\Z")
+_DATE = (r"(?:\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[ ./-](?:\d{1,2}|[A-Za-z]{3,9})[ ./-]\d{2,4}"
+         r"|[A-Za-z]{3,9}\.? \d{1,2},? \d{4}|unreleased|not yet released|released)")
+_HEADING = [  # (line before the quad, line after it)
+    (re.compile(r"\s*#{1,6}\s*\[?\s*[vV]?\s*"), re.compile(r"\]?\s*:?\s*(?:[\-\u2013\u2014(]\s*\(?" + _DATE + r".*)?", re.I)),
+    (re.compile(r"\s*[*+\-]\s*\[?\s*[vV]?\s*"), re.compile(r"\]?\s*(?::\s*|\s*[\-\u2013\u2014(:]\s*\(?" + _DATE + r".*)", re.I)),
+    (re.compile(r"\s*\[\s*[vV]?\s*"), re.compile(r"\]:\s.*|\]\s*[\-\u2013\u2014(]\s*\(?" + _DATE + r".*", re.I)),
+    (re.compile(r"\s*[vV]?"), re.compile(r"\s*(?:\(|[\-\u2013\u2014]\s+)\s*" + _DATE + r".*", re.I)),
+]
+_UNDERLINE = re.compile(r"\s*([=\-~^*+#])\1{2,}\s*")
+
+
+def _version_context(text: str, start: int, end: int) -> bool:
+    """True when the dotted quad `text[start:end]` reads as a version number (see the rule above)."""
+    before = text[max(0, start - 24):start]
+    if _VERSION_BEFORE.search(before) or _VERSION_AFTER.match(text, end):
+        return True
+    if _NAME_JOINED.search(before) and _NAME_JOINED_AFTER.match(text, end):
+        return True
+    line_start = text.rfind("\n", 0, start) + 1
+    line_end = text.find("\n", end)
+    line_end = len(text) if line_end < 0 else line_end
+    prefix, rest = text[line_start:start], text[end:line_end]
+    if any(b.fullmatch(prefix) and a.fullmatch(rest) for b, a in _HEADING):
+        return True
+    if prefix.strip(" \tvV") == "" and rest.strip() == "":  # alone on its line: a heading only when underlined
+        next_end = text.find("\n", line_end + 1)
+        return bool(_UNDERLINE.fullmatch(text[line_end + 1:len(text) if next_end < 0 else next_end]))
+    return False
 
 
 def _public_ipv4(m: re.Match) -> bool:
-    text, start, end = m.string, m.start(), m.end()
-    # Version-number look-alikes: "v1.2.3.4", "version 10.0.0.1", "1.2.3.4.5", "10.0.0.1-beta".
-    if _VERSION_BEFORE.search(text[max(0, start - 12):start]) or _VERSION_AFTER.match(text, end):
+    if _version_context(m.string, m.start(), m.end()):
         return False
     try:
         addr = ipaddress.IPv4Address(m.group(0))
@@ -92,13 +135,52 @@ def luhn_ok(digits: str) -> bool:
     return total % 10 == 0
 
 
-_CARD_PREFIX = re.compile(r"^(?:4|5[1-5]|2[2-7]|3[47]|3[068]|35|6011|64[4-9]|65|62)")
+# Issuer ranges (first digits, low to high) and the lengths each network issues in them.
+_CARD_RANGES = [
+    ("4", "4", (13, 16, 19)),  # Visa
+    ("51", "55", (16,)), ("2221", "2720", (16,)),  # Mastercard
+    ("34", "34", (15,)), ("37", "37", (15,)),  # American Express
+    ("6011", "6011", range(16, 20)), ("644", "649", range(16, 20)), ("65", "65", range(16, 20)),  # Discover
+    ("3528", "3589", range(16, 20)), ("1800", "1800", (15,)), ("2131", "2131", (15,)),  # JCB (and its old 15)
+    ("300", "305", range(14, 20)), ("3095", "3095", range(14, 20)), ("36", "36", range(14, 20)),
+    ("38", "39", range(14, 20)),  # Diners Club
+    ("62", "62", range(16, 20)),  # UnionPay
+    ("50", "50", range(12, 20)), ("56", "69", range(12, 20)),  # Maestro
+    ("2200", "2204", range(16, 20)),  # Mir
+    ("60", "60", (16,)), ("81", "82", (16,)), ("508", "508", (16,)),  # RuPay (its 65 is Discover's)
+    ("9792", "9792", (16,)),  # Troy
+]
+_CARD_LENGTHS: dict[str, set[int]] = {}
+for _low, _high, _lengths in _CARD_RANGES:
+    for _p in range(int(_low), int(_high) + 1):
+        _CARD_LENGTHS.setdefault(str(_p), set()).update(_lengths)
+# Product codes print like cards: a 12- or 13-digit number that passes the GTIN (UPC/EAN) check digit is
+# taken for one (13-digit Visa numbers are no longer issued; one card in ten would also pass it).
+_PRODUCT_CODE_BEFORE = re.compile(r"(?:\b(?:ISBN|ISSN|EAN|GTIN|UPC|barcode|SKU)[\w\-]*[:#]?\s*)\Z", re.I)
+
+
+def gtin_ok(digits: str) -> bool:
+    """The GS1 check digit (UPC-A, EAN-13): weights 3 and 1 alternating from the right, sum mod 10."""
+    total = sum((3 if i % 2 == 0 else 1) * (ord(c) - 48) for i, c in enumerate(reversed(digits[:-1])))
+    return (10 - total % 10) % 10 == ord(digits[-1]) - 48
 
 
 def _card(m: re.Match) -> bool:
     digits = re.sub(r"\D", "", m.group(0))
-    # A Luhn check alone passes one random number in ten; card numbers also start with a known issuer prefix.
-    return 13 <= len(digits) <= 19 and bool(_CARD_PREFIX.match(digits)) and luhn_ok(digits)
+    # A Luhn check alone passes one random number in ten; card numbers also start with an issuer's range
+    # and have one of the lengths that issuer uses.
+    n = len(digits)
+    if not any(n in _CARD_LENGTHS.get(digits[:k], ()) for k in range(1, 5)) or not luhn_ok(digits):
+        return False
+    return not (n in (12, 13) and gtin_ok(digits))
+
+
+def _card_context(m: re.Match) -> bool:
+    """False for digits that cannot hold a card at all, not even in part: after "+" (a phone number's
+    country code) or a product-code label."""
+    start = m.start()
+    return not (start and m.string[start - 1] == "+") and not _PRODUCT_CODE_BEFORE.search(
+        m.string[max(0, start - 20):start])
 
 
 def iban_ok(value: str) -> bool:
@@ -142,6 +224,7 @@ class Detector:
     kind: str
     pattern: str
     check: Callable[[re.Match], bool] | None = None
+    context: Callable[[re.Match], bool] | None = None  # False: not this kind, not even a part of the match
 
     @property
     def compiled(self) -> re.Pattern:
@@ -161,7 +244,7 @@ DETECTORS = {
     "secret": Detector("secret", SECRET),
     "email": Detector("email", EMAIL),
     "ip": Detector("ip", IPV4 + "|" + IPV6, lambda m: _public_ipv6(m) if ":" in m.group(0) else _public_ipv4(m)),
-    "card": Detector("card", CARD, _card),
+    "card": Detector("card", CARD, _card, _card_context),
     "iban": Detector("iban", IBAN, lambda m: iban_ok(m.group(0))),
     "ssn": Detector("ssn", SSN, _ssn),
 }
@@ -239,6 +322,8 @@ class Scrubber:
             def replace(m: re.Match) -> str:
                 nonlocal found
                 value = m.group(0)
+                if det.context is not None and not det.context(m):
+                    return value
                 if det.check is not None and not det.check(m):
                     part = _valid_part(det, value) if det.kind in _SPLITTABLE else None
                     if part is None:
