@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 from llm.config import PiiConfig
 from llm.errors import UserError
 from llm.data.filtering import applies_to, scatter, with_columns
+from llm.data.phones import phone_spans
 from llm.data.steps import StepOutput, empty_quarantine, rejected_rows
 
 # Patterns are written in the common subset of RE2 and Python `re`, so one text serves both.
@@ -55,19 +56,21 @@ PLACEHOLDER = {"email": "<EMAIL>", "ip": "<IP>", "phone": "<PHONE>", "card": "<C
 ORDER = ["secret", "email", "ip", "card", "iban", "ssn", "phone"]
 # A dotted quad is a version, not an address, when a version marker is right beside it (the rule the
 # README documents); anything else is scrubbed, so an address is kept only where a reader would also
-# read a version. Before it: "v", "version", "release", "build", "rev", "changes in", "fixed in",
-# "upgrade to", "since", a requirement operator ("pkg==", ">=", "~=", "^"), a name joined by "/"
-# ("Apache/2.4.1.1"), or by "-" / "_" when nothing but a space or an archive extension follows
-# ("foo-1.2.3.4.tar.gz"; "dialup-1.2.3.4.example.net" is a host), or more dotted digits. After it: a fifth
-# part, a release suffix ("-beta", "rc1") or an archive extension. Changelog headings: "## 1.2.3.4",
-# "## [1.2.3.4] - 2024-01-15", "* 1.2.3.4:", "1.2.3.4 (2024-01-15)", "[1.2.3.4]: https://...", or the quad
-# alone on a line underlined with "===" / "---". Other words after an address do not make it a version
-# ("1.2.3.4-generic" is a host; "8.8.8.8" alone on a line, "from 8.8.8.8", "IP 1.2.3.4" are addresses).
+# read a version. Before it: "v", "version", "release", "build", "rev" (also as a key: "b_ver=",
+# "'build': '"), "changes in", "fixed in", "upgrade to", "since", a requirement operator ("pkg==",
+# ">=", "~=", "^"), a name joined by "/" ("Apache/2.4.1.1"), or by "-" / "_" when nothing but a space
+# or an archive extension follows ("foo-1.2.3.4.tar.gz"; "dialup-1.2.3.4.example.net" is a host), or
+# more dotted digits. After it: a fifth part, a release suffix ("-beta", "rc1") or an archive extension.
+# Changelog headings: "## 1.2.3.4", "## [1.2.3.4] - 2024-01-15", "* 1.2.3.4:", "1.2.3.4 (2024-01-15)",
+# "[1.2.3.4]: https://...", or the quad alone on a line underlined with "===" / "---". Other words
+# after an address do not make it a version ("1.2.3.4-generic" is a host; "8.8.8.8" alone on a line,
+# "from 8.8.8.8", "IP 1.2.3.4" are addresses).
 _ARCHIVE = r"\.(?:tar|tgz|zip|whl|gz|bz2|xz|exe|msi|dmg|jar|deb|rpm|apk|nupkg)\b"
 _VERSION_AFTER = re.compile(r"\.\d|[\-_]?[a-zA-Z]\d|[\-_](?:alpha|beta|rc|dev|pre|snapshot|final|stable)\b|" + _ARCHIVE,
                             re.I)
 _VERSION_BEFORE = re.compile(
-    r"(?:\b[vV]|\bversions?|\breleases?d?|\bver\.?|\bbuild|\brev(?:ision)?\.?|\btag(?:ged)?|\bsince|\buntil"
+    r"(?:(?:\b|_)(?:versions?|releases?d?|ver\.?|build|rev(?:ision)?\.?|tag(?:ged)?)[\"']?\s*[=:]?\s*[\"']?"
+    r"|\b[vV]|\bsince|\buntil"
     r"|\bchanges\s+(?:in|for|since)|\b(?:fixed|added|changed|deprecated|removed|introduced|new|backported)\s+(?:in|since)"
     r"|\b(?:upgrade[sd]?|update[sd]?|bump(?:ed|s)?|pinned|downgrade[sd]?)\s+to"
     r"|==|[<>~!]=|[\^~])\s*\Z|(?:[A-Za-z]/|[\d.][.\-]?)\Z", re.I)
@@ -114,9 +117,12 @@ def _public_ipv4(m: re.Match) -> bool:
 
 
 def _public_ipv6(m: re.Match) -> bool:
+    text, start = m.string, m.start()
+    if start and (text[start - 1].isalnum() or text[start - 1] in "_:."):
+        return False  # the end of a word: reST ".. versionadded::", C++ "std::"
     value = m.group(0).split("%")[0]
-    if value.count(":") < 2 or len(value.replace(":", "")) < 4:
-        return False  # times ("10:30:45") and bare colons are no addresses
+    if value.count(":") < 2 or len(value.replace(":", "")) < 4 or sum(1 for g in value.split(":") if g) < 2:
+        return False  # times ("10:30:45"), bare colons and reST's "2004::" are no addresses
     try:
         addr = ipaddress.IPv6Address(value)
     except ValueError:
@@ -156,7 +162,7 @@ for _low, _high, _lengths in _CARD_RANGES:
         _CARD_LENGTHS.setdefault(str(_p), set()).update(_lengths)
 # Product codes print like cards: a 12- or 13-digit number that passes the GTIN (UPC/EAN) check digit is
 # taken for one (13-digit Visa numbers are no longer issued; one card in ten would also pass it).
-_PRODUCT_CODE_BEFORE = re.compile(r"(?:\b(?:ISBN|ISSN|EAN|GTIN|UPC|barcode|SKU)[\w\-]*[:#]?\s*)\Z", re.I)
+_PRODUCT_CODE_BEFORE = re.compile(r"(?:\b(?:ISBN|ISSN|EAN|GTIN|UPC|barcode|SKU)[\w\-]*[:#]?\s*|id\W{0,4}|\d\.)\Z", re.I)
 
 
 def gtin_ok(digits: str) -> bool:
@@ -177,7 +183,7 @@ def _card(m: re.Match) -> bool:
 
 def _card_context(m: re.Match) -> bool:
     """False for digits that cannot hold a card at all, not even in part: after "+" (a phone number's
-    country code) or a product-code label."""
+    country code), a product-code or id label ("EAN", "'id': ", "videoId=") or "0." (decimals)."""
     start = m.start()
     return not (start and m.string[start - 1] == "+") and not _PRODUCT_CODE_BEFORE.search(
         m.string[max(0, start - 20):start])
@@ -197,24 +203,6 @@ def iban_ok(value: str) -> bool:
 def _ssn(m: re.Match) -> bool:
     area, group, serial = m.group(0).split("-")
     return area not in ("000", "666") and area[0] != "9" and group != "00" and serial != "0000"
-
-
-_DOTTED_QUAD = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}")
-# Only ASCII letters join: CJK text has no spaces, and a number there is followed directly by a word.
-_JOINED_AFTER = re.compile(r"[A-Za-z0-9_@]|[.\-][A-Za-z0-9]|:\d")
-
-
-def phone_context_ok(text: str, start: int, end: int) -> bool:
-    """False for digits the phone library accepts that are part of something else: a host name or
-    mail local part ("dsl-65-185-76-173.example.net", "bounce-56446664-12@"), a dotted quad (an
-    address or a version), or a date followed by a time ("24.07.2002 15:57")."""
-    before = text[start - 1] if start else ""
-    joined_dot = before == "." and start > 1 and text[start - 2].isalnum()
-    if (before.isascii() and before.isalnum()) or before in "-_@/" or joined_dot:
-        return False
-    if _JOINED_AFTER.match(text, end):
-        return False
-    return not _DOTTED_QUAD.fullmatch(text[start:end])
 
 
 @dataclass(frozen=True)
@@ -339,23 +327,16 @@ class Scrubber:
         return pa.array(values, pa.string()), counts
 
     def _scrub_phones(self, text: pa.Array) -> tuple[pa.Array, np.ndarray]:
-        import phonenumbers
-
         counts = np.zeros(len(text), np.int64)
         rows = self._candidates(text, PHONE_HINT)
         if not len(rows):
             return text, counts
         values = text.to_pylist()
+        regions = tuple(r.upper() for r in self.cfg.phone_regions)
         for r in rows.tolist():
             value = values[r]
-            spans: list[tuple[int, int]] = []
-            for region in self.cfg.phone_regions:
-                for match in phonenumbers.PhoneNumberMatcher(value, region, phonenumbers.Leniency.VALID):
-                    if not phone_context_ok(value, match.start, match.end):
-                        continue
-                    if not any(s < match.end and match.start < e for s, e in spans):
-                        spans.append((match.start, match.end))
-            for start, end in sorted(spans, reverse=True):
+            spans = phone_spans(value, regions)
+            for start, end in reversed(spans):
                 value = value[:start] + self.token("phone", value[start:end]) + value[end:]
             values[r] = value
             counts[r] = len(spans)

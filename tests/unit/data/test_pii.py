@@ -110,13 +110,18 @@ def test_private_loopback_and_version_numbers_are_not_ips():
     assert counts["ip"].tolist() == [0] and out[0].as_py() == text
     out, counts = Scrubber(PiiConfig(types=["ip"])).scrub(pa.array(["from 8.8.8.8 and 2001:4860:4860::8888."]))
     assert out[0].as_py() == "from <IP> and <IP>." and counts["ip"].tolist() == [2]
+    # Hex letters before "::" end a word, not an address.
+    text = ".. versionadded:: 3.12\n.. deprecated:: 3.13\nstd::cout; ends on 4 Jan 2004::\n"
+    out, counts = Scrubber(PiiConfig(types=["ip"])).scrub(pa.array([text]))
+    assert counts["ip"].tolist() == [0] and out[0].as_py() == text
 
 
 def test_version_quads_stay_and_addresses_in_an_ip_context_go():
     versions = ["version 1.2.3.4", "v1.2.3.4", "## 1.2.3.4", "## [1.2.3.4] - 2024-01-15", "Release 2.0.1.3",
                 "pip install pkg==1.2.3.4", "requests>=2.31.0.1", "1.2.3.4 (2024-01-15)\n------", "* 8.8.4.4:\n  - fix",
                 "1.2.3.4\n=======\n\n- Fixed a crash", "Changes in 1.2.3.4", "fixed in 5.6.7.8.", "foo-1.2.3.4.tar.gz",
-                "upgrade to 3.1.4.1", "Apache/2.4.41.1 (Unix)", "since 4.4.4.4,", "[1.2.3.4]: https://example.com/compare"]
+                "upgrade to 3.1.4.1", "Apache/2.4.41.1 (Unix)", "since 4.4.4.4,", "b_imp_ver=1.0.0.0&n=1",
+                "{'app_build': '4.2.16.14'}", "[1.2.3.4]: https://example.com/compare"]
     addresses = ["from 8.8.8.8", "IP 1.2.3.4", "host 93.184.216.34 is up", "8.8.8.8", "1.2.3.4 - - [10/Oct/2000:13:55:36]",
                  "Received: from mx [93.184.216.34]", "http://1.2.3.4/path", "client-ip=64.233.160.1", "ping 9.9.9.9",
                  "addresses\n1.1.1.1\n8.8.4.4\n"]
