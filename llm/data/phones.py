@@ -3,7 +3,7 @@
 The phone library's own matcher parses every candidate once per region, in Python: about 1 MB/s of mail
 for one region. Here one regular expression finds digit groups laid out like a phone number, cheap
 checks put aside what is something else (dates, times, versions, decimals, thousands, dotted quads,
-digits joined to a word, a host name or an identifier), and only what is left is parsed: once when it
+postcodes, ISBNs, digits joined to a word, a host name or an identifier), and only what is left is parsed: once when it
 starts with "+" or "00", else once per configured region whose national layout fits it (the trunk
 prefix "0" where the region dials one, a length the region uses). A number counts when the library
 says it is a valid number, or, for "+" numbers and the North American layout "(212) 555-0123", when its
@@ -28,7 +28,8 @@ _DOTTED_QUAD = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}")
 _JOINED_AFTER = re.compile(r"[A-Za-z0-9_@]|[.\-][A-Za-z0-9]|:\d")  # only ASCII letters: CJK text has no spaces
 _DATE = re.compile(r"(\d{4})[\-./](\d{1,2})[\-./](\d{1,2})\b|(\d{1,2})([\-./])(\d{1,2})\5(?:\d{4}|\d{2})\b")
 _THOUSANDS = re.compile(r"\d{1,3}(?:\.\d{3})+")
-_ZIP_PLUS_4 = re.compile(r"\d{5}-\d{4}|[1-9]\d-\d{7}")  # US ZIP+4, US employer id
+_ZIP_PLUS_4 = re.compile(r"\d{5}-\d{4}|\d{5}-\d{3}|[1-9]\d-\d{7}")  # US ZIP+4, Brazilian CEP, US employer id
+_ISBN10 = re.compile(r"\d{1,5}-\d{1,7}-\d{1,7}-[\dX]")
 # A phone keyword before a number written without separators; identifiers labelled as such are no phones.
 _PHONE_WORD = re.compile(r"(?:\b(?:tel|tele?phone|phone|ph|fax|mobile?|cell(?:ular)?|call|voice|contact|whatsapp|sms"
                          r"|telefon|telefono|tel[eé]fono|t[eé]l[eé]phone|t[eé]l|portable|handy|telefoon|mobiel|cellulare"
@@ -66,6 +67,8 @@ def _looks_like_other_number(run: str) -> bool:
             return True
     if _ZIP_PLUS_4.fullmatch(run):
         return True
+    if _ISBN10.fullmatch(run) and isbn10_ok(run):
+        return True
     groups = re.split(r"\D+", run.strip("+()"))
     spaced_only = not re.search(r"[\-/.()]", run)
     if (spaced_only and sum(len(g) == 1 for g in groups) >= 2) or any(len(g) >= 7 for g in groups[:-1]):
@@ -76,6 +79,12 @@ def _looks_like_other_number(run: str) -> bool:
         if len(groups) == 2 or min(len(g) for g in groups) == 1 or _THOUSANDS.fullmatch(run):
             return True
     return False
+
+
+def isbn10_ok(value: str) -> bool:
+    """The ISBN-10 check: digits weighted 10 down to 1 (X is 10) sum to a multiple of 11."""
+    chars = [c for c in value if c.isdigit() or c == "X"]
+    return len(chars) == 10 and sum((10 - i) * (10 if c == "X" else int(c)) for i, c in enumerate(chars)) % 11 == 0
 
 
 @lru_cache(maxsize=None)
@@ -138,8 +147,10 @@ def phone_spans(text: str, regions: tuple[str, ...]) -> list[tuple[int, int]]:
         keyword = _PHONE_WORD.search(text, max(0, start - 40), start)  # "Tel No: ..." is still a phone
         if not keyword and _ID_LABEL.search(text, max(0, start - 16), start):
             continue
-        # Digits alone, no separator: a phone only after a phone keyword or with a national trunk 0.
-        if run.isdigit() and not keyword and (not run.startswith("0") or run.startswith("00") or len(run) > 12):
+        # Digits alone, no separator: a phone only after a phone keyword, or with a national trunk 0 and
+        # the 10-12 digits most such numbers have (shorter ones are product and account codes).
+        if run.isdigit() and not keyword and (not run.startswith("0") or run.startswith("00")
+                                              or not 10 <= len(run) <= 12):
             continue
         if not is_phone_number(run, regions):
             continue

@@ -51,9 +51,10 @@ PHONE_HINT = r"(?:\+|\b)\d[\d\-. ()/]{5,}\d"
 
 PLACEHOLDER = {"email": "<EMAIL>", "ip": "<IP>", "phone": "<PHONE>", "card": "<CARD>", "iban": "<IBAN>",
                "ssn": "<SSN>", "secret": "<SECRET>"}
-# Order matters: secrets and e-mails first (they contain digits and dots), phones last (any other
-# number left could look like one).
-ORDER = ["secret", "email", "ip", "card", "iban", "ssn", "phone"]
+# Order matters: secrets and e-mails first (they contain digits and dots), IBANs before cards (an IBAN
+# printed in groups of four holds runs of digits that can pass Luhn), phones last (any other number
+# left could look like one).
+ORDER = ["secret", "email", "ip", "iban", "card", "ssn", "phone"]
 # A dotted quad is a version, not an address, when a version marker is right beside it (the rule the
 # README documents); anything else is scrubbed, so an address is kept only where a reader would also
 # read a version. Before it: "v", "version", "release", "build", "rev" (also as a key: "b_ver=",
@@ -147,7 +148,8 @@ _CARD_RANGES = [
     ("51", "55", (16,)), ("2221", "2720", (16,)),  # Mastercard
     ("34", "34", (15,)), ("37", "37", (15,)),  # American Express
     ("6011", "6011", range(16, 20)), ("644", "649", range(16, 20)), ("65", "65", range(16, 20)),  # Discover
-    ("3528", "3589", range(16, 20)), ("1800", "1800", (15,)), ("2131", "2131", (15,)),  # JCB (and its old 15)
+    # JCB: 3528-3589 issued, the whole of 35 as common validators take it; its old 15-digit 1800 and 2131
+    ("35", "35", range(16, 20)), ("1800", "1800", (15,)), ("2131", "2131", (15,)),
     ("300", "305", range(14, 20)), ("3095", "3095", range(14, 20)), ("36", "36", range(14, 20)),
     ("38", "39", range(14, 20)),  # Diners Club
     ("62", "62", range(16, 20)),  # UnionPay
@@ -161,7 +163,8 @@ for _low, _high, _lengths in _CARD_RANGES:
     for _p in range(int(_low), int(_high) + 1):
         _CARD_LENGTHS.setdefault(str(_p), set()).update(_lengths)
 # Product codes print like cards: a 12- or 13-digit number that passes the GTIN (UPC/EAN) check digit is
-# taken for one (13-digit Visa numbers are no longer issued; one card in ten would also pass it).
+# taken for one unless printed in groups of four (13-digit Visa numbers are no longer issued; one such
+# card in ten also passes the GTIN check).
 _PRODUCT_CODE_BEFORE = re.compile(r"(?:\b(?:ISBN|ISSN|EAN|GTIN|UPC|barcode|SKU)[\w\-]*[:#]?\s*|id\W{0,4}|\d\.)\Z", re.I)
 
 
@@ -178,7 +181,8 @@ def _card(m: re.Match) -> bool:
     n = len(digits)
     if not any(n in _CARD_LENGTHS.get(digits[:k], ()) for k in range(1, 5)) or not luhn_ok(digits):
         return False
-    return not (n in (12, 13) and gtin_ok(digits))
+    # A product code, unless printed in a card's groups of four ("4348 7972 2378 0").
+    return not (n in (12, 13) and gtin_ok(digits) and not re.match(r"\d{4}[ \-]\d{4}[ \-]", m.group(0)))
 
 
 def _card_context(m: re.Match) -> bool:

@@ -157,7 +157,8 @@ def test_dates_versions_and_order_numbers_are_not_phones():
     texts = ["on 24.07.2002 at noon", "dated 2024-01-15 and 15/01/2024", "build 10.0.19041.1", "order #123456789",
              "pi is 3.14159265", "1.234.567 people", "from 10:30 to 11:45", "ISBN 978-3-16-148410-0",
              "years 1998-2003 and 2004 2005 2006", "version 2.10.12 released", "page 12 of 345",
-             "id 20020822153000", "lat 48.858844 long 2.294351", "sizes 1024 2048 4096 8192"]
+             "id 20020822153000", "lat 48.858844 long 2.294351", "sizes 1024 2048 4096 8192",
+             "see 0-18-387650-4 and 1-4737-9596-6", "CEP 03901-975", "code 01012347"]
     out, counts = Scrubber(PiiConfig(types=["phone"])).scrub(pa.array(texts))
     assert counts["phone"].tolist() == [0] * len(texts), [t for t, n in zip(texts, counts["phone"].tolist()) if n]
     assert out.to_pylist() == texts
@@ -196,6 +197,9 @@ def test_cards_of_every_network_range_and_length():
     missed = [(p, n) for (p, n), c in zip(CARD_RANGES, counts["card"].tolist()) if c != 1]
     assert not missed, missed
     assert set(out.to_pylist()) == {"card <CARD> ok"}
+    # A 13-digit Visa that also passes the GTIN check is a card when printed in groups of four.
+    out, counts = Scrubber(PiiConfig(types=["card"])).scrub(pa.array(["visa 4348 7972 2378 0", "EAN 4348797223780"]))
+    assert counts["card"].tolist() == [1, 0]
 
 
 def test_card_look_alikes_are_left_alone():
@@ -209,6 +213,13 @@ def test_card_look_alikes_are_left_alone():
     texts += ["EAN 4008943018522", "barcode 4 003963 410196", "phone +5018047890469", "tel +62 21 1813 1102"]
     out, counts = Scrubber(PiiConfig(types=["card"])).scrub(pa.array(texts))
     assert counts["card"].tolist() == [0] * len(texts), [t for t, n in zip(texts, counts["card"].tolist()) if n]
+
+
+def test_ibans_in_groups_of_four_are_not_cut_up_as_cards():
+    texts = ["pay DE86 4116 7460 8394 0305 40 now", "to FR04 6471 7218 1925 4830 2102 587."]
+    out, counts = Scrubber(PiiConfig(types=["card", "iban"])).scrub(pa.array(texts))
+    assert out.to_pylist() == ["pay <IBAN> now", "to <IBAN>."]
+    assert counts["card"].tolist() == [0, 0] and counts["iban"].tolist() == [1, 1]
 
 
 def test_ibans_need_their_checksum():
