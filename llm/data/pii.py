@@ -4,8 +4,9 @@ security numbers and secrets, each replaced by a typed placeholder (`<EMAIL>`) o
 
 Speed: every type has an RE2 pattern that runs over the whole batch first. E-mail addresses and secrets
 need nothing more and are replaced and counted by Arrow kernels; the other types need a check a
-regular expression cannot make (is the address public, does the Luhn or IBAN checksum hold, is it a
-dialable number), so only the documents whose pre-filter matched go through Python for that check.
+regular expression cannot make (is the address public or a version, does the Luhn or IBAN checksum
+hold, is it a dialable number: `llm.data.phones`), so only the documents whose pre-filter matched go
+through Python for that check.
 Originals are never returned, stored or logged: only the scrubbed text and the counts leave here.
 """
 
@@ -255,6 +256,8 @@ def _valid_part(det: Detector, value: str) -> tuple[int, int] | None:
     spans = sorted(((pieces[i][0], pieces[j][1]) for i in range(len(pieces)) for j in range(i, len(pieces))
                     if (i, j) != (0, len(pieces) - 1)), key=lambda se: se[0] - se[1])
     for start, end in spans:
+        if det.kind == "card" and sum(c.isdigit() for c in value[start:end]) < 13:
+            continue  # 12 digits cut from a longer number are as often a random Luhn pass as a Maestro card
         m = det.compiled.fullmatch(value[start:end])
         if m is not None and (det.check is None or det.check(m)):
             return start, end
