@@ -92,13 +92,20 @@ _UNDERLINE = re.compile(r"\s*([=\-~^*+#])\1{2,}\s*")
 def _version_context(text: str, start: int, end: int) -> bool:
     """True when the dotted quad `text[start:end]` reads as a version number (see the rule above)."""
     before = text[max(0, start - 24):start]
-    if _VERSION_BEFORE.search(before) or _VERSION_AFTER.match(text, end):
+    last = before.rstrip()[-1:]
+    # Every marker before a version ends in a letter, digit or one of these; "[1.2.3.4]" needs no regex.
+    if last and (last.isalnum() or last in "._-/=<>~!^:'\"") and _VERSION_BEFORE.search(before):
+        return True
+    if _VERSION_AFTER.match(text, end):
         return True
     if _NAME_JOINED.search(before) and _NAME_JOINED_AFTER.match(text, end):
         return True
-    line_start = text.rfind("\n", 0, start) + 1
-    line_end = text.find("\n", end)
-    line_end = len(text) if line_end < 0 else line_end
+    # A heading starts within a few characters of its line's start; only 200 characters after it count.
+    line_start = text.rfind("\n", max(0, start - 40), start) + 1
+    if line_start == 0 and start > 40:
+        return False
+    line_end = text.find("\n", end, end + 200)
+    line_end = min(len(text), end + 200) if line_end < 0 else line_end
     prefix, rest = text[line_start:start], text[end:line_end]
     if any(b.fullmatch(prefix) and a.fullmatch(rest) for b, a in _HEADING):
         return True
@@ -247,17 +254,23 @@ DETECTORS = {
 # neighbouring number ("ref 12 4111 1111 1111 1111", "DE89 3704 0044 0532 0130 00 2024"), fail its
 # checksum as a whole and still hold a valid value.
 _SPLITTABLE = {"card", "iban"}
+_PART_LENGTHS = {"card": (13, 19), "iban": (15, 34)}  # characters other than separators
 
 
 def _valid_part(det: Detector, value: str) -> tuple[int, int] | None:
     """(start, end) of the longest run of whole digit groups inside a failed match that matches the
     pattern on its own and passes the check; None when there is none."""
     pieces = [(p.start(), p.end()) for p in re.finditer(r"[^ \-]+", value)]
+    # Only runs of a length the kind has are tried. 12 digits cut from a longer number are as often a
+    # random Luhn pass as a Maestro card, so a card part holds 13 or more.
+    least, most = _PART_LENGTHS[det.kind]
+    sums = [0]
+    for start, end in pieces:
+        sums.append(sums[-1] + end - start)
     spans = sorted(((pieces[i][0], pieces[j][1]) for i in range(len(pieces)) for j in range(i, len(pieces))
-                    if (i, j) != (0, len(pieces) - 1)), key=lambda se: se[0] - se[1])
+                    if (i, j) != (0, len(pieces) - 1) and least <= sums[j + 1] - sums[i] <= most),
+                   key=lambda se: se[0] - se[1])
     for start, end in spans:
-        if det.kind == "card" and sum(c.isdigit() for c in value[start:end]) < 13:
-            continue  # 12 digits cut from a longer number are as often a random Luhn pass as a Maestro card
         m = det.compiled.fullmatch(value[start:end])
         if m is not None and (det.check is None or det.check(m)):
             return start, end
