@@ -3,9 +3,9 @@
 The phone library's own matcher parses every candidate once per region, in Python: about 1 MB/s of mail
 for one region. Here one regular expression finds digit groups laid out like a phone number, cheap
 checks put aside what is something else (dates, times, versions, decimals, thousands, dotted quads,
-postcodes, ISBNs, digits joined to a word, a host name or an identifier), and only what is left is parsed: once when it
-starts with "+" or "00", else once per configured region whose national layout fits it (the trunk
-prefix "0" where the region dials one, a length the region uses). A number counts when the library
+postcodes, ISBNs, digits joined to a word, a host name or an identifier), and only what is left is
+parsed: once when it starts with "+" or "00", else once per configured region whose national layout
+fits it (the trunk prefix "0" where the region dials one, a length the region uses). A number counts when the library
 says it is a valid number, or, for "+" numbers and the North American layout "(212) 555-0123", when its
 length is possible: that layout is evidence enough, and unassigned area codes still reach people.
 """
@@ -26,10 +26,13 @@ _EXTENSION = re.compile(r" ?(?:x|ext\.?|extension) ?\d{1,6}\b", re.I)
 # Digits the phone library accepts that are part of something else.
 _DOTTED_QUAD = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}")
 _JOINED_AFTER = re.compile(r"[A-Za-z0-9_@]|[.\-][A-Za-z0-9]|:\d")  # only ASCII letters: CJK text has no spaces
+# A run that starts with a date is one ("24.07.2002 15:57", "02/09/23/125230"), unless it is all pairs of
+# digits, as French numbers are written ("06.12.34.56.78").
 _DATE = re.compile(r"(\d{4})[\-./](\d{1,2})[\-./](\d{1,2})\b|(\d{1,2})([\-./])(\d{1,2})\5(?:\d{4}|\d{2})\b")
+_PAIRS = re.compile(r"\d\d(?:([ .\-])\d\d)(?:\1\d\d){3}")
 _THOUSANDS = re.compile(r"\d{1,3}(?:\.\d{3})+")
 _ZIP_PLUS_4 = re.compile(r"\d{5}-\d{4}|\d{5}-\d{3}|[1-9]\d-\d{7}")  # US ZIP+4, Brazilian CEP, US employer id
-_ISBN10 = re.compile(r"\d{1,5}-\d{1,7}-\d{1,7}-[\dX]")
+_ISBN10 = re.compile(r"\d{1,5}-\d{1,7}-\d{1,7}-\d")  # one ending in X is joined to a letter
 # A phone keyword before a number written without separators; identifiers labelled as such are no phones.
 _PHONE_WORD = re.compile(r"(?:\b(?:tel|tele?phone|phone|ph|fax|mobile?|cell(?:ular)?|call|voice|contact|whatsapp|sms"
                          r"|telefon|telefono|tel[eé]fono|t[eé]l[eé]phone|t[eé]l|portable|handy|telefoon|mobiel|cellulare"
@@ -59,12 +62,14 @@ def joined_to_other_text(text: str, start: int, end: int) -> bool:
 def _looks_like_other_number(run: str) -> bool:
     """Dates, versions and decimals ("3.14159", "10.0.19041.1"), thousands ("1.234.567")."""
     m = _DATE.match(run)
-    if m:
+    if m and not _PAIRS.fullmatch(run):
         if m.group(1):
-            return 1 <= int(m.group(2)) <= 12 and 1 <= int(m.group(3)) <= 31
-        a, b = int(m.group(4)), int(m.group(6))
-        if (1 <= a <= 31 and 1 <= b <= 12) or (1 <= a <= 12 and 1 <= b <= 31):
-            return True
+            if 1 <= int(m.group(2)) <= 12 and 1 <= int(m.group(3)) <= 31:
+                return True
+        else:
+            a, b = int(m.group(4)), int(m.group(6))
+            if (1 <= a <= 31 and 1 <= b <= 12) or (1 <= a <= 12 and 1 <= b <= 31):
+                return True
     if _ZIP_PLUS_4.fullmatch(run):
         return True
     if _ISBN10.fullmatch(run) and isbn10_ok(run):
@@ -82,9 +87,9 @@ def _looks_like_other_number(run: str) -> bool:
 
 
 def isbn10_ok(value: str) -> bool:
-    """The ISBN-10 check: digits weighted 10 down to 1 (X is 10) sum to a multiple of 11."""
-    chars = [c for c in value if c.isdigit() or c == "X"]
-    return len(chars) == 10 and sum((10 - i) * (10 if c == "X" else int(c)) for i, c in enumerate(chars)) % 11 == 0
+    """The ISBN-10 check: digits weighted 10 down to 1 sum to a multiple of 11."""
+    digits = [int(c) for c in value if c.isdigit()]
+    return len(digits) == 10 and sum((10 - i) * d for i, d in enumerate(digits)) % 11 == 0
 
 
 @lru_cache(maxsize=None)

@@ -147,7 +147,8 @@ def test_phone_numbers_international_by_default():
     texts = ["Ring 020 7946 0958 (London)", "Tel. 030 901820", "appelez le 01 42 68 53 00", "chiamare 06 6982 1234",
              "cellulare 347 123 4567", "電話 03-1234-5678 まで", "call +91 98765 43210", "ligue (11) 91234-5678",
              "llame al 912 345 678", "tel. +48 22 123 45 67", "bel 06 12345678", "Zürich 044 668 18 00",
-             "Sydney 02 9876 5432", "from abroad 0044 20 7946 0958", "+1-613-555-0199 x1234 desk"]
+             "Sydney 02 9876 5432", "from abroad 0044 20 7946 0958", "+1-613-555-0199 x1234 desk",
+             "portable 06.12.34.56.78", "portable 06-12-34-56-78"]
     out, counts = Scrubber(PiiConfig(types=["phone"])).scrub(pa.array(texts))
     assert counts["phone"].tolist() == [1] * len(texts), [t for t, n in zip(texts, counts["phone"].tolist()) if n != 1]
     assert out[0].as_py() == "Ring <PHONE> (London)" and out[14].as_py() == "<PHONE> desk"
