@@ -59,23 +59,36 @@ ORDER = ["secret", "email", "ip", "iban", "card", "ssn", "phone"]
 # A dotted quad is a version, not an address, when a version marker is right beside it (the rule the
 # README documents); anything else is scrubbed, so an address is kept only where a reader would also
 # read a version. Before it: "v", "version", "release", "build", "rev" (also as a key: "b_ver=",
-# "'build': '"), "changes in", "fixed in", "upgrade to", "since", a requirement operator ("pkg==",
-# ">=", "~=", "^"), a name joined by "/" ("Apache/2.4.1.1"), or by "-" / "_" when nothing but a space
-# or an archive extension follows ("foo-1.2.3.4.tar.gz"; "dialup-1.2.3.4.example.net" is a host), or
-# more dotted digits. After it: a fifth part, a release suffix ("-beta", "rc1") or an archive extension.
-# Changelog headings: "## 1.2.3.4", "## [1.2.3.4] - 2024-01-15", "* 1.2.3.4:", "1.2.3.4 (2024-01-15)",
-# "[1.2.3.4]: https://...", or the quad alone on a line underlined with "===" / "---". Other words
+# "'build': '"), "changes in", "fixed in", "prepare for", "notes to", "update X to" (not "update DNS
+# to"), "since", a requirement operator ("pkg==", ">=", "~=", "^"), a product name ("Git 1.7.9.2",
+# "XFree86 4.3.99.16"), a date and "(", a name joined by "/" ("Apache/2.4.1.1"), or by "-" / "_" when
+# nothing but a space or an archive extension follows ("foo-1.2.3.4.tar.gz";
+# "dialup-1.2.3.4.example.net" is a host), or more dotted digits. After it: a fifth part, a release
+# suffix ("-beta", "rc1"), an archive extension or "release", "cycle", "notes". Changelog headings:
+# "## 1.2.3.4", "## [1.2.3.4] - 2024-01-15", "* 1.2.3.4:", "1.2.3.4 (2024-01-15)", "[1.2.3.4]: https://...",
+# Debian's "pkg (1.2.3.4-1) unstable; urgency=low", or the quad alone on a line underlined with "===". Other words
 # after an address do not make it a version ("1.2.3.4-generic" is a host; "8.8.8.8" alone on a line,
 # "from 8.8.8.8", "IP 1.2.3.4" are addresses).
 _ARCHIVE = r"\.(?:tar|tgz|zip|whl|gz|bz2|xz|exe|msi|dmg|jar|deb|rpm|apk|nupkg)\b"
-_VERSION_AFTER = re.compile(r"\.\d|[\-_]?[a-zA-Z]\d|[\-_](?:alpha|beta|rc|dev|pre|snapshot|final|stable)\b|" + _ARCHIVE,
-                            re.I)
+_VERSION_AFTER = re.compile(r"\.\d|[\-_]?[a-zA-Z]\d|[\-_](?:alpha|beta|rc|dev|pre|snapshot|final|stable)\b|" + _ARCHIVE
+                            + r"|\s+(?:release|cycle|documentation|notes|series|branch|changelog)\b", re.I)
+_IP_WORDS = r"(?:ip|ipv4|dns|server|address|addr|host|gateway|proxy|resolver|nameserver|route|router|relay|mx|client)"
 _VERSION_BEFORE = re.compile(
-    r"(?:(?:\b|_)(?:versions?|releases?d?|ver\.?|build|rev(?:ision)?\.?|tag(?:ged)?)[\"']?\s*[=:]?\s*[\"']?"
-    r"|\b[vV]|\bsince|\buntil"
+    r"(?:(?:\b|_)(?:versions?|releases?d?|ver\.?|build|rev(?:ision)?\.?|tag(?:ged)?)(?:\s+(?:to|of|is|was))?"
+    r"[\"']?\s*[=:]?\s*[\"']?|\b[vV]|\bsince|\buntil"
     r"|\bchanges\s+(?:in|for|since)|\b(?:fixed|added|changed|deprecated|removed|introduced|new|backported)\s+(?:in|since)"
-    r"|\b(?:upgrade[sd]?|update[sd]?|bump(?:ed|s)?|pinned|downgrade[sd]?)\s+to"
-    r"|==|[<>~!]=|[\^~])\s*\Z|(?:[A-Za-z]/|[\d.][.\-]?)\Z", re.I)
+    r"|\b(?:prepar(?:e|es|ed|ing|ation)|ready|notes?|fix(?:es)?|corrections?)\s+(?:to|for)"
+    r"|\b(?:upgrade[sd]?|update[sd]?|bump(?:ed|s)?|pinned|downgrade[sd]?)(?:\s+(?!" + _IP_WORDS + r"\b)[\w.\-]+){0,2}\s+to"
+    r"|\d{4}-\d\d-\d\d\s+\(|==|[<>~!]=|[\^~])\s*\Z|(?:[A-Za-z]/|[\d.][.\-]?)\Z", re.I)
+# A product name right before it: a word with a digit or an inner capital ("XFree86", "V8", "libXinerama"),
+# one in capitals ("GIT"), or a well-known program; not an acronym of networking ("IP", "DNS", "SMTP").
+_PRODUCT_BEFORE = re.compile(
+    r"(?<![\w.\-])(?!(?i:ip|ipv4|ipv6|dns|tcp|udp|nat|vpn|wan|lan|isp|smtp|esmtp|esmtps|esmtpa|https?|ftp|ssh|helo|ehlo"
+    r"|rbl|dnsbl|spf|mx|ns|addr|host|from|server|proxy|gateway|router|ping|client|relay)\b)"
+    r"(?:[A-Za-z]*[a-z][A-Z][A-Za-z0-9]*|[A-Za-z]+\d[A-Za-z0-9]*|[A-Z]{3,}|(?i:git|linux|kernel|python|perl|ruby|node"
+    r"|java|chrome|chromium|firefox|thunderbird|windows|android|ubuntu|debian|openssl|sqlite|qt|gtk|gnome|kde|xorg"
+    r"|apache|nginx|php|mysql|postgresql|emacs|vim|gcc|glibc|binutils|automake|autoconf|libtool|cmake|doxygen"
+    r"|policy|standards(?:-version)?))[ \t]+\Z")
 _NAME_JOINED = re.compile(r"[A-Za-z][\-_]\Z")
 _NAME_JOINED_AFTER = re.compile(r"\s|[,;:)\]]|\Z")
 _DATE = (r"(?:\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[ ./-](?:\d{1,2}|[A-Za-z]{3,9})[ ./-]\d{2,4}"
@@ -85,6 +98,8 @@ _HEADING = [  # (line before the quad, line after it)
     (re.compile(r"\s*[*+\-]\s*\[?\s*[vV]?\s*"), re.compile(r"\]?\s*(?::\s*|\s*[\-\u2013\u2014(:]\s*\(?" + _DATE + r".*)", re.I)),
     (re.compile(r"\s*\[\s*[vV]?\s*"), re.compile(r"\]:\s.*|\]\s*[\-\u2013\u2014(]\s*\(?" + _DATE + r".*", re.I)),
     (re.compile(r"\s*[vV]?"), re.compile(r"\s*(?:\(|[\-\u2013\u2014]\s+)\s*" + _DATE + r".*", re.I)),
+    # Debian: "dpkg (1.4.0.20) unstable; urgency=low", "libxi (2:1.4.99.1-1) experimental; ..."
+    (re.compile(r"\s*[a-z0-9][a-z0-9.+\-]*\s+\(\s*(?:\d+:)?"), re.compile(r"[^)\s]*\)\s+[a-z][\w\-]*(?:\s+[a-z][\w\-]*)*;.*")),
 ]
 _UNDERLINE = re.compile(r"\s*([=\-~^*+#])\1{2,}\s*")
 
@@ -94,7 +109,8 @@ def _version_context(text: str, start: int, end: int) -> bool:
     before = text[max(0, start - 24):start]
     last = before.rstrip()[-1:]
     # Every marker before a version ends in a letter, digit or one of these; "[1.2.3.4]" needs no regex.
-    if last and (last.isalnum() or last in "._-/=<>~!^:'\"") and _VERSION_BEFORE.search(before):
+    if last and (last.isalnum() or last in "._-/=<>~!^:'\"(") and (
+            _VERSION_BEFORE.search(before) or _PRODUCT_BEFORE.search(before)):
         return True
     if _VERSION_AFTER.match(text, end):
         return True

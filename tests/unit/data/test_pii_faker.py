@@ -46,7 +46,7 @@ def _marker(i: int) -> str:
         word = letters[i % 16] + word
         i //= 16
         if not i:
-            return f"QQ{word}QQ"
+            return f"qq{word}qq"
 
 
 def _grouped(digits: str, rng: random.Random) -> str:
