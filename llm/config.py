@@ -432,9 +432,11 @@ class PiiConfig(Section):
         None, description="Name of a Prefect Secret block holding the pseudonym key (for deployments)."
     )
     phone_regions: list[str] = Field(
-        default_factory=lambda: ["US"],
-        description="Regions (ISO 3166 alpha-2) whose national phone formats are recognised; "
-        "international (+..) numbers are recognised whatever the region.",
+        default_factory=lambda: ["US", "CA", "GB", "IE", "DE", "AT", "CH", "FR", "BE", "NL", "IT", "ES", "PT", "PL",
+                                 "SE", "BR", "MX", "IN", "JP", "AU"],
+        description="Regions (ISO 3166 alpha-2) whose national phone formats are recognised (each costs a parse "
+        "of the numbers its layout fits); international numbers (`+44 ...`, `0044 ...`) are recognised "
+        "whatever the region.",
     )
 
 
