@@ -21,7 +21,9 @@ cores (children inherit the affinity), sides alternating over `--repeats` rounds
   pools, which datatrove starts per step.
 - **steady**: the same job run a second time in that subprocess into a fresh output folder (llmpipe's
   Ray and workers already up; datatrove starts its pools again, as it does for every run).
-Both sides get the same first run, so warm-up is symmetric.
+Both sides get the same first run, so warm-up is symmetric. llmpipe's compiled loops (numba) are cached
+beside the code after their first-ever use, once per installation: on a fresh checkout the first round's
+llmpipe run also compiles them, so use `--repeats 2` (or any earlier run) for figures.
 
 Same on both sides: word 5-gram shingles, 14 bands x 8 rows of 64-bit MinHash, as many input shards as
 tasks. Where they differ:
