@@ -35,7 +35,9 @@ tasks. Where they differ:
   datatrove removes every band collision and unions clusters through chains.
 
 Quality, both sides against one ground truth: exact Jaccard >= 0.8 of **llmpipe's shingle sets** (word
-5-grams of lower-cased letter/digit runs, `llm.data.minhash.shingles.word_shingles`). The truth set is
+5-grams of lower-cased letter/digit runs, `llm.data.minhash.shingles.word_shingles`); the same figures
+against datatrove's shingle sets (word 5-grams of its `simplify_text`, split on whitespace) are printed
+in brackets, and the truth's own counts for both. The truth set is
 checked over (a) every pair inside each planted family, (b) every pair either tool reports (a removed
 document with the document kept in its cluster), (c) with `--brute-force` (default up to 50k documents)
 every pair of the corpus by a sparse product of the shingle incidence matrix; and a random sample of
@@ -203,13 +205,28 @@ def removed_datatrove(out: Path) -> dict[int, int]:
 
 
 class Truth:
-    """Exact Jaccard of llmpipe's word 5-gram shingle sets, for any pair, from one shingling of the corpus."""
+    """Exact Jaccard of shingle sets, for any pair, from one shingling of the corpus: llmpipe's (word
+    5-grams of lower-cased letter/digit runs) or datatrove's (word 5-grams of `simplify_text` split on
+    whitespace, as its signature step with the whitespace tokenizer makes them)."""
 
-    def __init__(self, texts: list[str]):
-        from llm.data.minhash.shingles import word_shingles
+    def __init__(self, texts: list[str], shingling: str = "llmpipe"):
+        import numpy as np
 
-        self.batch = word_shingles(texts, NGRAM)
-        self.sets = [frozenset(self.batch.of(i).tolist()) for i in range(len(texts))]
+        if shingling == "llmpipe":
+            from llm.data.minhash.shingles import word_shingles
+
+            self.batch = word_shingles(texts, NGRAM)
+            self.sets = [frozenset(self.batch.of(i).tolist()) for i in range(len(texts))]
+            return
+        from types import SimpleNamespace
+
+        from datatrove.utils.text import TextNormConfig, ngrams, simplify_text
+
+        norm = TextNormConfig()  # datatrove's MinhashConfig default
+        self.sets = [frozenset(hash(" ".join(g)) for g in ngrams(simplify_text(t, norm).split(), NGRAM)) for t in texts]
+        counts = np.array([len(x) for x in self.sets], np.int64)
+        hashes = np.fromiter((h for x in self.sets for h in x), np.int64, int(counts.sum()))
+        self.batch = SimpleNamespace(hashes=hashes, counts=counts, offsets=np.concatenate([[0], np.cumsum(counts)]))
 
     def jaccard(self, i: int, j: int) -> float:
         a, b = self.sets[i], self.sets[j]
@@ -311,22 +328,27 @@ def main() -> None:
         removed = {"llmpipe": removed_llmpipe(root / f"llmpipe-{best['llmpipe']['round']}" / "first"),
                    "datatrove": removed_datatrove(root / f"datatrove-{best['datatrove']['round']}" / "first")}
         reported = {(min(d, k), max(d, k)) for side in removed.values() for d, k in side.items() if k >= 0}
-        truth = Truth(texts)
         brute = args.brute_force == "yes" or (args.brute_force == "auto" and len(texts) <= 50_000)
-        found, counts = ground_truth(truth, corpus.family, reported, brute)
-        checked, hits = sample_unreported(truth, corpus.family, reported, args.sample)
-        print(f"ground truth (exact Jaccard >= {THRESHOLD} of llmpipe's word {NGRAM}-gram shingle sets): "
-              f"{len(found)} pairs; " + "; ".join(f"{k} {v}" for k, v in counts.items()))
-        print(f"random unreported cross-family pairs: {checked} checked, {hits} at >= {THRESHOLD}")
+        scores: dict[str, dict[str, tuple[float, float]]] = {}
+        for shingling in ("llmpipe", "datatrove"):
+            truth = Truth(texts, shingling)
+            found, counts = ground_truth(truth, corpus.family, reported, brute)
+            checked, hits = sample_unreported(truth, corpus.family, reported, args.sample)
+            print(f"ground truth on {shingling}'s shingling (exact Jaccard >= {THRESHOLD} of word {NGRAM}-gram sets): "
+                  f"{len(found)} pairs; " + "; ".join(f"{k} {v}" for k, v in counts.items())
+                  + f"; random unreported cross-family pairs: {checked} checked, {hits} at >= {THRESHOLD}")
+            scores[shingling] = {side: quality(truth, found, removed[side]) for side in removed}
         rates = {}
         for side in ("llmpipe", "datatrove"):
             t = best[side]
-            recall, precision = quality(truth, found, removed[side])
+            recall, precision = scores["llmpipe"][side]
+            other = scores["datatrove"][side]
             rates[side] = len(texts) / t["startup"]
             print(f"{side:9s}: {len(texts)} docs; with start-up {t['startup']:7.2f} s = {rates[side]:8.0f} docs/s "
                   f"({rates[side] / args.cores:6.0f} per core); steady {t['steady']:7.2f} s = "
                   f"{len(texts) / t['steady']:8.0f} docs/s; removed {len(removed[side])}; "
-                  f"recall {recall:.4f}; precision {precision:.4f}")
+                  f"recall {recall:.4f}; precision {precision:.4f} "
+                  f"(on datatrove's shingling: {other[0]:.4f}, {other[1]:.4f})")
         print(f"steady throughput ratio llmpipe/datatrove: "
               f"{best['datatrove']['steady'] / best['llmpipe']['steady']:.2f}")
         print(f"llmpipe/datatrove throughput ratio (with start-up): {rates['llmpipe'] / rates['datatrove']:.2f}")
