@@ -1,4 +1,4 @@
-"""HTML extraction throughput: llmpipe's per-document pass against datatrove's, same WARC files in, documents out on disk.
+"""HTML extraction throughput: llmpipe's per-document pass against datatrove's, same WARC files in, documents out.
 
     .venv/bin/python bench/extract_vs_datatrove.py                # crawl ~200 local pydoc pages first
     .venv/bin/python bench/extract_vs_datatrove.py --warc DIR     # or use existing WARC files
@@ -80,7 +80,8 @@ def llmpipe_job(warc_dir: Path, out: Path) -> tuple[int, int]:
     records = []
     for unit in plan_inputs([SourceConfig(kind="warc", name="web", uri=str(warc_dir), glob="*.warc.gz")], ""):
         docs, rejected, quarantined, counts = process_unit(unit, steps)
-        record = write_shard(str(out), unit.shard, list(unit.files), docs, rejected, quarantined, _total(counts), counts)
+        record = write_shard(str(out), unit.shard, list(unit.files), docs, rejected, quarantined, _total(counts),
+                             counts)
         write_record(str(out), record)
         records.append(record)
         html += counts["extract"].read - counts["extract"].dropped.get("unsupported_content_type", 0)
@@ -138,6 +139,10 @@ def child(args: argparse.Namespace) -> None:
     (out / "times.json").write_text(json.dumps({"startup": first, "steady": steady, "read": read, "kept": kept}))
 
 
+def _child_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+
+
 def spawn(side: str, warc_dir: Path, out: Path) -> dict:
     out.mkdir(parents=True)
     log = out.parent / f"{out.name}.log"  # the side's own logging, kept out of the report
@@ -145,7 +150,7 @@ def spawn(side: str, warc_dir: Path, out: Path) -> dict:
         spawned = time.monotonic()
         done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--side", side, "--warc", str(warc_dir),
                                "--out", str(out), "--spawned", repr(spawned)], stdout=fh, stderr=subprocess.STDOUT,
-                              env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])})
+                              env=_child_env())
     if done.returncode:
         sys.exit(f"{side} failed ({done.returncode}):\n" + log.read_text()[-4000:])
     return json.loads((out / "times.json").read_text())
@@ -177,6 +182,8 @@ def main() -> None:
         warc_dir = build_input(args, tmp)
         html = html_records(warc_dir)
         print(f"input: {html} HTML response records in {len(list(warc_dir.glob('*.warc.gz')))} WARC files")
+        print("timed: with start-up = spawn of each side's subprocess to its documents on disk (imports, "
+              "trafilatura, datatrove's extractor process inside); steady = the same job again in that process")
         best: dict[str, dict] = {}
         for r in range(args.repeat):
             for side in ("llmpipe", "datatrove"):
@@ -192,7 +199,8 @@ def main() -> None:
         print(f"{name:>9}: {t['read']} HTML documents by its own count, {t['kept']} kept; with start-up "
               f"{t['startup']:.2f}s = {rates[name]:.1f} docs/s per core; steady {t['steady']:.2f}s = "
               f"{html / t['steady'] / cores:.1f} docs/s per core")
-    print(f"steady ratio llmpipe/datatrove (docs/s per core): {best['datatrove']['steady'] / best['llmpipe']['steady']:.2f}")
+    steady = best["datatrove"]["steady"] / best["llmpipe"]["steady"]
+    print(f"steady ratio llmpipe/datatrove (docs/s per core): {steady:.2f}")
     print(f"ratio llmpipe/datatrove (docs/s per core, with start-up): {rates['llmpipe'] / rates['datatrove']:.2f}")
 
 

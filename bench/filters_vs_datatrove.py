@@ -6,8 +6,8 @@
 The corpus is written once as one JSONL file (`{"id", "text"}` a line); both sides read that file and
 write the documents they keep to disk as zstd Parquet, each through its own machinery:
 (a) llmpipe: its JSONL reader (`plan_inputs` + `read_unit`, source `web`) -> `process_unit` with
-    `ExtractStep` (a text record's payload decoded into a document), `QualityStep` (the project's default `QualityConfig`: Gopher repetition, Gopher quality, C4 with
-    line removal, FineWeb) then `PiiStep` (e-mail, IP), 256-document batches -> `write_shard` (kept
+    `ExtractStep` (a text record's payload decoded into a document), `QualityStep` (the project's
+    default `QualityConfig`: Gopher repetition, Gopher quality, C4 with line removal, FineWeb) then `PiiStep` (e-mail, IP), 256-document batches -> `write_shard` (kept
     shard, plus its `rejected/` shard: llmpipe scrubs and keeps every dropped document, datatrove
     discards them, so this is extra work on llmpipe's side) and the dataset manifest.
 (b) datatrove: `JsonlReader` + `GopherRepetitionFilter` + `GopherQualityFilter` + `C4QualityFilter` +
@@ -175,6 +175,10 @@ def child(args: argparse.Namespace) -> None:
     (out / "times.json").write_text(json.dumps({"startup": first, "steady": steady, "kept": kept}))
 
 
+def _child_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+
+
 def spawn(side: str, corpus: Path, out: Path, terminal_punct: bool) -> dict:
     import subprocess
 
@@ -185,7 +189,7 @@ def spawn(side: str, corpus: Path, out: Path, terminal_punct: bool) -> dict:
         done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--side", side, "--corpus", str(corpus),
                                "--out", str(out), "--terminal-punct", "on" if terminal_punct else "off",
                                "--spawned", repr(spawned)], stdout=fh, stderr=subprocess.STDOUT,
-                              env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])})
+                              env=_child_env())
     if done.returncode:
         sys.exit(f"{side} failed ({done.returncode}):\n" + log.read_text()[-4000:])
     return json.loads((out / "times.json").read_text())
@@ -287,6 +291,8 @@ def main() -> None:
         print(f"input: {len(texts)} extracted documents, {kb:.1f} KB mean, one JSONL file; C4 terminal-punctuation "
               f"line rule {'on' if terminal else 'off'} in llmpipe's default configuration, "
               f"datatrove C4QualityFilter(filter_no_terminal_punct={terminal})")
+        print("timed: with start-up = spawn of each side's subprocess to its kept documents on disk (imports, "
+              "spaCy tokenizers, stop words, patterns loaded inside); steady = the same job again in that process")
         best: dict[str, dict] = {}
         for r in range(args.repeat):
             for side in ("llmpipe", "datatrove"):
@@ -303,7 +309,8 @@ def main() -> None:
         print(f"{name:>9}: {len(texts)} docs, {t['kept']} kept; with start-up {t['startup']:.2f}s = "
               f"{rates[name]:.1f} docs/s per core; steady {t['steady']:.2f}s = "
               f"{len(texts) / t['steady'] / cores:.1f} docs/s per core")
-    print(f"steady ratio llmpipe/datatrove (docs/s per core): {best['datatrove']['steady'] / best['llmpipe']['steady']:.2f}")
+    steady = best["datatrove"]["steady"] / best["llmpipe"]["steady"]
+    print(f"steady ratio llmpipe/datatrove (docs/s per core): {steady:.2f}")
     print(f"ratio llmpipe/datatrove (docs/s per core, with start-up): {rates['llmpipe'] / rates['datatrove']:.2f}")
 
 

@@ -129,7 +129,8 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"device: {name} | bf16 peak: {device_peak_flops(device, 'bf16') or 'not in table'} FLOP/s | "
           f"TF32 matmul: {torch.backends.cuda.matmul.allow_tf32} (as the project leaves it)")
-    print(f"{'model':>7} {'config':>18} {'compile':>7} {'batch':>9} {'vocab':>6} {'tokens/s':>11} {'step ms':>9} {'MFU':>7} {'mem GiB':>8}")
+    print(f"{'model':>7} {'config':>18} {'compile':>7} {'batch':>9} {'vocab':>6} {'tokens/s':>11} {'step ms':>9} "
+          f"{'MFU':>7} {'mem GiB':>8}")
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-mfu-") as tmp:
         for label, config in CONFIGS:

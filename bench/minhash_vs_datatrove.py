@@ -255,7 +255,8 @@ def ground_truth(truth: Truth, family: list[int], reported: set[tuple[int, int]]
     return found, counts
 
 
-def sample_unreported(truth: Truth, family: list[int], reported: set[tuple[int, int]], n: int, seed: int = 1) -> tuple[int, int]:
+def sample_unreported(truth: Truth, family: list[int], reported: set[tuple[int, int]], n: int,
+                      seed: int = 1) -> tuple[int, int]:
     """(pairs checked, pairs >= THRESHOLD) among `n` random pairs of different families that no tool reported."""
     import numpy as np
 
@@ -317,6 +318,8 @@ def main() -> None:
               f"words, {kb:.2f} KB on average), {shards} Parquet shards, {args.cores} cores")
         print("planted copies: " + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items()) if k != "base")
               + " (edit rate uniform in [0, 0.15]; chains [0, 0.05] a step)")
+        print("timed: with start-up = spawn of each side's subprocess to its outputs on disk (imports, Ray and its "
+              "workers / datatrove's worker pools inside); steady = the same job again in that process")
         best: dict[str, dict[str, float]] = {}
         for r in range(args.repeats):
             for side in ("llmpipe", "datatrove"):
