@@ -335,6 +335,12 @@ class C4QualityConfig(Section):
     enabled: bool = Field(True, description="Compute the signals and apply the rules.")
     min_sentences: int | None = Field(5, ge=0, description="Sentences in counted lines below this drop.")
     min_words_per_line: int = Field(3, ge=0, description="Lines with fewer words do not count.")
+    terminal_punct_lines: bool | None = Field(
+        None, description="Only lines ending in terminal punctuation (. ? ! \" ', not an ellipsis) count. "
+        "Empty: on when the FineWeb rules are off (as in C4), off when they run (as in FineWeb's pipeline, "
+        "where FineWeb's line-punctuation ratio replaces this rule; after it that ratio would have nothing "
+        "left to measure)."
+    )
     max_word_length: int = Field(1000, ge=1, description="Lines holding a longer word do not count.")
     lorem_ipsum: bool = Field(True, description="Drop documents with `lorem ipsum` in a counted line.")
     curly_bracket: bool = Field(True, description="Drop documents with `{` in a counted line.")

@@ -134,3 +134,21 @@ def test_fineweb_measures_the_text_c4_left():
     assert off.kept.num_rows == 0 and off.dropped.column("rule").to_pylist()[0].startswith("fw_")
     assert "c4_removed_lines" not in off.dropped.column_names
     assert off.dropped.column("text").to_pylist() == [text]
+
+
+CATALOGUE = "\n".join(f"Item {i} in the catalogue of garden tools for sale" for i in range(30))
+
+
+def test_fineweb_line_punctuation_rule_sees_unpunctuated_lines():
+    # FineWeb's pipeline runs C4 without its terminal-punctuation line rule (FineWeb's line-punctuation
+    # ratio takes its place); with both on, C4 would leave only punctuated lines and the ratio could not fire.
+    text = CATALOGUE + "\n" + GOOD  # 2 punctuated lines of 32
+    cfg = QualityConfig.model_validate({"gopher": {"enabled": False}, "gopher_repetition": {"enabled": False}})
+    dropped = _rule(text, cfg)
+    assert dropped is not None and dropped["rule"] == "fw_line_punct_ratio"
+    assert dropped["value"] == pytest.approx(2 / 32)
+    c4_as_published = cfg.model_copy(update={"c4": cfg.c4.model_copy(update={"terminal_punct_lines": True})})
+    out = QualityStep(c4_as_published).apply(_docs([text]))
+    assert out.kept.column("text").to_pylist() == [GOOD] and out.kept.column("c4_removed_lines").to_pylist() == [30]
+    # C4 alone keeps its own rule by default: the unpunctuated lines do not count as sentences.
+    assert QualityStep(_only("c4")).apply(_docs([text])).kept.column("text").to_pylist() == [GOOD]
