@@ -275,7 +275,7 @@ class LangIdConfig(Section):
         description="ISO 639-1 codes of the languages kept; empty keeps every language.",
     )
     min_confidence: float = Field(
-        0.5, ge=0, le=1, description="Documents whose top-language probability is below this are dropped."
+        0.5, ge=0, le=1, description="Documents whose top-language probability is not above this are dropped."
     )
     min_confidence_per_language: dict[str, float] = Field(
         default_factory=lambda: {"en": 0.65},

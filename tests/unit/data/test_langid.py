@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
@@ -74,3 +75,16 @@ def test_bad_input_gets_a_decision():
     assert langs.get("3") == "he" and langs.get("4") == "zh"
     rules = dict(zip(out.dropped.column("id").to_pylist(), out.dropped.column("rule").to_pylist()))
     assert rules.get("0") == "lang_low_confidence"
+
+
+def test_a_score_at_the_threshold_is_dropped_as_in_datatrove(monkeypatch):
+    # datatrove's LanguageFilter keeps a document only when its score is above the threshold.
+    import llm.data.langid as langid
+
+    threshold = LangIdConfig().min_confidence_per_language["en"]
+    scores = [threshold, float(np.nextafter(threshold, 1.0))]
+    monkeypatch.setattr(langid, "identify", lambda texts, max_chars: (["en"] * len(texts), np.array(scores)))
+    out = LangIdStep(LangIdConfig()).apply(_docs(["a", "b"]))
+    assert out.kept.column("id").to_pylist() == ["1"]
+    dropped = out.dropped.to_pylist()[0]
+    assert dropped["rule"] == "lang_low_confidence" and dropped["value"] == dropped["threshold"] == threshold
