@@ -136,6 +136,10 @@ class ExtractConfig(Section):
         "longer than this in elapsed time is quarantined. Keep it far above `cpu_limit_s`, so load never decides."
     )
     include_tables: bool = Field(True, description="Keep table text.")
+    include_comments: bool = Field(
+        False, description="Keep the text of a page's comment section (readers' comments below an article); "
+        "off by default: comments are short, repetitive and often spam."
+    )
     favor_recall: bool = Field(True, description="Prefer keeping text over precision of the main-content guess.")
     max_html_bytes: int = Field(5_000_000, ge=1024, description="Larger responses are dropped before parsing.")
 
