@@ -34,7 +34,8 @@ _BULLET_LINE = r"^\s*[•\-]"
 _ELLIPSIS_LINE = r"(\.\.\.|…)\s*$"
 _HAS_LETTER = r"\pL"
 _NOT_PUNCT = r"[^\p{P}\p{S}\p{Cc}]"  # a token with any such character is a word, not a symbol
-# C4: a counted line ends in . ? ! " ' but not in an ellipsis; wiki citations are removed first.
+# C4: with its terminal-punctuation rule, a counted line ends in . ? ! " ' but not in an ellipsis; wiki
+# citations are removed first.
 _CITATION = r"\[\d*\]|\[edit\]|\[citation needed\]"
 _C4_TERMINAL = r"[.?!\"']$"
 _POLICY = r"terms of use|privacy policy|cookie policy|uses cookies|use of cookies|use cookies"
