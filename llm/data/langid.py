@@ -64,7 +64,7 @@ def identify(texts: list[str], max_chars: int = 4000) -> tuple[list[str], np.nda
 
 
 class LangIdStep:
-    """Adds `lang` and `lang_score`; drops documents outside the keep-list or below their threshold."""
+    """Adds `lang` and `lang_score`; drops documents outside the keep-list or not above their threshold."""
 
     name = "langid"
     signal_fields = [pa.field("lang", pa.string()), pa.field("lang_score", pa.float64())]
@@ -88,7 +88,7 @@ class LangIdStep:
         for r, lang, score in zip(rows.tolist(), langs, scores.tolist()):
             if keep and lang not in keep:
                 rule[r] = "lang_not_kept"
-            elif score < self.threshold(lang):
+            elif score <= self.threshold(lang):  # a score must exceed it, as in datatrove's LanguageFilter
                 rule[r], threshold[r] = "lang_low_confidence", self.threshold(lang)
         dropped_mask = np.array([r is not None for r in rule], dtype=bool)
         idx = np.flatnonzero(dropped_mask).tolist()
