@@ -39,6 +39,9 @@ UNDETERMINED = "und"
 # Below this probability the model is no better than guessing among its classes: no language at all
 # (empty text, digits, binary garbage).
 _NO_LANGUAGE = 0.05
+# Texts per compiled call: bounds its buffers (a sampled text is at most ~16 KB of UTF-8, and the walk
+# keeps 4 bytes per byte) at ~80 MB however many texts a shard holds.
+_BATCH = 1024
 
 
 @lru_cache(maxsize=1)
@@ -93,12 +96,16 @@ def identify(texts: list[str], max_chars: int = 4000) -> tuple[list[str], np.nda
     from llm.data.langid_kernels import classify_batch
 
     *model, classes = _tables()
-    encoded = [encode(sample(text or "", max_chars)) for text in texts]
-    offsets = np.zeros(len(encoded) + 1, np.int64)
-    np.cumsum([len(b) for b in encoded], out=offsets[1:])
-    best, scores = classify_batch(np.frombuffer(b"".join(encoded), np.uint8), offsets, *model)
-    langs = [UNDETERMINED if score < _NO_LANGUAGE or classes[i] == "zxx" else classes[i]
-             for i, score in zip(best.tolist(), scores.tolist())]
+    langs: list[str] = []
+    scores = np.zeros(len(texts), np.float64)
+    for lo in range(0, len(texts), _BATCH):
+        encoded = [encode(sample(text or "", max_chars)) for text in texts[lo:lo + _BATCH]]
+        offsets = np.zeros(len(encoded) + 1, np.int64)
+        np.cumsum([len(b) for b in encoded], out=offsets[1:])
+        best, probs = classify_batch(np.frombuffer(b"".join(encoded), np.uint8), offsets, *model)
+        scores[lo:lo + len(encoded)] = probs
+        langs += [UNDETERMINED if p < _NO_LANGUAGE or classes[i] == "zxx" else classes[i]
+                  for i, p in zip(best.tolist(), probs.tolist())]
     return langs, scores
 
 

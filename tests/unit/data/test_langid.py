@@ -172,15 +172,20 @@ def test_identify_answers_as_py3langid_on_random_and_edge_input():
     _assert_same_as_py3langid(texts[-6:], max_chars=30)
 
 
-def test_identify_of_a_batch_is_identify_of_each_text():
+def test_identify_of_a_batch_is_identify_of_each_text(monkeypatch):
+    import llm.data.langid as langid
+
     texts = ["The committee published its annual report.", "", "Der Ausschuss hat seinen Bericht veröffentlicht.",
-             "\x00\x01", "Le comité a publié son rapport annuel.", None]
+             "\x00\x01", "Le comité a publié son rapport annuel.", None, "Il comitato ha pubblicato la relazione."]
     langs, scores = identify(texts)
     assert langs[1] == "und" and langs[5] == "und"
     for i, text in enumerate(texts):
         one_lang, one_score = identify([text])
         assert one_lang == [langs[i]] and one_score[0] == scores[i]
-    assert identify([]) == ([], pytest.approx(np.zeros(0)))
+    monkeypatch.setattr(langid, "_BATCH", 3)  # several compiled calls, the last one short
+    chunked_langs, chunked_scores = identify(texts)
+    assert chunked_langs == langs and chunked_scores.tolist() == scores.tolist()
+    assert identify([])[0] == [] and identify([])[1].shape == (0,)
 
 
 def test_compiled_classifier_runs_where_no_cache_can_be_written(tmp_path):
