@@ -13,9 +13,9 @@ its probability to py3langid's float32 rounding (at most 1.4e-5 apart on the dev
 from the same arithmetic in float64): the accuracy is py3langid's, 0.977. Measured by
 `bench/langid_speed.py` (CPU time, one core, best of several passes, on a shared 2-core machine whose
 load moves both figures): 45,000-71,000 texts/s per core against 5,300-11,000 for py3langid's own
-`classify` on the same texts and core, 6.4-8.4 times as fast. Numba's compile costs ~1.6 s CPU once
+`classify` on the same texts and core, 6.4-9.8 times as fast. Numba's compile costs ~1.6 s CPU once
 per installation (its code is cached beside `langid_kernels.py`); a later process's first call costs
-~0.4-0.6 s (numba's import and the cached code's load). The model takes ~125 MB in memory (the
+~0.4-0.8 s (numba's import and the cached code's load). The model takes ~125 MB in memory (the
 automaton, py3langid's float16 table and its float32 copy that the loop reads).
 
 A document gets `lang` (ISO 639-1 where one exists) and `lang_score` (the model's probability,
