@@ -19,14 +19,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+from llm.compiled import njit_cached
 
-
-def _compiled(fn):
-    try:
-        return njit(cache=True, nogil=True)(fn)
-    except RuntimeError:  # numba finds no writable cache location: compile in each process instead
-        return njit(nogil=True)(fn)
+_compiled = njit_cached(nogil=True)
 
 
 _LANES = 8  # texts walked at once: their table lookups overlap instead of waiting one after another

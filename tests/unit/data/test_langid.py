@@ -198,21 +198,31 @@ def test_compiled_classifier_runs_where_no_cache_can_be_written(tmp_path):
 
     import llm.data.langid_kernels as kernels
 
+    import llm.compiled as compiled
+    import llm.data.minhash.kernels as minhash_kernels
+
     pkg = tmp_path / "ro"
-    pkg.mkdir()
+    (pkg / "llm").mkdir(parents=True)
+    (pkg / "llm" / "__init__.py").write_text("")
+    shutil.copy(compiled.__file__, pkg / "llm" / "compiled.py")
     shutil.copy(kernels.__file__, pkg / "langid_kernels.py")
-    (pkg / "__pycache__").write_text("not a folder")
+    shutil.copy(minhash_kernels.__file__, pkg / "minhash_kernels.py")
+    for cache in (pkg / "__pycache__", pkg / "llm" / "__pycache__"):
+        cache.write_text("not a folder")
     blocked = tmp_path / "file"
     blocked.write_text("")
     code = ("import numpy as np, langid_kernels as k\n"
             "out = k.classify_batch(np.zeros(3, np.uint8), np.array([0, 3]), np.zeros(256, np.uint32),"
             " np.zeros(1, np.int64), np.full(1, -1, np.int32), np.zeros((1, 2), np.float32),"
             " np.zeros(2, np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64))\n"
-            "print(out[0].tolist(), out[1].tolist(), k.classify_batch._cache.__class__.__name__)\n")
+            "print(out[0].tolist(), out[1].tolist(), k.classify_batch._cache.__class__.__name__)\n"
+            # the MinHash kernels compile the same way
+            "import minhash_kernels as m\n"
+            "print(int(m.mix(np.uint64(1))) == int(m.mix(np.uint64(1))), m.mix._cache.__class__.__name__)\n")
     env = {"PATH": "/usr/bin:/bin", "HOME": str(blocked / "home"), "XDG_CACHE_HOME": str(blocked / "cache"),
            "PYTHONPATH": str(pkg), "NUMBA_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env,
                           cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["[0]", "[0.5]", "NullCache"], done.stdout
+    assert done.stdout.split() == ["[0]", "[0.5]", "NullCache", "True", "NullCache"], done.stdout
     assert not any(Path(pkg).glob("*.nbi"))
