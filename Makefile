@@ -55,8 +55,9 @@ browser:
 test: install-dev browser
 	$(PY) -m pytest -q
 
-# Every CPU benchmark in bench/ (bench/README.md lists them and the GPU one).
+# Every CPU benchmark in bench/ (bench/README.md lists them and the GPU one), with their peers installed.
 bench: install-dev
+	$(PIP) install -q -c constraints.txt -e ".[dev,peer]"
 	$(PY) bench/extract_vs_datatrove.py
 	$(PY) bench/filters_vs_datatrove.py
 	$(PY) bench/minhash_vs_datatrove.py --docs 20000

@@ -35,9 +35,9 @@ STAGE_HELP = {
     "minhash_dedup": "drop near-duplicates (MinHash LSH, verified, no chaining) and repeated URLs",
     "shard": "cut the cleaned corpus into Parquet shards of the configured size",
     "tokenizer": "train the SentencePiece tokenizer on a sample of the shards",
-    "tokenize": "encode shards into token files, split train/validation",
+    "tokenize": "encode shards into token files, split train/validation/test",
     "pretrain": "pre-train the transformer with Ray Train",
-    "evaluate": "validation loss, perplexity and sample continuations of the final checkpoint",
+    "evaluate": "test-split loss, perplexity and sample continuations of the final checkpoint",
     "finetune": "fine-tune the pretrained model on SFT pairs or chats (full, LoRA, prefix tuning, adapters)",
 }
 

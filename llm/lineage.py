@@ -33,7 +33,7 @@ STAGE_CODE: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "crawl": (("llm.data.crawl_stage",), ("warcio", "requests")),
     "ingest": (("llm.data.ingest", "llm.data.readers", "llm.data.extract", "llm.data.normalize", "llm.data.pii",
                 "llm.data.langid", "llm.data.quality", "llm.data.content"),
-               ("pyarrow", "trafilatura", "warcio", "py3langid", "phonenumbers", "better-profanity")),
+               ("pyarrow", "trafilatura", "warcio", "py3langid", "numpy", "numba", "phonenumbers", "better-profanity")),
     "exact_dedup": (("llm.data.exact_dedup",), ("pyarrow",)),
     "minhash_dedup": (("llm.data.minhash.stage",), ("pyarrow", "numpy", "numba")),
     "shard": (("llm.data.reshard",), ("pyarrow",)),

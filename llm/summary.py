@@ -42,7 +42,8 @@ def format_summary(result: dict) -> str:
         lines.append(f"crawl: {c.get('pages_fetched')} pages fetched, {c.get('pages_failed')} failed")
     if "tokenize" in stages:
         t = stages["tokenize"]
-        lines.append(f"tokens: train {t.get('train_tokens'):,}  val {t.get('val_tokens'):,}  ({t.get('dtype')})")
+        lines.append(f"tokens: train {t.get('train_tokens'):,}  val {t.get('val_tokens'):,}  "
+                     f"test {t.get('test_tokens', 0):,}  ({t.get('dtype')})")
     if "pretrain" in stages:
         p = stages["pretrain"]
         lines.append(
@@ -51,7 +52,8 @@ def format_summary(result: dict) -> str:
             f"{_f(p.get('seconds'), 1)} s")
     if "evaluate" in stages:
         e = stages["evaluate"]
-        lines.append(f"evaluate: validation loss {_f(e.get('val_loss'))}, perplexity {_f(e.get('perplexity'), 2)}"
+        held_out = "test" if e.get("split") == "test" else "validation (no test split)"
+        lines.append(f"evaluate: {held_out} loss {_f(e.get('val_loss'))}, perplexity {_f(e.get('perplexity'), 2)}"
                      f" on {e.get('tokens_evaluated', 0):,} held-out tokens")
     if "finetune" in stages:
         f = stages["finetune"]

@@ -121,7 +121,7 @@ def tokenizer(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict:
 
 @stage_task("tokenize")
 def tokenize(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict:
-    """Encode the shards into token files with document indexes, split into train and validation."""
+    """Encode the shards into token files with document indexes, split into train, validation and test."""
     from llm.data.tokenize import run_tokenize
 
     with stage(cfg, parent_run_id, "tokenize") as ctx:
@@ -130,4 +130,5 @@ def tokenize(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict:
         totals = manifest["tokens"]["totals"]
         return ctx.report(manifest, ctx.layout.tokens, {"train_tokens": totals.get("train", 0),
                                                          "val_tokens": totals.get("val", 0),
+                                                         "test_tokens": totals.get("test", 0),
                                                          "dtype": manifest["tokens"]["dtype"]})

@@ -103,9 +103,9 @@ def pretrain(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict:
 
 @stage_task("evaluate")
 def evaluate(cfg: PipelineConfig, checkpoint_uri: str, parent_run_id: str | None = None) -> dict:
-    """Held-out loss and perplexity of a checkpoint, plus sampled continuations of the prompts; one Ray
-    task holding a GPU with `eval.use_gpu`, else a CPU. It logs to the stage's run itself, by run id
-    and tracking URI."""
+    """Held-out loss and perplexity of a checkpoint on the test split (validation for token datasets
+    without one), plus sampled continuations of the prompts; one Ray task holding a GPU with
+    `eval.use_gpu`, else a CPU. It logs to the stage's run itself, by run id and tracking URI."""
     from llm.eval import evaluate as run_evaluate
     from llm.executor import run_task
 

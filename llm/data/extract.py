@@ -275,7 +275,7 @@ def extract_html(html: str, cfg: ExtractConfig) -> str:
         text = trafilatura.extract(
             html,
             output_format="txt",
-            include_comments=False,
+            include_comments=cfg.include_comments,
             include_tables=cfg.include_tables,
             favor_recall=cfg.favor_recall,
             deduplicate=False,  # trafilatura's dedup keeps a process-wide cache: output would depend on order

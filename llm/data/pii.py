@@ -4,8 +4,9 @@ security numbers and secrets, each replaced by a typed placeholder (`<EMAIL>`) o
 
 Speed: every type has an RE2 pattern that runs over the whole batch first. E-mail addresses and secrets
 need nothing more and are replaced and counted by Arrow kernels; the other types need a check a
-regular expression cannot make (is the address public, does the Luhn or IBAN checksum hold, is it a
-dialable number), so only the documents whose pre-filter matched go through Python for that check.
+regular expression cannot make (is the address public or a version, does the Luhn or IBAN checksum
+hold, is it a dialable number: `llm.data.phones`), so only the documents whose pre-filter matched go
+through Python for that check.
 Originals are never returned, stored or logged: only the scrubbed text and the counts leave here.
 """
 
@@ -26,6 +27,7 @@ import pyarrow.compute as pc
 from llm.config import PiiConfig
 from llm.errors import UserError
 from llm.data.filtering import applies_to, scatter, with_columns
+from llm.data.phones import phone_spans
 from llm.data.steps import StepOutput, empty_quarantine, rejected_rows
 
 # Patterns are written in the common subset of RE2 and Python `re`, so one text serves both.
@@ -43,25 +45,95 @@ SECRET = "|".join([
 ])
 IPV4 = r"\b(?:\d{1,3}\.){3}\d{1,3}\b"
 IPV6 = r"(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?:%\w+)?"
-CARD = r"\b\d(?:[ \-]?\d){12,18}\b"
+CARD = r"\b\d(?:[ \-]?\d){11,18}\b"
 IBAN = r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b"
 SSN = r"\b\d{3}-\d{2}-\d{4}\b"
 PHONE_HINT = r"(?:\+|\b)\d[\d\-. ()/]{5,}\d"
 
 PLACEHOLDER = {"email": "<EMAIL>", "ip": "<IP>", "phone": "<PHONE>", "card": "<CARD>", "iban": "<IBAN>",
                "ssn": "<SSN>", "secret": "<SECRET>"}
-# Order matters: secrets and e-mails first (they contain digits and dots), phones last (any other
-# number left could look like one).
-ORDER = ["secret", "email", "ip", "card", "iban", "ssn", "phone"]
-# A release suffix marks a version; other words after an address do not ("1.2.3.4-generic" is a host).
-_VERSION_AFTER = re.compile(r"\.\d|[\-_]?[a-zA-Z]\d|[\-_](?:alpha|beta|rc|dev|pre|snapshot|final|stable)\b", re.I)
-_VERSION_BEFORE = re.compile(r"(?:\b[vV]|version|release|ver\.?|build|[\d.][.\-]?)\s*$", re.I)
+# Order matters: secrets and e-mails first (they contain digits and dots), IBANs before cards (an IBAN
+# printed in groups of four holds runs of digits that can pass Luhn), phones last (any other number
+# left could look like one).
+ORDER = ["secret", "email", "ip", "iban", "card", "ssn", "phone"]
+# A dotted quad is a version, not an address, when a version marker is right beside it (the rule the
+# README documents); anything else is scrubbed, so an address is kept only where a reader would also
+# read a version. Before it: "v", "version", "release", "build", "rev" (also as a key: "b_ver=",
+# "'build': '"), "changes in", "fixed in", "prepare for", "notes to", "update X to" (not "update DNS
+# to"), "since", a requirement operator ("pkg==", ">=", "~=", "^"), a product name ("Git 1.7.9.2",
+# "XFree86 4.3.99.16"), a date and "(", a name joined by "/" ("Apache/2.4.1.1"), or by "-" / "_" when
+# nothing but a space or an archive extension follows ("foo-1.2.3.4.tar.gz";
+# "dialup-1.2.3.4.example.net" is a host), or more dotted digits. After it: a fifth part, a release
+# suffix ("-beta", "rc1"), an archive extension or "release", "cycle", "notes". Changelog headings:
+# "## 1.2.3.4", "## [1.2.3.4] - 2024-01-15", "* 1.2.3.4:", "1.2.3.4 (2024-01-15)", "[1.2.3.4]: https://...",
+# Debian's "pkg (1.2.3.4-1) unstable; urgency=low", or the quad alone on a line underlined with "===". Other words
+# after an address do not make it a version ("1.2.3.4-generic" is a host; "8.8.8.8" alone on a line,
+# "from 8.8.8.8", "IP 1.2.3.4" are addresses).
+_ARCHIVE = r"\.(?:tar|tgz|zip|whl|gz|bz2|xz|exe|msi|dmg|jar|deb|rpm|apk|nupkg)\b"
+_VERSION_AFTER = re.compile(r"\.\d|[\-_]?[a-zA-Z]\d|[\-_](?:alpha|beta|rc|dev|pre|snapshot|final|stable)\b|" + _ARCHIVE
+                            + r"|\s+(?:release|cycle|documentation|notes|series|branch|changelog)\b", re.I)
+_IP_WORDS = r"(?:ip|ipv4|dns|server|address|addr|host|gateway|proxy|resolver|nameserver|route|router|relay|mx|client)"
+_VERSION_BEFORE = re.compile(
+    r"(?:(?:\b|_)(?:versions?|releases?d?|ver\.?|build|rev(?:ision)?\.?|tag(?:ged)?)(?:\s+(?:to|of|is|was))?"
+    r"[\"']?\s*[=:]?\s*[\"']?|\b[vV]|\bsince|\buntil"
+    r"|\bchanges\s+(?:in|for|since)|\b(?:fixed|added|changed|deprecated|removed|introduced|new|backported)\s+(?:in|since)"
+    r"|\b(?:prepar(?:e|es|ed|ing|ation)|ready|notes?|fix(?:es)?|corrections?)\s+(?:to|for)"
+    r"|\b(?:upgrade[sd]?|update[sd]?|bump(?:ed|s)?|pinned|downgrade[sd]?)(?:\s+(?!" + _IP_WORDS + r"\b)[\w.\-]+){0,2}\s+to"
+    r"|\d{4}-\d\d-\d\d\s+\(|==|[<>~!]=|[\^~])\s*\Z|(?:[A-Za-z]/|[\d.][.\-]?)\Z", re.I)
+# A product name right before it: a word with an inner capital or a capital and a digit ("libXinerama",
+# "XFree86", "V8"; not "eth0" or "server1"), or a well-known program; not a networking acronym ("IPv4").
+# Words in capitals alone ("DENY 1.2.3.4", "WARN") are log fields, not products.
+_PRODUCT_BEFORE = re.compile(
+    r"(?<![\w.\-])(?!(?i:ip|ipv4|ipv6|dns|tcp|udp|nat|vpn|wan|lan|isp|smtp|esmtp|esmtps|esmtpa|https?|ftp|ssh|helo|ehlo"
+    r"|rbl|dnsbl|spf|mx|ns|addr|host|from|server|proxy|gateway|router|ping|client|relay)\b)"
+    r"(?:[A-Za-z]*[a-z][A-Z][A-Za-z0-9]*|[A-Za-z]*[A-Z][A-Za-z]*\d[A-Za-z0-9]*|(?i:git|linux|kernel|python|perl|ruby|node"
+    r"|java|chrome|chromium|firefox|thunderbird|windows|android|ubuntu|debian|openssl|sqlite|qt|gtk|gnome|kde|xorg"
+    r"|apache|nginx|php|mysql|postgresql|emacs|vim|gcc|glibc|binutils|automake|autoconf|libtool|cmake|doxygen"
+    r"|policy|standards(?:-version)?))[ \t]+\Z")
+_NAME_JOINED = re.compile(r"[A-Za-z][\-_]\Z")
+_NAME_JOINED_AFTER = re.compile(r"\s|[,;:)\]]|\Z")
+_DATE = (r"(?:\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[ ./-](?:\d{1,2}|[A-Za-z]{3,9})[ ./-]\d{2,4}"
+         r"|[A-Za-z]{3,9}\.? \d{1,2},? \d{4}|unreleased|not yet released|released)")
+_HEADING = [  # (line before the quad, line after it)
+    (re.compile(r"\s*#{1,6}\s*\[?\s*[vV]?\s*"), re.compile(r"\]?\s*:?\s*(?:[\-\u2013\u2014(]\s*\(?" + _DATE + r".*)?", re.I)),
+    (re.compile(r"\s*[*+\-]\s*\[?\s*[vV]?\s*"), re.compile(r"\]?\s*(?::\s*|\s*[\-\u2013\u2014(:]\s*\(?" + _DATE + r".*)", re.I)),
+    (re.compile(r"\s*\[\s*[vV]?\s*"), re.compile(r"\]:\s.*|\]\s*[\-\u2013\u2014(]\s*\(?" + _DATE + r".*", re.I)),
+    (re.compile(r"\s*[vV]?"), re.compile(r"\s*(?:\(|[\-\u2013\u2014]\s+)\s*" + _DATE + r".*", re.I)),
+    # Debian: "dpkg (1.4.0.20) unstable; urgency=low", "libxi (2:1.4.99.1-1) experimental; ..."
+    (re.compile(r"\s*[a-z0-9][a-z0-9.+\-]*\s+\(\s*(?:\d+:)?"), re.compile(r"[^)\s]*\)\s+[a-z][\w\-]*(?:\s+[a-z][\w\-]*)*;.*")),
+]
+_UNDERLINE = re.compile(r"\s*([=\-~^*+#])\1{2,}\s*")
+
+
+def _version_context(text: str, start: int, end: int) -> bool:
+    """True when the dotted quad `text[start:end]` reads as a version number (see the rule above)."""
+    before = text[max(0, start - 24):start]
+    last = before.rstrip()[-1:]
+    # Every marker before a version ends in a letter, digit or one of these; "[1.2.3.4]" needs no regex.
+    if last and (last.isalnum() or last in "._-/=<>~!^:'\"(") and (
+            _VERSION_BEFORE.search(before) or _PRODUCT_BEFORE.search(before)):
+        return True
+    if _VERSION_AFTER.match(text, end):
+        return True
+    if _NAME_JOINED.search(before) and _NAME_JOINED_AFTER.match(text, end):
+        return True
+    # A heading starts within a few characters of its line's start; only 200 characters after it count.
+    line_start = text.rfind("\n", max(0, start - 40), start) + 1
+    if line_start == 0 and start > 40:
+        return False
+    line_end = text.find("\n", end, end + 200)
+    line_end = min(len(text), end + 200) if line_end < 0 else line_end
+    prefix, rest = text[line_start:start], text[end:line_end]
+    if any(b.fullmatch(prefix) and a.fullmatch(rest) for b, a in _HEADING):
+        return True
+    if prefix.strip(" \tvV") == "" and rest.strip() == "":  # alone on its line: a heading only when underlined
+        next_end = text.find("\n", line_end + 1)
+        return bool(_UNDERLINE.fullmatch(text[line_end + 1:len(text) if next_end < 0 else next_end]))
+    return False
 
 
 def _public_ipv4(m: re.Match) -> bool:
-    text, start, end = m.string, m.start(), m.end()
-    # Version-number look-alikes: "v1.2.3.4", "version 10.0.0.1", "1.2.3.4.5", "10.0.0.1-beta".
-    if _VERSION_BEFORE.search(text[max(0, start - 12):start]) or _VERSION_AFTER.match(text, end):
+    if _version_context(m.string, m.start(), m.end()):
         return False
     try:
         addr = ipaddress.IPv4Address(m.group(0))
@@ -71,9 +143,12 @@ def _public_ipv4(m: re.Match) -> bool:
 
 
 def _public_ipv6(m: re.Match) -> bool:
+    text, start = m.string, m.start()
+    if start and (text[start - 1].isalnum() or text[start - 1] in "_:."):
+        return False  # the end of a word: reST ".. versionadded::", C++ "std::"
     value = m.group(0).split("%")[0]
-    if value.count(":") < 2 or len(value.replace(":", "")) < 4:
-        return False  # times ("10:30:45") and bare colons are no addresses
+    if value.count(":") < 2 or len(value.replace(":", "")) < 4 or sum(1 for g in value.split(":") if g) < 2:
+        return False  # times ("10:30:45"), bare colons and reST's "2004::" are no addresses
     try:
         addr = ipaddress.IPv6Address(value)
     except ValueError:
@@ -92,13 +167,55 @@ def luhn_ok(digits: str) -> bool:
     return total % 10 == 0
 
 
-_CARD_PREFIX = re.compile(r"^(?:4|5[1-5]|2[2-7]|3[47]|3[068]|35|6011|64[4-9]|65|62)")
+# Issuer ranges (first digits, low to high) and the lengths each network issues in them.
+_CARD_RANGES = [
+    ("4", "4", (13, 16, 19)),  # Visa
+    ("51", "55", (16,)), ("2221", "2720", (16,)),  # Mastercard
+    ("34", "34", (15,)), ("37", "37", (15,)),  # American Express
+    ("6011", "6011", range(16, 20)), ("644", "649", range(16, 20)), ("65", "65", range(16, 20)),  # Discover
+    # JCB: 3528-3589 issued, the whole of 35 as common validators take it; its old 15-digit 1800 and 2131
+    ("35", "35", range(16, 20)), ("1800", "1800", (15,)), ("2131", "2131", (15,)),
+    ("300", "305", range(14, 20)), ("3095", "3095", range(14, 20)), ("36", "36", range(14, 20)),
+    ("38", "39", range(14, 20)),  # Diners Club
+    ("62", "62", range(16, 20)),  # UnionPay
+    ("50", "50", range(12, 20)), ("56", "69", range(12, 20)),  # Maestro
+    ("2200", "2204", range(16, 20)),  # Mir
+    ("60", "60", (16,)), ("81", "82", (16,)), ("508", "508", (16,)),  # RuPay (its 65 is Discover's)
+    ("9792", "9792", (16,)),  # Troy
+]
+_CARD_LENGTHS: dict[str, set[int]] = {}
+for _low, _high, _lengths in _CARD_RANGES:
+    for _p in range(int(_low), int(_high) + 1):
+        _CARD_LENGTHS.setdefault(str(_p), set()).update(_lengths)
+# Product codes print like cards: a 12- or 13-digit number that passes the GTIN (UPC/EAN) check digit is
+# taken for one unless printed in groups of four (13-digit Visa numbers are no longer issued; one such
+# card in ten also passes the GTIN check).
+_PRODUCT_CODE_BEFORE = re.compile(r"(?:\b(?:ISBN|ISSN|EAN|GTIN|UPC|barcode|SKU)[\w\-]*[:#]?\s*|id\W{0,4}|\d\.)\Z", re.I)
+
+
+def gtin_ok(digits: str) -> bool:
+    """The GS1 check digit (UPC-A, EAN-13): weights 3 and 1 alternating from the right, sum mod 10."""
+    total = sum((3 if i % 2 == 0 else 1) * (ord(c) - 48) for i, c in enumerate(reversed(digits[:-1])))
+    return (10 - total % 10) % 10 == ord(digits[-1]) - 48
 
 
 def _card(m: re.Match) -> bool:
     digits = re.sub(r"\D", "", m.group(0))
-    # A Luhn check alone passes one random number in ten; card numbers also start with a known issuer prefix.
-    return 13 <= len(digits) <= 19 and bool(_CARD_PREFIX.match(digits)) and luhn_ok(digits)
+    # A Luhn check alone passes one random number in ten; card numbers also start with an issuer's range
+    # and have one of the lengths that issuer uses.
+    n = len(digits)
+    if not any(n in _CARD_LENGTHS.get(digits[:k], ()) for k in range(1, 5)) or not luhn_ok(digits):
+        return False
+    # A product code, unless printed in a card's groups of four ("4348 7972 2378 0").
+    return not (n in (12, 13) and gtin_ok(digits) and not re.match(r"\d{4}[ \-]\d{4}[ \-]", m.group(0)))
+
+
+def _card_context(m: re.Match) -> bool:
+    """False for digits that cannot hold a card at all, not even in part: after "+" (a phone number's
+    country code), a product-code or id label ("EAN", "'id': ", "videoId=") or "0." (decimals)."""
+    start = m.start()
+    return not (start and m.string[start - 1] == "+") and not _PRODUCT_CODE_BEFORE.search(
+        m.string[max(0, start - 20):start])
 
 
 def iban_ok(value: str) -> bool:
@@ -117,24 +234,6 @@ def _ssn(m: re.Match) -> bool:
     return area not in ("000", "666") and area[0] != "9" and group != "00" and serial != "0000"
 
 
-_DOTTED_QUAD = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}")
-# Only ASCII letters join: CJK text has no spaces, and a number there is followed directly by a word.
-_JOINED_AFTER = re.compile(r"[A-Za-z0-9_@]|[.\-][A-Za-z0-9]|:\d")
-
-
-def phone_context_ok(text: str, start: int, end: int) -> bool:
-    """False for digits the phone library accepts that are part of something else: a host name or
-    mail local part ("dsl-65-185-76-173.example.net", "bounce-56446664-12@"), a dotted quad (an
-    address or a version), or a date followed by a time ("24.07.2002 15:57")."""
-    before = text[start - 1] if start else ""
-    joined_dot = before == "." and start > 1 and text[start - 2].isalnum()
-    if (before.isascii() and before.isalnum()) or before in "-_@/" or joined_dot:
-        return False
-    if _JOINED_AFTER.match(text, end):
-        return False
-    return not _DOTTED_QUAD.fullmatch(text[start:end])
-
-
 @dataclass(frozen=True)
 class Detector:
     """One PII type: a batch pre-filter (RE2), a Python pattern and the check a match must pass."""
@@ -142,6 +241,7 @@ class Detector:
     kind: str
     pattern: str
     check: Callable[[re.Match], bool] | None = None
+    context: Callable[[re.Match], bool] | None = None  # False: not this kind, not even a part of the match
 
     @property
     def compiled(self) -> re.Pattern:
@@ -161,7 +261,7 @@ DETECTORS = {
     "secret": Detector("secret", SECRET),
     "email": Detector("email", EMAIL),
     "ip": Detector("ip", IPV4 + "|" + IPV6, lambda m: _public_ipv6(m) if ":" in m.group(0) else _public_ipv4(m)),
-    "card": Detector("card", CARD, _card),
+    "card": Detector("card", CARD, _card, _card_context),
     "iban": Detector("iban", IBAN, lambda m: iban_ok(m.group(0))),
     "ssn": Detector("ssn", SSN, _ssn),
 }
@@ -171,14 +271,22 @@ DETECTORS = {
 # neighbouring number ("ref 12 4111 1111 1111 1111", "DE89 3704 0044 0532 0130 00 2024"), fail its
 # checksum as a whole and still hold a valid value.
 _SPLITTABLE = {"card", "iban"}
+_PART_LENGTHS = {"card": (13, 19), "iban": (15, 34)}  # characters other than separators
 
 
 def _valid_part(det: Detector, value: str) -> tuple[int, int] | None:
     """(start, end) of the longest run of whole digit groups inside a failed match that matches the
     pattern on its own and passes the check; None when there is none."""
     pieces = [(p.start(), p.end()) for p in re.finditer(r"[^ \-]+", value)]
+    # Only runs of a length the kind has are tried. 12 digits cut from a longer number are as often a
+    # random Luhn pass as a Maestro card, so a card part holds 13 or more.
+    least, most = _PART_LENGTHS[det.kind]
+    sums = [0]
+    for start, end in pieces:
+        sums.append(sums[-1] + end - start)
     spans = sorted(((pieces[i][0], pieces[j][1]) for i in range(len(pieces)) for j in range(i, len(pieces))
-                    if (i, j) != (0, len(pieces) - 1)), key=lambda se: se[0] - se[1])
+                    if (i, j) != (0, len(pieces) - 1) and least <= sums[j + 1] - sums[i] <= most),
+                   key=lambda se: se[0] - se[1])
     for start, end in spans:
         m = det.compiled.fullmatch(value[start:end])
         if m is not None and (det.check is None or det.check(m)):
@@ -239,6 +347,8 @@ class Scrubber:
             def replace(m: re.Match) -> str:
                 nonlocal found
                 value = m.group(0)
+                if det.context is not None and not det.context(m):
+                    return value
                 if det.check is not None and not det.check(m):
                     part = _valid_part(det, value) if det.kind in _SPLITTABLE else None
                     if part is None:
@@ -254,23 +364,16 @@ class Scrubber:
         return pa.array(values, pa.string()), counts
 
     def _scrub_phones(self, text: pa.Array) -> tuple[pa.Array, np.ndarray]:
-        import phonenumbers
-
         counts = np.zeros(len(text), np.int64)
         rows = self._candidates(text, PHONE_HINT)
         if not len(rows):
             return text, counts
         values = text.to_pylist()
+        regions = tuple(r.upper() for r in self.cfg.phone_regions)
         for r in rows.tolist():
             value = values[r]
-            spans: list[tuple[int, int]] = []
-            for region in self.cfg.phone_regions:
-                for match in phonenumbers.PhoneNumberMatcher(value, region, phonenumbers.Leniency.VALID):
-                    if not phone_context_ok(value, match.start, match.end):
-                        continue
-                    if not any(s < match.end and match.start < e for s, e in spans):
-                        spans.append((match.start, match.end))
-            for start, end in sorted(spans, reverse=True):
+            spans = phone_spans(value, regions)
+            for start, end in reversed(spans):
                 value = value[:start] + self.token("phone", value[start:end]) + value[end:]
             values[r] = value
             counts[r] = len(spans)

@@ -8,7 +8,9 @@ dropped document records the first rule it failed, its measured value and the th
 C4 removes lines as well as dropping documents: with `c4.remove_lines` (the default, as in C4) a kept
 document's text becomes its counted lines, citations removed, and `c4_removed_lines` stores how many
 non-blank lines went. The Gopher and C4 signals are measured on the text as it came in and the FineWeb
-signals on the text after line removal, the order of FineWeb's own pipeline; a dropped document keeps
+signals on the text after line removal, the order of FineWeb's own pipeline. As there, C4's
+terminal-punctuation line rule is off while the FineWeb rules run (`c4.terminal_punct_lines`): FineWeb's
+line-punctuation ratio replaces it, and would find only punctuated lines after it; a dropped document keeps
 its original text in `rejected/`, so a person sees what was judged. The line rules depend only on
 config, so stored signals stay valid for re-filtering with other document thresholds.
 
@@ -32,7 +34,8 @@ _BULLET_LINE = r"^\s*[•\-]"
 _ELLIPSIS_LINE = r"(\.\.\.|…)\s*$"
 _HAS_LETTER = r"\pL"
 _NOT_PUNCT = r"[^\p{P}\p{S}\p{Cc}]"  # a token with any such character is a word, not a symbol
-# C4: a counted line ends in . ? ! " ' but not in an ellipsis; wiki citations are removed first.
+# C4: with its terminal-punctuation rule, a counted line ends in . ? ! " ' but not in an ellipsis; wiki
+# citations are removed first.
 _CITATION = r"\[\d*\]|\[edit\]|\[citation needed\]"
 _C4_TERMINAL = r"[.?!\"']$"
 _POLICY = r"terms of use|privacy policy|cookie policy|uses cookies|use of cookies|use cookies"
@@ -60,9 +63,16 @@ def gopher_signals(text: pa.Array, words: ts.Pieces, stop_words: list[str]) -> d
     }
 
 
-def c4_signals(text: pa.Array, cfg) -> tuple[dict[str, np.ndarray], pa.Array | None]:
+def c4_terminal_punct_lines(cfg: QualityConfig) -> bool:
+    """Whether C4's terminal-punctuation line rule runs: as configured, else only without the FineWeb
+    rules (FineWeb's pipeline turns it off and judges line punctuation by its own ratio instead)."""
+    c4 = cfg.c4.terminal_punct_lines
+    return not cfg.fineweb.enabled if c4 is None else c4
+
+
+def c4_signals(text: pa.Array, cfg, terminal_punct: bool = True) -> tuple[dict[str, np.ndarray], pa.Array | None]:
     """C4's line rules: the signals, and with `cfg.remove_lines` each text rewritten to its counted lines
-    (None otherwise)."""
+    (None otherwise). `terminal_punct`: only lines ending in terminal punctuation count."""
     lines = ts.split(text, "\n")
     stripped = pc.utf8_trim_whitespace(lines.values)
     word_lists = pc.utf8_split_whitespace(stripped)
@@ -75,8 +85,9 @@ def c4_signals(text: pa.Array, cfg) -> tuple[dict[str, np.ndarray], pa.Array | N
     lower = pc.utf8_lower(cleaned)
     line = ts.Pieces(cleaned, lines.parent, lines.n_docs)
     low = ts.Pieces(lower, lines.parent, lines.n_docs)
-    counted = (longest <= cfg.max_word_length) & line.matches(_C4_TERMINAL) & ~line.matches(r"\.\.\.$")
-    counted &= words_per_line >= cfg.min_words_per_line
+    counted = (longest <= cfg.max_word_length) & (words_per_line >= cfg.min_words_per_line)
+    if terminal_punct:
+        counted &= line.matches(_C4_TERMINAL) & ~line.matches(r"\.\.\.$")
     lorem = counted & low.matches("lorem ipsum")
     if cfg.javascript_lines:
         counted &= ~low.matches("javascript")
@@ -199,7 +210,7 @@ def signals_and_text(text: pa.Array, cfg: QualityConfig) -> tuple[dict[str, np.n
         out.update(gopher_signals(text, words, cfg.gopher.stop_words))
     rewritten = None
     if cfg.c4.enabled:
-        c4, rewritten = c4_signals(text, cfg.c4)
+        c4, rewritten = c4_signals(text, cfg.c4, c4_terminal_punct_lines(cfg))
         out.update(c4)
     if cfg.fineweb.enabled:
         # FineWeb measures the text C4 left, as in its own pipeline (one more tokenization, only then).

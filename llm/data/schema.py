@@ -68,7 +68,7 @@ def doc_id(*parts: object) -> str:
 
 
 def text_hash(text: str) -> str:
-    """Content hash used for exact dedup and the train/validation split."""
+    """Content hash used for exact dedup and the train/validation/test split."""
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
 
 

@@ -1,10 +1,11 @@
-"""Shards to flat binary token files plus document indexes, split into train/validation by text hash.
+"""Shards to flat binary token files plus document indexes, split into train/validation/test by text hash.
 
 Per shard and split: `<split>/<shard>.bin` holds the documents' token ids back to back (each document
 as bos, tokens, eos), dtype uint16 when the vocabulary fits, else uint32; `<split>/<shard>.idx` holds the
 int64 start offset of every document and the total (docs + 1 values). The training loader memory-maps
 them. The split is a pure function of the document's text hash, so a document (or an exact copy of
-it) never lands in both splits, whatever the sharding.
+it) never lands in two splits, whatever the sharding. Training validates and stops early on `val`;
+the evaluate stage scores `test`, which nothing else reads.
 """
 
 from __future__ import annotations
@@ -22,12 +23,18 @@ from llm.data.dataset import Counts, ShardRecord, ShardTask, read_manifest, run_
 from llm.lineage import identity, of_input
 from llm.tokenizer.spm import SentencePieceTokenizer
 
-SPLITS = ("train", "val")
+SPLITS = ("train", "val", "test")
 
 
-def split_of(text_hash: str, val_fraction: float) -> str:
-    """'val' for a stable `val_fraction` share of hashes, else 'train'."""
-    return "val" if int(text_hash[:8], 16) / 2**32 < val_fraction else "train"
+def split_of(text_hash: str, val_fraction: float, test_fraction: float) -> str:
+    """'val' for hashes in [0, val_fraction), 'test' for the next `test_fraction`, else 'train'.
+
+    The val range is the one two-way splits used, so adding a test share moves documents out of train
+    only, and a document's val assignment stays what it was."""
+    position = int(text_hash[:8], 16) / 2**32
+    if position < val_fraction:
+        return "val"
+    return "test" if position < val_fraction + test_fraction else "train"
 
 
 def encode_documents(tok: SentencePieceTokenizer, texts: list[str], cfg: TokenizeConfig) -> list[list[int]]:
@@ -76,7 +83,7 @@ def run_tokenize(shards_uri: str, tokenizer_dir: str, out_uri: str, cfg: Tokeniz
         texts = table.column("text").to_pylist()
         by_split: dict[str, list[list[int]]] = {s: [] for s in SPLITS}
         for text, ids in zip(texts, encode_documents(local_tok, texts, cfg)):
-            by_split[split_of(schema.text_hash(text), cfg.val_fraction)].append(ids)
+            by_split[split_of(schema.text_hash(text), cfg.val_fraction, cfg.test_fraction)].append(ids)
         files, splits = {}, {}
         for split, docs in by_split.items():
             if docs:

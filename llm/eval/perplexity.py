@@ -1,8 +1,14 @@
-"""Evaluation of a checkpoint: held-out loss and perplexity, and sampled continuations."""
+"""Evaluation of a checkpoint: held-out loss and perplexity, and sampled continuations.
+
+The loss is measured on the test split, which neither training nor early stopping reads, so it is not
+biased by the choice of checkpoint. A token dataset made without a test split is scored on validation
+instead, with a warning and `eval_split=val` on the MLflow run.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import tempfile
@@ -11,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from llm.config import EvalConfig
+from llm.errors import UserError
 from llm.eval.generate import sample_completions
 from llm.tokenizer.spm import SentencePieceTokenizer
 from llm.tracking import RunTarget
@@ -19,16 +26,29 @@ from llm.train.data import TokenDataset
 from llm.train.validation import validation_loss
 
 SAMPLES_ARTIFACT = "samples.json"
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class EvalResult:
-    """Validation loss (nats per token), perplexity = exp(loss), tokens scored, and samples."""
+    """Held-out loss (nats per token) on `split`, perplexity = exp(loss), tokens scored, and samples."""
 
     val_loss: float
     perplexity: float
     tokens_evaluated: int
+    split: str = "test"
     samples: list[dict[str, str]] = field(default_factory=list)
+
+
+def eval_split(dataset: TokenDataset) -> str:
+    """'test' when the dataset has a test split with tokens, else 'val' (with a warning): token datasets
+    made before the test split existed, or with `tokenize.test_fraction: 0`, have none."""
+    if any(int(e["tokens"]) for e in dataset.manifest.splits.get("test", [])):
+        return "test"
+    log.warning("%s: no test split (made before tokenize.test_fraction existed, or with it 0): evaluation "
+                "falls back to the validation split, which early stopping selected the checkpoint on, so its "
+                "loss is optimistic; rerun the tokenize stage for a test split", dataset.uri)
+    return "val"
 
 
 def evaluate(
@@ -40,22 +60,31 @@ def evaluate(
     seed: int = 0,
     device: str | None = None,
 ) -> EvalResult:
-    """Score a checkpoint on the validation split and sample a continuation of each prompt.
+    """Score a checkpoint on the test split and sample a continuation of each prompt.
 
-    Uses `cfg.batches` batches of the training micro-batch size, from the start of the validation split
-    (the same windows the training loop validates on, more of them). With `run_target`, the metrics
+    Uses `cfg.batches` batches of the training micro-batch size, from the start of the test split (the
+    windows the training loop validates on, taken from the test split instead; see `eval_split` for
+    datasets without one). With `run_target`, the param `eval_split` (the split scored) and the metrics
     `eval_loss`, `eval_perplexity`, `eval_tokens` are logged and the samples saved as `samples.json`.
     `device`: `cuda`, `cpu`, ...; None takes a GPU when one is visible.
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, state = load_model(checkpoint_uri, device)
     batch_size = int(state["train_config"]["micro_batch_size"])
-    split = TokenDataset(tokens_uri).split("val")
-    loss, tokens = validation_loss(model, split, model.cfg.context_length, batch_size, cfg.batches, device)
+    dataset = TokenDataset(tokens_uri)
+    name = eval_split(dataset)
+    split = dataset.split(name)
+    context = model.cfg.context_length
+    if name == "test" and len(split) < context + 1:
+        raise UserError(f"test split has {len(split)} tokens, fewer than one window of {context + 1} "
+                        "(model.context_length + 1): raise tokenize.test_fraction or lower model.context_length")
+    loss, tokens = validation_loss(model, split, context, batch_size, cfg.batches, device)
     tokenizer = SentencePieceTokenizer.load(tokenizer_uri)
     samples = sample_completions(model, tokenizer, cfg.prompts, cfg.max_new_tokens, cfg.temperature, cfg.top_k, seed)
-    result = EvalResult(val_loss=loss, perplexity=math.exp(loss), tokens_evaluated=tokens, samples=samples)
+    result = EvalResult(val_loss=loss, perplexity=math.exp(loss), tokens_evaluated=tokens, split=name,
+                        samples=samples)
     if run_target is not None:
+        run_target.client().log_param(run_target.run_id, "eval_split", name)
         run_target.log_metrics(
             {"eval_loss": loss, "eval_perplexity": result.perplexity, "eval_tokens": tokens}, step=int(state["step"])
         )

@@ -106,7 +106,7 @@ class TokenDataset:
         self.uri = uri
         self.manifest = TokenManifest.read(uri)
         # Training-split parts an earlier run already trained on (a run continued on a grown corpus):
-        # left out of the training split, never of validation.
+        # left out of the training split, never of validation or test.
         self.seen_parts = frozenset(seen_parts)
         self._cache_dir = cache_dir or _default_cache_dir()
         self._splits: dict[str, TokenSplit] = {}
@@ -129,7 +129,7 @@ class TokenDataset:
         return str(local)
 
     def split(self, name: str) -> TokenSplit:
-        """The named split ("train", "val"), memory-mapped."""
+        """The named split ("train", "val", "test"), memory-mapped."""
         if name not in self._splits:
             if name not in self.manifest.splits:
                 raise KeyError(f"{self.uri}: no split {name!r} (has {sorted(self.manifest.splits)})")

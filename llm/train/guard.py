@@ -2,7 +2,8 @@
 
 `StepGuard` flags a step whose loss or gradient norm is NaN/inf, or whose loss jumps above
 `spike_factor` times the mean of the recent good steps; after `rollback_after` bad steps in a row it
-asks for a rollback. `EarlyStopping` is the source text's class, on validation loss.
+asks for a rollback. An fp16 overflow is not a bad step: GradScaler skips it and lowers its loss
+scale, so it is only counted. `EarlyStopping` is the source text's class, on validation loss.
 """
 
 from __future__ import annotations
@@ -26,10 +27,20 @@ class StepGuard:
     bad_in_a_row: int = 0
     skipped: int = 0
     rollbacks: int = 0
+    #: fp16 overflow steps (GradScaler skipped them); not counted in `skipped`.
+    overflows: int = 0
     recent: deque = field(default_factory=lambda: deque(maxlen=20))
 
-    def check(self, loss: float, grad_norm: float) -> Verdict:
-        """"ok" (apply the step), "skip" (drop its gradients) or "rollback" (restore the last checkpoint)."""
+    def check(self, loss: float, grad_norm: float, overflow: bool = False) -> Verdict:
+        """"ok" (apply the step), "skip" (drop its gradients) or "rollback" (restore the last checkpoint).
+
+        `overflow`: the scaled fp16 gradients overflowed. GradScaler drops such a step itself; it says
+        nothing about the data or the weights (the scale was too high), so it is counted in `overflows`
+        and leaves the bad-step count and the spike reference as they were.
+        """
+        if overflow:
+            self.overflows += 1
+            return "ok"
         bad = not (math.isfinite(loss) and math.isfinite(grad_norm))
         if not bad and self.spike_factor > 0 and len(self.recent) >= self.min_history:
             bad = loss > self.spike_factor * (sum(self.recent) / len(self.recent))

@@ -44,7 +44,7 @@ from llm.train.checkpoint import (
 )
 from llm.train.optim import build_optimizer
 from llm.train.guard import EarlyStopping, StepGuard
-from llm.train.mfu import device_peak_flops, mfu
+from llm.train.mfu import ImplausibleMFU, device_peak_flops, mfu
 from llm.train.parallel import ParallelContext, ParallelModel, all_reduce_sum, clip_grads, world
 from llm.train.parallel.optim_state import NAMED_FORMAT, full_optimizer_state, load_full_optimizer_state
 from llm.train.parallel.sharded_checkpoint import DCP_FORMAT, SHARDED_DIR, load_sharded, save_sharded
@@ -108,6 +108,8 @@ class TrainSummary:
     history: list[dict[str, float]] = field(default_factory=list)
     skipped_steps: int = 0
     rollbacks: int = 0
+    #: fp16 steps GradScaler skipped because the scaled gradients overflowed (not bad steps).
+    overflow_steps: int = 0
 
 
 def default_device(cfg: TrainConfig) -> torch.device:
@@ -158,6 +160,34 @@ def _snapshot(module: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict
     """In-memory copy of weights and optimizer state to roll back to (this rank's shards)."""
     weights = {k: v.detach().clone() for k, v in module.state_dict().items()}
     return weights, copy.deepcopy(optimizer.state_dict())
+
+
+def _host_copy(value: Any) -> Any:
+    """A deep copy of a (nested) state dict with plain tensors on the CPU, so that a kept copy costs
+    no accelerator memory; DTensor shards stay on their devices (they load back only onto their mesh)."""
+    from torch.distributed.tensor import DTensor
+
+    if isinstance(value, DTensor):
+        return value.detach().clone()
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: _host_copy(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_host_copy(v) for v in value)
+    return copy.deepcopy(value)
+
+
+@dataclass
+class _Best:
+    """This rank's whole training state at the best evaluation so far (early stopping), to end on."""
+
+    step: int
+    weights: dict[str, Any]
+    optimizer: dict[str, Any]
+    rng: dict[str, Any]
+    tokens_seen: int
+    loss: float | None
 
 
 def train(
@@ -233,7 +263,7 @@ def _train(
     parallel = ParallelModel(model, ctx, train_cfg, autocast_dtype, gathered_checkpoints=workload.gathered_checkpoints)
     optimizer = build_optimizer(parallel.module, train_cfg, device, tied_output=model_cfg.tie_embeddings)
     # fp16 only (GPU, ddp): scale the loss so small gradients do not flush to zero; bf16 has fp32's range.
-    scaler = torch.amp.GradScaler("cuda") if train_cfg.precision == "fp16" else None
+    scaler = torch.amp.GradScaler(device.type) if train_cfg.precision == "fp16" else None
     if resume is not None:
         written = resume.state.get("optimizer_format")
         wanted = DCP_FORMAT if parallel.distributed_checkpoint else NAMED_FORMAT if parallel.sharded else None
@@ -273,17 +303,18 @@ def _train(
             log.info("resuming from step %d", step)
     else:
         # Dropout masks differ between data-parallel replicas (their data differs too), and are the
-        # same within a tensor-parallel group (replicated activations must stay identical).
+        # same within a tensor-parallel group (replicated activations must stay identical; attention
+        # on each rank's heads reseeds from this stream per rank, see apply_tensor_parallel).
         torch.manual_seed(train_cfg.seed + ctx.dp_rank + 7919 * ctx.pp_rank)
 
     batches = workload.batches(ctx)
     peak = device_peak_flops(device, train_cfg.precision)
     guard = StepGuard(train_cfg.spike_factor, train_cfg.rollback_after)
     stopper = EarlyStopping(train_cfg.early_stopping_patience, train_cfg.early_stopping_min_delta)
-    best_weights: dict[str, torch.Tensor] | None = None
-    best_step = step
+    best: _Best | None = None
     lr_scale = 1.0
     tokens_per_s = None  # of the latest logging window (training only)
+    implausible_mfu = 0  # readings above 100% (a wrong FLOP count or device peak), not logged as MFU
     history: list[dict[str, float]] = []
 
     def evaluate() -> float:
@@ -301,7 +332,7 @@ def _train(
                 0,
             )
 
-    def save(step: int, weights: dict[str, torch.Tensor] | None = None, **extra: Any) -> None:
+    def save(step: int, **extra: Any) -> None:
         metrics = {
             "step": step,
             "loss": last_loss,
@@ -323,15 +354,15 @@ def _train(
             # evaluation and export read, and state.json. Both are collectives: every rank takes part.
             metrics["optimizer_format"] = DCP_FORMAT
             with tempfile.TemporaryDirectory(prefix="llmpipe-ckpt-") as folder:
-                save_sharded(parallel, optimizer, folder, model_state=weights)
-                full = workload.checkpoint_weights(parallel.full_state_dict(weights))
+                save_sharded(parallel, optimizer, folder)
+                full = workload.checkpoint_weights(parallel.full_state_dict())
                 if rank == 0:
                     save_checkpoint(folder, full, None, step, model_cfg, train_cfg, {**metrics, **meta}, weights_file)
                 del full
                 report(metrics, folder)
             return
         # Gathering sharded weights and optimizer state is a collective: every rank takes part, rank 0 writes.
-        state = workload.checkpoint_weights(weights if weights is not None else parallel.full_state_dict())
+        state = workload.checkpoint_weights(parallel.full_state_dict())
         optim_state: Any = optimizer
         if parallel.sharded:
             optim_state = full_optimizer_state(parallel, optimizer)
@@ -346,6 +377,7 @@ def _train(
     rollback_to = _snapshot(parallel.module, optimizer) if train_cfg.rollback_after else None
     parallel.module.train()
     window_start, window_tokens = time.perf_counter(), 0
+    step_loss = math.nan  # computed on judged and logged steps
     while step < train_cfg.max_steps:
         lr = learning_rate(step, train_cfg) * lr_scale
         for group in optimizer.param_groups:
@@ -356,14 +388,15 @@ def _train(
         if scaler is not None:
             scaler.unscale_(optimizer)  # clip and judge the true gradients
         grad_norm = parallel.grad_norm()
+        # An fp16 overflow (the global norm, the same on every rank): GradScaler skips the step and
+        # lowers its scale. The guard counts it apart and never skips or rolls back for it.
+        overflow = scaler is not None and not math.isfinite(float(grad_norm))
         judge = train_cfg.spike_factor > 0 or train_cfg.rollback_after > 0
         if judge or (step + 1) % train_cfg.log_every == 0 or step + 1 == train_cfg.max_steps:
             # Mean over every micro-batch of every data-parallel replica: the global batch's loss.
             total, = all_reduce_sum([loss_sum.item() if ctx.reports else 0.0], device)
             step_loss = total / ctx.dp
-        verdict = guard.check(step_loss, float(grad_norm)) if judge else "ok"
-        if scaler is not None and not math.isfinite(float(grad_norm)):
-            verdict = "ok"  # an fp16 overflow: GradScaler skips the step and lowers its scale
+        verdict = guard.check(step_loss, float(grad_norm), overflow) if judge or overflow else "ok"
         if verdict == "ok":
             if train_cfg.gradient_clipping > 0:
                 clip_grads(parallel.module.parameters(), train_cfg.gradient_clipping, grad_norm)
@@ -372,6 +405,8 @@ def _train(
                 scaler.update()
             else:
                 optimizer.step()
+        elif scaler is not None:
+            scaler.update()  # closes the step that unscale_ opened, or the next unscale_ raises
         optimizer.zero_grad(set_to_none=True)
         step += 1
         tokens_seen += tokens_per_step
@@ -392,13 +427,23 @@ def _train(
                     {"bad_step": 1.0, "skipped_steps": guard.skipped, "rollbacks": guard.rollbacks, "lr_scale": lr_scale},
                     step,
                 )
+        if overflow and rank == 0:
+            log.info("step %d | fp16 overflow: step skipped, loss scale now %g", step, scaler.get_scale())
+            _log_metrics(run_target, {"overflow_skips": guard.overflows, "loss_scale": scaler.get_scale()}, step)
 
         last_step = step == train_cfg.max_steps
         if step % train_cfg.log_every == 0 or last_step:
             last_loss = step_loss
             seconds = max(time.perf_counter() - window_start, 1e-9)
             tokens_per_s = window_tokens / seconds
-            utilisation = mfu(flops_per_token, tokens_per_s, world_size, peak)
+            try:
+                utilisation = mfu(flops_per_token, tokens_per_s, world_size, peak)
+            except ImplausibleMFU as exc:
+                # The figure is wrong, not the training: count such readings and say why once.
+                utilisation = None
+                implausible_mfu += 1
+                if implausible_mfu == 1 and rank == 0:
+                    log.warning("%s (counted as mfu_implausible, not logged as mfu)", exc)
             memory = _memory_mib(device)
             history.append({"step": step, "loss": last_loss, "lr": lr, "grad_norm": float(grad_norm)})
             if rank == 0:
@@ -411,6 +456,8 @@ def _train(
                            "step_seconds": seconds / max(window_tokens // tokens_per_step, 1), "memory_mib": memory}
                 if utilisation is not None:
                     metrics["mfu"] = utilisation
+                if implausible_mfu:
+                    metrics["mfu_implausible"] = implausible_mfu
                 _log_metrics(run_target, metrics, step)
         stop = False
         if step % train_cfg.eval_every == 0 or last_step:
@@ -421,18 +468,19 @@ def _train(
             if train_cfg.early_stopping_patience:
                 stop = stopper(val_loss)
                 if stopper.improved:
-                    if parallel.distributed_checkpoint:
-                        # This rank's shards only: the full copy is built when the checkpoint is written.
-                        best_weights = {k: v.detach().clone() for k, v in parallel.module.state_dict().items()}
-                    else:
-                        best_weights = parallel.full_state_dict()
-                    best_step = step
-        if stop or (last_step and best_weights is not None):
-            # Keep the best weights as the run's final checkpoint.
+                    # The whole state, not only the weights: the final checkpoint is then that step's,
+                    # and a run resumed from it continues from there (optimizer moments, schedule, data).
+                    best = _Best(step, _host_copy(parallel.module.state_dict()), _host_copy(optimizer.state_dict()),
+                                 rng_state(), tokens_seen, last_loss)
+        if stop or (last_step and best is not None):
+            # The run ends on the best evaluation's state: the final checkpoint holds its weights.
             if rank == 0 and stop:
-                log.info("early stop at step %d: best val_loss %.4f at step %d", step, stopper.best_loss, best_step)
+                log.info("early stop at step %d: best val_loss %.4f at step %d", step, stopper.best_loss, best.step)
+            parallel.module.load_state_dict(best.weights)
+            optimizer.load_state_dict(best.optimizer)
+            set_rng_state(best.rng)
             val_loss = stopper.best_loss
-            save(step, best_weights, best_step=best_step, early_stopped=stop)
+            save(best.step, loss=best.loss, tokens_seen=best.tokens_seen, best_step=best.step, early_stopped=stop)
             break
         if step % train_cfg.checkpoint_every == 0 or last_step:
             save(step)
@@ -455,6 +503,7 @@ def _train(
         history=history,
         skipped_steps=guard.skipped,
         rollbacks=guard.rollbacks,
+        overflow_steps=guard.overflows,
     )
 
 

@@ -44,16 +44,25 @@ def peak_flops_for_name(name: str, precision: str) -> float | None:
     return None
 
 
+class ImplausibleMFU(ValueError):
+    """An MFU above 100%: the FLOP count or the device peak is wrong. `value` is the reading."""
+
+    def __init__(self, message: str, value: float):
+        super().__init__(message)
+        self.value = value
+
+
 def mfu(flops_per_token: float, tokens_per_s: float, devices: int, peak_per_device: float | None) -> float | None:
     """Fraction of peak (0..1) achieved by `devices` devices processing `tokens_per_s` tokens per second
     in total; None when the peak is unknown. Above 1 is impossible and means the FLOP count or the peak
-    is wrong, so it raises instead of being logged."""
+    is wrong, so it raises `ImplausibleMFU` instead of returning a number that would be logged."""
     if peak_per_device is None:
         return None
     value = flops_per_token * tokens_per_s / (peak_per_device * devices)
     if value > 1.0:
-        raise ValueError(
+        raise ImplausibleMFU(
             f"MFU {value:.1%} is above 100%: {flops_per_token:.3g} FLOPs/token x {tokens_per_s:.3g} tokens/s "
-            f"over {devices} x {peak_per_device:.3g} FLOP/s; the FLOP count or the device peak is wrong"
+            f"over {devices} x {peak_per_device:.3g} FLOP/s; the FLOP count or the device peak is wrong",
+            value,
         )
     return value

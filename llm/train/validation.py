@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
+from typing import Iterable
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from llm.train.data import TokenSplit, val_batches
+from llm.train.data import TokenSplit, val_batches, val_window_starts, windows_to_batch
 from llm.train.parallel import ParallelModel, all_reduce_sum, world
 
 
@@ -28,7 +31,9 @@ def validation_loss(
     in eval mode for the duration and restored afterwards.
 
     `parallel`: the model as a strategy split it; batches are then shared by data-parallel rank, and
-    only the ranks that hold the logits (last stage, first tensor-parallel rank) add to the sums.
+    only the ranks that hold the logits (last stage, first tensor-parallel rank) add to the sums. Every
+    rank runs the same number of forwards: one whose share is a batch short repeats the first batch
+    without counting it (an fsdp forward all-gathers weights, which waits for every rank).
     """
     rank, world_size = world()
     contributes = True
@@ -38,15 +43,23 @@ def validation_loss(
     was_training = model.training
     model.eval()
     loss_sum, count = 0.0, 0
+    batches: Iterable = ((batch, True) for batch in val_batches(split, context_length, batch_size, num_batches,
+                                                                  rank, world_size))
+    if parallel is not None:
+        starts = val_window_starts(len(split), context_length, num_batches * batch_size)
+        total = -(-len(starts) // batch_size)  # the last batch may be short
+        short = -(-total // world_size) - len(range(rank, total, world_size))
+        padding = (windows_to_batch(split, starts[:batch_size], context_length), False)
+        batches = itertools.chain(batches, [padding] * short)
     try:
-        for inputs, targets in val_batches(split, context_length, batch_size, num_batches, rank, world_size):
+        for (inputs, targets), counted in batches:
             inputs, targets = inputs.to(device), targets.to(device)
             if parallel is not None:
                 logits = parallel.logits(inputs)
             else:
                 with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
                     logits, _ = model(inputs)
-            if logits is None or not contributes:
+            if logits is None or not contributes or not counted:
                 continue
             # Summed (not averaged) per batch so that a shorter last batch is weighted by its tokens.
             loss_sum += F.cross_entropy(

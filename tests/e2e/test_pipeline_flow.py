@@ -73,6 +73,7 @@ def test_pipeline_flow_end_to_end(tmp_path, ray_local, prefect_home):
     pre, ev = stages["pretrain"], stages["evaluate"]
     assert pre["final_val_loss"] < pre["initial_val_loss"] - 0.5
     assert math.isclose(ev["perplexity"], math.exp(ev["val_loss"]), rel_tol=1e-6)
+    assert ev["split"] == "test" and stages["tokenize"]["test_tokens"] > 0  # not the split early stopping used
     assert storage.exists(storage.join(pre["checkpoint_uri"], "model.pt"))
 
     # MLflow: parent run, one nested run per stage, metrics and artifacts readable over the client
@@ -91,6 +92,7 @@ def test_pipeline_flow_end_to_end(tmp_path, ray_local, prefect_home):
         assert client.get_metric_history(by_stage["pretrain"].info.run_id, name), name
     tok_artifacts = [a.path for a in client.list_artifacts(by_stage["tokenizer"].info.run_id, "tokenizer")]
     assert "tokenizer/spm.model" in tok_artifacts
+    assert by_stage["evaluate"].data.params["eval_split"] == "test"
     eval_artifacts = {a.path for a in client.list_artifacts(by_stage["evaluate"].info.run_id)}
     assert any("sample" in p for p in eval_artifacts), eval_artifacts
 

@@ -3,8 +3,8 @@
 These are the per-character and per-shingle loops; written in numpy they are a dozen passes over
 arrays much larger than the cache, compiled they are one pass. Each kernel takes and returns plain
 arrays and has no Python objects inside, so callers batch many documents per call. Compiled code is
-cached beside this file (`cache=True`), so a process pays the compile once per installation and a
-fraction of a second to load it after that.
+cached beside this file (`llm.compiled.njit_cached`), so a process pays the compile once per
+installation and a fraction of a second to load it after that.
 
 All arithmetic is on uint64 and wraps modulo 2**64 (numba, like C, does not check overflow); mixing
 uint64 with signed integers would promote to float, so every constant is a uint64.
@@ -13,7 +13,7 @@ uint64 with signed integers would promote to float, so every constant is a uint6
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from llm.compiled import njit_cached
 
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
@@ -22,7 +22,7 @@ _ONE = np.uint64(1)
 WORD, SINGLE = 1, 2  # character classes (0 separates tokens)
 
 
-@njit(cache=True, inline="always")
+@njit_cached(inline="always")
 def mix(x):
     """splitmix64's finalizer: a bijective 64-bit mixer."""
     x ^= x >> np.uint64(30)
@@ -33,12 +33,12 @@ def mix(x):
     return x
 
 
-@njit(cache=True, inline="always")
+@njit_cached(inline="always")
 def _finish_token(h, length):
     return mix(h ^ (np.uint64(length) * _GOLDEN))
 
 
-@njit(cache=True, inline="always")
+@njit_cached(inline="always")
 def _tail(byte):
     """The six payload bits of a UTF-8 continuation byte."""
     return np.uint32(byte) & np.uint32(0x3F)
@@ -48,7 +48,7 @@ _EXPANDS = np.uint32(0x80000000)  # lower-case table flag: one more code point f
 _LOW_BITS = np.uint32(0x7FFFFFFF)
 
 
-@njit(cache=True)
+@njit_cached
 def decode_lower(data, offsets, lower, expand_from, expand_to):
     """Lower-cased code points of documents given as UTF-8 bytes (`data[offsets[d]:offsets[d + 1]]`).
     `lower` maps a code point to its lower case; when it carries the `_EXPANDS` flag the lower case is
@@ -94,7 +94,7 @@ def decode_lower(data, offsets, lower, expand_from, expand_to):
     return codes[:n], doc_ends
 
 
-@njit(cache=True)
+@njit_cached
 def tokenize(codes, doc_ends, classes, char_pos):
     """Tokens of documents given as one array of code points (`doc_ends`: cumulative lengths).
 
@@ -138,7 +138,7 @@ def tokenize(codes, doc_ends, classes, char_pos):
     return hashes[:t], starts[:t], lengths[:t], token_ends
 
 
-@njit(cache=True)
+@njit_cached
 def char_units(codes, starts, lengths, token_ends):
     """Character units of each document: its tokens' characters joined by single spaces, each mixed
     into a 64-bit hash. Returns (units, unit_ends)."""
@@ -164,7 +164,7 @@ def char_units(codes, starts, lengths, token_ends):
     return units[:u], unit_ends
 
 
-@njit(cache=True)
+@njit_cached
 def ngram_hashes(units, unit_ends, n, pos):
     """Hashes of every window of n consecutive units of a document: mix(sum(units[i + j] * pos[j])).
     A document shorter than n units gets one shingle of all its units (marked with pos[n] x its
@@ -194,7 +194,7 @@ def ngram_hashes(units, unit_ends, n, pos):
     return out[:k], owner[:k]
 
 
-@njit(cache=True)
+@njit_cached
 def minhash(shingles, offsets, a, b, empty):
     """(documents, permutations) signature: per document and permutation p, the minimum over its
     shingles x of a[p] * x + b[p] (mod 2**64); `empty` for a document without shingles."""
@@ -211,7 +211,7 @@ def minhash(shingles, offsets, a, b, empty):
     return sig
 
 
-@njit(cache=True)
+@njit_cached
 def band_hashes(sig, bands, rows):
     """(documents, bands) hash of each band's `rows` signature values: h = mix(h * golden + value)."""
     docs = sig.shape[0]
@@ -225,7 +225,7 @@ def band_hashes(sig, bands, rows):
     return out
 
 
-@njit(cache=True)
+@njit_cached
 def pair_jaccard(shingles_a, offsets_a, rows_a, shingles_b, offsets_b, rows_b):
     """Exact Jaccard of each pair (rows_a[i] of set A, rows_b[i] of set B) of sorted unique shingle
     arrays, by a merge of the two; 1.0 for two empty sets."""

@@ -6,8 +6,16 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import numpy as np
 
-# Query parameters that only track where a visitor came from; they never change the page.
-_TRACKING = ("utm_", "fbclid", "gclid", "mc_cid", "mc_eid", "ref", "sessionid", "phpsessid")
+# Query parameters that only track where a visitor came from or which session it is; they never change
+# the page. Exact names (lower-cased), not prefixes: `reference=` or `refresh=` can change the page.
+_TRACKING = frozenset({
+    "ref", "ref_src", "ref_url", "referrer",  # referral links (Twitter's `ref_src`, many blogs' `ref`)
+    "fbclid", "gclid", "dclid", "gbraid", "wbraid", "msclkid", "yclid", "igshid",  # ad and social click ids
+    "mc_cid", "mc_eid",  # Mailchimp campaign and recipient
+    "_ga", "_gl",  # Google Analytics cross-domain linker
+    "sessionid", "phpsessid", "jsessionid",
+})
+_TRACKING_PREFIX = "utm_"  # Google's campaign parameters: utm_source, utm_medium, utm_campaign, ...
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -27,9 +35,14 @@ def normalize_url(url: str) -> str | None:
     if port and port != _DEFAULT_PORTS[scheme]:
         host = f"{host}:{port}"
     query = sorted((k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
-                   if not k.lower().startswith(_TRACKING))
+                   if not _is_tracking(k))
     path = parts.path.rstrip("/") or ""
     return urlunsplit(("http", host, path, urlencode(query), ""))
+
+
+def _is_tracking(name: str) -> bool:
+    name = name.lower()
+    return name in _TRACKING or name.startswith(_TRACKING_PREFIX)
 
 
 def url_hashes(urls: list[str | None]) -> tuple[np.ndarray, np.ndarray]:

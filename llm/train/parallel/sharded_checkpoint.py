@@ -13,7 +13,6 @@ so a sharded checkpoint resumes with the same `tensor_parallel` degree it was wr
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.distributed.checkpoint as dcp
@@ -27,19 +26,13 @@ SHARDED_DIR = "sharded"
 DCP_FORMAT = "dcp"
 
 
-def save_sharded(
-    parallel: ParallelModel,
-    optimizer: torch.optim.Optimizer,
-    folder: str,
-    model_state: dict[str, Any] | None = None,
-) -> None:
+def save_sharded(parallel: ParallelModel, optimizer: torch.optim.Optimizer, folder: str) -> None:
     """Write this rank's shards of the model and optimizer state to `<folder>/sharded`.
 
-    Collective: call on every rank. `model_state`: a state dict of the same (sharded) layout to save
-    instead of the live weights (the best weights kept by early stopping).
+    Collective: call on every rank.
     """
     model_sd, optim_sd = get_state_dict(parallel.module, optimizer)
-    state = {"model": model_state if model_state is not None else model_sd, "optim": optim_sd}
+    state = {"model": model_sd, "optim": optim_sd}
     path = Path(folder) / SHARDED_DIR
     path.mkdir(parents=True, exist_ok=True)
     dcp.save(state, storage_writer=dcp.FileSystemWriter(str(path)))

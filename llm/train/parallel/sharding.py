@@ -50,7 +50,8 @@ def apply_tensor_parallel(model: GPT, mesh: DeviceMesh) -> None:
 
     Attention: qkv column-wise (each rank gets heads/tp heads), output projection row-wise; MLP: fc
     column-wise, proj row-wise. Each sublayer then costs one all-reduce forward and one backward.
-    Embeddings, norms and the output head stay replicated (plain tensors).
+    Embeddings, norms and the output head stay replicated (plain tensors). With dropout, attention on
+    each rank's heads draws masks of its own (`_per_rank_attention_dropout`).
     """
     from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
@@ -72,6 +73,45 @@ def apply_tensor_parallel(model: GPT, mesh: DeviceMesh) -> None:
             for p in block.attn.qkv.parameters():
                 p.copy_(_qkv_rows_by_rank(p, tp))
         parallelize_module(block, mesh, plan)
+        if cfg.dropout > 0:
+            _per_rank_attention_dropout(block.attn, mesh.get_local_rank())
+
+
+def _generator(device: torch.device) -> torch.Generator:
+    """The default generator that random ops on `device` draw from."""
+    if device.type != "cuda":
+        return torch.default_generator
+    return torch.cuda.default_generators[device.index if device.index is not None else torch.cuda.current_device()]
+
+
+def _per_rank_attention_dropout(attn: nn.Module, tp_rank: int) -> None:
+    """Let attention dropout on this rank's heads draw from a random stream of the rank's own.
+
+    Every rank of a tensor-parallel group is seeded alike, so that dropout on replicated activations
+    (embeddings, the outputs of the row-wise projections) keeps them identical. Between the qkv and
+    output projections, though, each rank holds different heads: the shared stream would drop the
+    same positions in every rank's heads, masks that one unsplit model would never draw. So, from the
+    qkv output to the output projection's input, the generator of the activations' device runs from a
+    seed drawn from the shared (CPU) stream plus the rank, and its own state is put back afterwards.
+    The draw advances the shared stream alike on every rank, and activation checkpointing, which
+    replays that stream, recomputes the same masks.
+    """
+    saved: list[torch.Tensor] = []
+
+    def enter(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        if not attn.training:
+            return
+        seed = int(torch.randint(2**62, (1,)))
+        generator = _generator(output.device)
+        saved.append(generator.get_state())
+        generator.manual_seed(seed + tp_rank)
+
+    def leave(module: nn.Module, args: tuple) -> None:
+        if saved:
+            _generator(args[0].device).set_state(saved.pop())
+
+    attn.qkv.register_forward_hook(enter)
+    attn.proj.register_forward_pre_hook(leave)
 
 
 def apply_fsdp(model: GPT, mesh: DeviceMesh) -> None:

@@ -275,3 +275,25 @@ def test_undeclared_western_8bit_text_decodes_as_windows_1252():
     assert _decode("# café\nx = 'é'\n".encode("latin-1"), None) == "# café\nx = 'é'\n"
     assert _decode("Grüße aus Köln — “quoted”".encode("cp1252"), None) == "Grüße aus Köln — “quoted”"
     assert _decode("Привет мир, это тест".encode("cp1251"), None) == "Привет мир, это тест"
+
+
+RIVER = " ".join(["The river rises in the hills to the north of the town and flows south to the sea."] * 6)
+WITH_COMMENTS = f"""<html><head><title>River</title></head><body>
+<article><h1>The river</h1><p>{RIVER}</p><p>{RIVER}</p></article>
+<div id="comments" class="comments"><h3>2 comments</h3>
+<div class="comment"><p>Lovely walk along these banks every spring, thanks for writing this up properly.</p></div>
+<div class="comment"><p>The old mill near the bridge deserves its own article one day, I think.</p></div>
+</div></body></html>"""
+
+
+def test_comments_are_dropped_by_default_and_kept_when_configured() -> None:
+    from llm.config import PipelineConfig
+    from llm.data.ingest import ingest_identity
+
+    default = extract_html(WITH_COMMENTS, ExtractConfig())
+    assert "The river rises" in default and "Lovely walk" not in default and "old mill" not in default
+    kept = extract_html(WITH_COMMENTS, ExtractConfig(include_comments=True))
+    assert "The river rises" in kept and "Lovely walk" in kept and "old mill" in kept
+    # A config field like any other: changing it makes ingest a different stage version.
+    on = PipelineConfig.model_validate({"data": {"extract": {"include_comments": True}}})
+    assert ingest_identity(on, []).version != ingest_identity(PipelineConfig(), []).version

@@ -110,6 +110,34 @@ def test_private_loopback_and_version_numbers_are_not_ips():
     assert counts["ip"].tolist() == [0] and out[0].as_py() == text
     out, counts = Scrubber(PiiConfig(types=["ip"])).scrub(pa.array(["from 8.8.8.8 and 2001:4860:4860::8888."]))
     assert out[0].as_py() == "from <IP> and <IP>." and counts["ip"].tolist() == [2]
+    # Hex letters before "::" end a word, not an address.
+    text = ".. versionadded:: 3.12\n.. deprecated:: 3.13\nstd::cout; ends on 4 Jan 2004::\n"
+    out, counts = Scrubber(PiiConfig(types=["ip"])).scrub(pa.array([text]))
+    assert counts["ip"].tolist() == [0] and out[0].as_py() == text
+
+
+def test_version_quads_stay_and_addresses_in_an_ip_context_go():
+    versions = ["version 1.2.3.4", "v1.2.3.4", "## 1.2.3.4", "## [1.2.3.4] - 2024-01-15", "Release 2.0.1.3",
+                "pip install pkg==1.2.3.4", "requests>=2.31.0.1", "1.2.3.4 (2024-01-15)\n------", "* 8.8.4.4:\n  - fix",
+                "1.2.3.4\n=======\n\n- Fixed a crash", "Changes in 1.2.3.4", "fixed in 5.6.7.8.", "foo-1.2.3.4.tar.gz",
+                "upgrade to 3.1.4.1", "Apache/2.4.41.1 (Unix)", "since 4.4.4.4,", "b_imp_ver=1.0.0.0&n=1",
+                "{'app_build': '4.2.16.14'}", "dpkg (1.4.0.20) unstable; urgency=low",
+                "binutils (2.10.0.27-0.cvs20000923) unstable; urgency=low", "      Git 1.7.9.2\n",
+                "Update draft release notes to 1.7.9.2", "Start preparing for 1.8.3.2", "  2011-06-28 (3.7.7.1)",
+                "update V8 to 8.3.110.9", "XFree86 4.3.99.16 Bring the tree up", "by mx (WebEasyMail 3.0.0.2)",
+                "GIT 1.5.4.4",
+                "Debian Policy 4.1.2.0.", "1.6.0.4 release notes", "[1.2.3.4]: https://example.com/compare"]
+    addresses = ["from 8.8.8.8", "IP 1.2.3.4", "host 93.184.216.34 is up", "8.8.8.8", "1.2.3.4 - - [10/Oct/2000:13:55:36]",
+                 "Received: from mx [93.184.216.34]", "http://1.2.3.4/path", "client-ip=64.233.160.1", "ping 9.9.9.9",
+                 "Use DNS resolver at 8.8.8.8 in tor-mode", "update DNS to 8.8.8.8", "(HELO mx) (64.233.160.1)",
+                 "from ESMTP 64.233.160.1", "DENY 9.9.9.9 port 22", "eth0 8.8.4.4 up", "IPv4 1.0.0.1",
+                 "addresses\n1.1.1.1\n8.8.4.4\n"]
+    out, counts = Scrubber(PiiConfig(types=["ip"])).scrub(pa.array(versions + addresses))
+    got = counts["ip"].tolist()
+    assert [v for v, n in zip(versions, got) if n] == []
+    assert [a for a, n in zip(addresses, got[len(versions):]) if n == 0] == []
+    assert out.to_pylist()[:len(versions)] == versions
+    assert out.to_pylist()[len(versions) + 1] == "IP <IP>" and out.to_pylist()[-1] == "addresses\n<IP>\n<IP>\n"
 
 
 def test_phone_numbers_international_and_national():
@@ -122,6 +150,28 @@ def test_phone_numbers_international_and_national():
                                    "Paris <PHONE>"]
 
 
+def test_phone_numbers_international_by_default():
+    texts = ["Ring 020 7946 0958 (London)", "Tel. 030 901820", "appelez le 01 42 68 53 00", "chiamare 06 6982 1234",
+             "cellulare 347 123 4567", "電話 03-1234-5678 まで", "call +91 98765 43210", "ligue (11) 91234-5678",
+             "llame al 912 345 678", "tel. +48 22 123 45 67", "bel 06 12345678", "Zürich 044 668 18 00",
+             "Sydney 02 9876 5432", "from abroad 0044 20 7946 0958", "+1-613-555-0199 x1234 desk",
+             "portable 06.12.34.56.78", "portable 06-12-34-56-78"]
+    out, counts = Scrubber(PiiConfig(types=["phone"])).scrub(pa.array(texts))
+    assert counts["phone"].tolist() == [1] * len(texts), [t for t, n in zip(texts, counts["phone"].tolist()) if n != 1]
+    assert out[0].as_py() == "Ring <PHONE> (London)" and out[14].as_py() == "<PHONE> desk"
+
+
+def test_dates_versions_and_order_numbers_are_not_phones():
+    texts = ["on 24.07.2002 at noon", "dated 2024-01-15 and 15/01/2024", "build 10.0.19041.1", "order #123456789",
+             "pi is 3.14159265", "1.234.567 people", "from 10:30 to 11:45", "ISBN 978-3-16-148410-0",
+             "years 1998-2003 and 2004 2005 2006", "version 2.10.12 released", "page 12 of 345",
+             "id 20020822153000", "lat 48.858844 long 2.294351", "sizes 1024 2048 4096 8192",
+             "see 0-18-387650-4 and 1-4737-9596-6", "CEP 03901-975", "code 01012347"]
+    out, counts = Scrubber(PiiConfig(types=["phone"])).scrub(pa.array(texts))
+    assert counts["phone"].tolist() == [0] * len(texts), [t for t, n in zip(texts, counts["phone"].tolist()) if n]
+    assert out.to_pylist() == texts
+
+
 def test_cards_need_luhn_and_issuer_prefix():
     assert luhn_ok("4111111111111111") and not luhn_ok("4111111111111112")
     texts = ["visa 4111 1111 1111 1111", "amex 3782-822463-10005", "bad 4111 1111 1111 1112",
@@ -129,6 +179,55 @@ def test_cards_need_luhn_and_issuer_prefix():
     out, counts = Scrubber(PiiConfig(types=["card"])).scrub(pa.array(texts))
     assert counts["card"].tolist() == [1, 1, 0, 0, 0, 1]
     assert out[5].as_py() == "ref 12 <CARD>"  # the run-on number is cut back to the valid card
+
+
+# (issuer prefix, length) for each network's ranges and lengths in use
+CARD_RANGES = [("4", 13), ("4", 16), ("4", 19), ("51", 16), ("55", 16), ("2221", 16), ("2720", 16), ("34", 15),
+               ("37", 15), ("6011", 16), ("6011", 19), ("644", 16), ("649", 16), ("65", 16), ("65", 19),
+               ("3528", 16), ("3589", 19), ("300", 14), ("305", 16), ("36", 14), ("38", 14), ("36", 19),
+               ("62", 16), ("62", 19), ("5018", 12), ("6759", 13), ("6304", 19), ("2200", 16), ("2204", 19),
+               ("60", 16), ("81", 16), ("82", 16), ("508", 16), ("1800", 15), ("2131", 15), ("9792", 16)]
+
+
+def _luhn_number(prefix: str, length: int, rng) -> str:
+    body = prefix + "".join(rng.choice("0123456789") for _ in range(length - len(prefix) - 1))
+    return next(body + d for d in "0123456789" if luhn_ok(body + d))
+
+
+def test_cards_of_every_network_range_and_length():
+    import random
+
+    rng = random.Random(3)
+    numbers = [_luhn_number(p, n, rng) for p, n in CARD_RANGES]
+    printed = [" ".join(n[i:i + 4] for i in range(0, len(n), 4)) if k % 3 == 1 else
+               "-".join(n[i:i + 4] for i in range(0, len(n), 4)) if k % 3 == 2 else n for k, n in enumerate(numbers)]
+    out, counts = Scrubber(PiiConfig(types=["card"])).scrub(pa.array([f"card {p} ok" for p in printed]))
+    missed = [(p, n) for (p, n), c in zip(CARD_RANGES, counts["card"].tolist()) if c != 1]
+    assert not missed, missed
+    assert set(out.to_pylist()) == {"card <CARD> ok"}
+    # A 13-digit Visa that also passes the GTIN check is a card when printed in groups of four.
+    out, counts = Scrubber(PiiConfig(types=["card"])).scrub(pa.array(["visa 4348 7972 2378 0", "EAN 4348797223780"]))
+    assert counts["card"].tolist() == [1, 0]
+
+
+def test_card_look_alikes_are_left_alone():
+    import random
+
+    rng = random.Random(4)
+    # Luhn-valid numbers outside every issuer range, or of a length the range does not use
+    texts = [f"n {_luhn_number(p, n, rng)}" for p, n in [("7", 16), ("99", 16), ("34", 16), ("51", 13), ("4", 15),
+                                                         ("1", 16), ("0", 16), ("5018", 11)]]
+    # product codes that pass both the GTIN-13 check and Luhn in the Visa range; phone numbers after "+"
+    texts += ["EAN 4008943018522", "barcode 4 003963 410196", "phone +5018047890469", "tel +62 21 1813 1102"]
+    out, counts = Scrubber(PiiConfig(types=["card"])).scrub(pa.array(texts))
+    assert counts["card"].tolist() == [0] * len(texts), [t for t, n in zip(texts, counts["card"].tolist()) if n]
+
+
+def test_ibans_in_groups_of_four_are_not_cut_up_as_cards():
+    texts = ["pay DE86 4116 7460 8394 0305 40 now", "to FR04 6471 7218 1925 4830 2102 587."]
+    out, counts = Scrubber(PiiConfig(types=["card", "iban"])).scrub(pa.array(texts))
+    assert out.to_pylist() == ["pay <IBAN> now", "to <IBAN>."]
+    assert counts["card"].tolist() == [0, 0] and counts["iban"].tolist() == [1, 1]
 
 
 def test_ibans_need_their_checksum():

@@ -6,7 +6,8 @@ SSNs and secrets are rare in real mail, so valid values are generated with the c
 planted at random word boundaries of real mail bodies, together with near misses that must survive
 (Luhn-invalid numbers, wrong IBAN checksums, SSN areas 000/666/9xx, versions, private IPs, dates, order
 numbers, public keys, hashes). Everything is generated from a fixed seed at test time; only figures are
-reported, never a value.
+reported, never a value. These values share the detectors' own formats, so they guard the checksums and
+layouts; the figures for independent values are in `test_pii_faker.py`.
 """
 
 from __future__ import annotations
@@ -299,4 +300,4 @@ def test_phone_precision_and_recall_on_real_mail(phones):
     precision, recall, n = evaluate(phones, "phone")
     print(f"phone: precision {precision:.3f} recall {recall:.3f} on {n} labelled values")
     assert n >= 40
-    assert recall >= 0.90 and precision >= 0.85, (precision, recall)
+    assert recall >= 0.95 and precision >= 0.95, (precision, recall)

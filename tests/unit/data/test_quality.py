@@ -134,3 +134,48 @@ def test_fineweb_measures_the_text_c4_left():
     assert off.kept.num_rows == 0 and off.dropped.column("rule").to_pylist()[0].startswith("fw_")
     assert "c4_removed_lines" not in off.dropped.column_names
     assert off.dropped.column("text").to_pylist() == [text]
+
+
+CATALOGUE = "\n".join(f"Item {i} in the catalogue of garden tools for sale" for i in range(30))
+
+
+def test_fineweb_line_punctuation_rule_sees_unpunctuated_lines():
+    # FineWeb's pipeline runs C4 without its terminal-punctuation line rule (FineWeb's line-punctuation
+    # ratio takes its place); with both on, C4 would leave only punctuated lines and the ratio could not fire.
+    text = CATALOGUE + "\n" + GOOD  # 2 punctuated lines of 32
+    cfg = QualityConfig.model_validate({"gopher": {"enabled": False}, "gopher_repetition": {"enabled": False}})
+    dropped = _rule(text, cfg)
+    assert dropped is not None and dropped["rule"] == "fw_line_punct_ratio"
+    assert dropped["value"] == pytest.approx(2 / 32)
+    c4_as_published = cfg.model_copy(update={"c4": cfg.c4.model_copy(update={"terminal_punct_lines": True})})
+    out = QualityStep(c4_as_published).apply(_docs([text]))
+    assert out.kept.column("text").to_pylist() == [GOOD] and out.kept.column("c4_removed_lines").to_pylist() == [30]
+    # C4 alone keeps its own rule by default: the unpunctuated lines do not count as sentences.
+    assert QualityStep(_only("c4")).apply(_docs([text])).kept.column("text").to_pylist() == [GOOD]
+
+
+@pytest.mark.parametrize("rule", quality_rules(QualityConfig()), ids=lambda r: r.name)
+def test_a_value_at_the_threshold_passes_as_in_datatrove(rule):
+    # datatrove drops on `value < min` and `value > max` for every Gopher, C4 and FineWeb rule: the
+    # threshold itself passes, the next float beyond it fails.
+    beyond = np.nextafter(rule.threshold, -np.inf if rule.kind == "min" else np.inf)
+    first, _ = decide(pa.table({rule.signal: [rule.threshold, beyond]}), [rule])
+    assert first.tolist() == [-1, 0]
+
+
+def test_line_boundaries_match_datatrove():
+    cfg = QualityConfig()
+    # C4: a line of exactly `min_words_per_line` words counts, one fewer does not; a word of exactly
+    # `max_word_length` characters is allowed, one more is not.
+    three, two = "Three words here.", "Two words."
+    longest, too_long = "Long " + "a" * 1000 + " word.", "Long " + "a" * 1001 + " word."
+    sig = compute_signals(pa.array([three, two, longest, too_long]), cfg)
+    assert sig["c4_counted_lines"].tolist() == [1, 0, 1, 0]
+    # FineWeb: a line of exactly `short_line_chars` characters is short.
+    sig = compute_signals(pa.array(["x" * 30 + "\n" + "y" * 31]), QualityConfig.model_validate({"c4": {"enabled": False}}))
+    assert sig["fw_short_line_ratio"].tolist() == [0.5]
+    # Gopher: exactly `min_words` words is enough, one fewer is not.
+    words = GOOD.split()
+    for n, rule in ((50, None), (49, "gopher_min_words")):
+        dropped = _rule(" ".join(words[:n]), _only("gopher"))
+        assert (dropped and dropped["rule"]) == rule

@@ -53,7 +53,7 @@ def _pipeline(root: str) -> dict:
     out = {"dedup": run_exact_dedup(docs, dedup, ExactDedupConfig(num_buckets=4), ShardConfig(), ex)}
     out["shards"] = run_reshard(dedup, shards, ShardConfig(target_bytes=4000), ex)
     out["tok"] = run_tokenizer_training(shards, tok, TokenizerConfig(vocab_size=300, sample_bytes=20000), ex)
-    out["tokens"] = run_tokenize(shards, tok, tokens, TokenizeConfig(val_fraction=0.2), ex)
+    out["tokens"] = run_tokenize(shards, tok, tokens, TokenizeConfig(val_fraction=0.2, test_fraction=0.2), ex)
     return out
 
 
@@ -97,10 +97,42 @@ def test_tokens_split_by_hash_and_index_is_consistent(tmp_path):
             starts = tokens[idx[:-1]]
             assert (starts == tok.bos_id).all() and (tokens[idx[1:] - 1] == tok.eos_id).all()
             first = tok.decode(tokens[idx[0] + 1: idx[1] - 1])
-            assert split_of(schema.text_hash(first), 0.2) == split
+            assert split_of(schema.text_hash(first), 0.2, 0.2) == split
             n_docs += e["docs"]
     assert n_docs == 52
     assert meta["totals"]["val"] > 0 and meta["totals"]["train"] > meta["totals"]["val"]
+    assert meta["totals"]["test"] > 0 and meta["totals"]["train"] > meta["totals"]["test"]
+
+
+def _documents(root, entries) -> list[tuple[int, ...]]:
+    docs = []
+    for e in entries:
+        tokens = np.fromfile(root / e["bin"], dtype=np.uint16)
+        idx = np.fromfile(root / e["idx"], dtype="<i8")
+        docs += [tuple(tokens[a:b].tolist()) for a, b in zip(idx[:-1], idx[1:])]
+    return docs
+
+
+def test_tokenize_writes_a_test_split_disjoint_from_train_and_val(tmp_path):
+    _pipeline(str(tmp_path))
+    tok = SentencePieceTokenizer.load(tokenizer_uri(str(tmp_path / "tok")))
+    # the raw documents, exact copies across shards included: each copy lands where the original does
+    out = tmp_path / "raw-tokens"
+    meta = run_tokenize(str(tmp_path / "docs"), str(tmp_path / "tok"), str(out),
+                        TokenizeConfig(val_fraction=0.2, test_fraction=0.2), LocalExecutor())["tokens"]
+    assert set(meta["splits"]) == {"train", "val", "test"}
+    assert meta["splits"]["test"] and all(e["bin"].startswith("test/") and (out / e["bin"]).exists()
+                                          and (out / e["idx"]).exists() for e in meta["splits"]["test"])
+    docs = {s: _documents(out, meta["splits"][s]) for s in ("train", "val", "test")}
+    assert sum(len(d) for d in docs.values()) == 60
+    assert meta["totals"]["test"] == sum(len(d) for d in docs["test"]) > 0
+    test = set(docs["test"])
+    assert len(docs["test"]) > len(test)  # some test documents have exact copies in other shards...
+    assert not test & set(docs["train"]) and not test & set(docs["val"])  # ...and none went elsewhere
+    assert not set(docs["train"]) & set(docs["val"])
+    for split, ids in docs.items():
+        for d in ids:
+            assert split_of(schema.text_hash(tok.decode(list(d[1:-1]))), 0.2, 0.2) == split
 
 
 def test_two_runs_are_byte_identical(tmp_path):

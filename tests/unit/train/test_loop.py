@@ -87,3 +87,15 @@ def test_weight_decay_only_on_matrices():
 def test_bf16_autocast_trains(tokens_uri):
     summary = train(tiny_model(), tiny_train(precision="bf16", max_steps=20, eval_every=20), tokens_uri)
     assert summary.final_val_loss < summary.initial_val_loss - 0.5
+
+
+def test_the_first_step_already_learns(tokens_uri, tmp_path):
+    """Warmup starts above zero: step 0 moves the weights (a zero rate would only move Adam's moments)."""
+    cfg = tiny_train(max_steps=1, checkpoint_every=1, eval_every=1, log_every=1)
+    summary = train(tiny_model(), cfg, tokens_uri, report=checkpoint_to(str(tmp_path / "one")))
+    assert summary.history[0]["lr"] == pytest.approx(cfg.learning_rate / cfg.warmup_steps)
+    torch.manual_seed(cfg.seed)  # the loop's initial weights
+    initial = GPT(tiny_model().model_copy(update={"vocab_size": VOCAB})).state_dict()
+    trained = _weights(str(tmp_path / "one"))
+    moved = [k for k in initial if not torch.equal(initial[k], trained[k])]
+    assert moved == list(initial)

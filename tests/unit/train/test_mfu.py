@@ -44,3 +44,33 @@ def test_mfu_value_and_impossible_values_raise():
     assert mfu(1e9, 4e5, 2, 989e12) == pytest.approx(4e14 / 1.978e15)
     with pytest.raises(ValueError, match="above 100%"):
         mfu(1e9, 2e6, 1, 989e12)
+
+
+class _Metrics:
+    """A run target that keeps what is logged to it."""
+
+    def __init__(self):
+        self.logged: list[tuple[int, dict]] = []
+
+    def log_metrics(self, metrics, step):
+        self.logged.append((step, dict(metrics)))
+
+
+def test_an_impossible_mfu_warns_once_and_the_run_goes_on(tokens_uri, monkeypatch, caplog):
+    import logging
+
+    from llm.train import loop
+    from tests.unit.train.tiny import tiny_model, tiny_train
+
+    caplog.set_level(logging.WARNING, logger="llm.train")
+    # A peak of 1 FLOP/s: every reading is far above 100%, as with a wrong FLOP count or device table.
+    monkeypatch.setattr(loop, "device_peak_flops", lambda device, precision: 1.0)
+    target = _Metrics()
+    cfg = tiny_train(max_steps=4, log_every=1, eval_every=4, checkpoint_every=4, system_metrics=False)
+    summary = loop.train(tiny_model(), cfg, tokens_uri, target)
+    assert summary.steps == 4
+    warnings = [r.getMessage() for r in caplog.records if "MFU" in r.getMessage()]
+    assert len(warnings) == 1 and "above 100%" in warnings[0]
+    counts = [m["mfu_implausible"] for _, m in target.logged if "mfu_implausible" in m]
+    assert counts == [1, 2, 3, 4]
+    assert not any("mfu" in m for _, m in target.logged)  # an impossible value is not logged as the MFU

@@ -27,15 +27,18 @@ def cfg(**kw) -> TrainConfig:
 @pytest.mark.parametrize("step", [0, 1, 50, 99, 100, 101, 250, 550, 999, 1000])
 def test_matches_the_source_formula_without_a_floor(step):
     c = cfg()
-    assert learning_rate(step, c) == pytest.approx(get_learning_rate(step, 100, 1000, 1e-4), rel=1e-12, abs=1e-18)
+    # During warmup the rate is the source formula's one step later (step 0 is not wasted at 0).
+    source_step = step + 1 if step < 100 else step
+    assert learning_rate(step, c) == pytest.approx(get_learning_rate(source_step, 100, 1000, 1e-4), rel=1e-12, abs=1e-18)
 
 
-def test_warmup_is_linear_from_zero_to_peak():
+def test_warmup_is_linear_from_the_first_step_to_peak():
     c = cfg(min_lr_ratio=0.1)
-    assert learning_rate(0, c) == 0.0
-    assert learning_rate(25, c) == pytest.approx(0.25e-4)
+    assert learning_rate(0, c) == pytest.approx(1e-6)  # peak / warmup_steps: the first step learns
+    assert learning_rate(24, c) == pytest.approx(0.25e-4)
+    assert learning_rate(99, c) == pytest.approx(1e-4)  # the last warmup step is at the peak
     assert learning_rate(100, c) == pytest.approx(1e-4)
-    rates = [learning_rate(s, c) for s in range(101)]
+    rates = [learning_rate(s, c) for s in range(100)]
     assert all(b > a for a, b in zip(rates, rates[1:]))
 
 
@@ -53,20 +56,20 @@ def test_linear_and_constant_decay():
     assert learning_rate(550, lin) == pytest.approx(1e-5 + 0.5 * 0.9e-4)
     assert learning_rate(325, lin) == pytest.approx(1e-5 + 0.75 * 0.9e-4)
     const = cfg(decay="constant", min_lr_ratio=0.1)
-    assert learning_rate(50, const) == pytest.approx(0.5e-4)
+    assert learning_rate(49, const) == pytest.approx(0.5e-4)
     assert learning_rate(900, const) == pytest.approx(1e-4)
 
 
 def test_no_warmup_and_warmup_covering_the_run():
     assert learning_rate(0, cfg(warmup_steps=0)) == pytest.approx(1e-4)
     whole = cfg(warmup_steps=1000, min_lr_ratio=0.1)
-    assert learning_rate(500, whole) == pytest.approx(0.5e-4)
+    assert learning_rate(499, whole) == pytest.approx(0.5e-4)
     assert learning_rate(1000, whole) == pytest.approx(1e-5)  # no room to decay: straight to the floor
 
 
 def test_step_decay_drops_by_the_factor_and_stops_at_the_floor():
     c = cfg(decay="step", step_decay_every=200, step_decay_factor=0.5, min_lr_ratio=0.1)
-    assert learning_rate(50, c) == pytest.approx(0.5e-4)  # warmup as for every decay
+    assert learning_rate(49, c) == pytest.approx(0.5e-4)  # warmup as for every decay
     assert learning_rate(100, c) == pytest.approx(1e-4)
     assert learning_rate(299, c) == pytest.approx(1e-4)
     assert learning_rate(300, c) == pytest.approx(0.5e-4)

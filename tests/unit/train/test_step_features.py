@@ -121,3 +121,104 @@ def test_precision_and_strategy_rules_fail_at_load():
         TrainConfig(strategy="pp", num_workers=2, pipeline_parallel=2, batch_size=8, micro_batch_size=8)
     with pytest.raises(ValidationError, match="data-parallel"):
         TrainConfig(strategy="fsdp+tp", num_workers=4, tensor_parallel=2, batch_size=6, micro_batch_size=2)
+
+
+def test_step_guard_counts_overflows_apart_from_bad_steps():
+    guard = StepGuard(spike_factor=3.0, rollback_after=2, min_history=1)
+    assert guard.check(4.0, 1.0) == "ok"
+    assert guard.check(float("nan"), 1.0) == "skip"
+    # fp16 overflows: GradScaler's business; neither bad steps nor a break in a run of bad steps
+    assert [guard.check(4.0, float("inf"), overflow=True) for _ in range(3)] == ["ok"] * 3
+    assert guard.check(50.0, 1.0) == "rollback"
+    assert (guard.skipped, guard.rollbacks, guard.overflows) == (2, 1, 3)
+
+
+class _Metrics:
+    """A run target that keeps what is logged to it."""
+
+    def __init__(self):
+        self.logged: list[tuple[int, dict]] = []
+
+    def log_metrics(self, metrics, step):
+        self.logged.append((step, dict(metrics)))
+
+    def history(self, name):
+        return [(step, m[name]) for step, m in self.logged if name in m]
+
+
+def _fp16_on_cpu(monkeypatch, init_scale: float, **overrides):
+    """fp16 autocast with loss scaling on CPU (the config allows fp16 on GPUs only), starting at `init_scale`."""
+    import functools
+
+    monkeypatch.setattr(torch.amp, "GradScaler", functools.partial(torch.amp.GradScaler, init_scale=init_scale))
+    return tiny_train(system_metrics=False, **overrides).model_copy(update={"precision": "fp16"})
+
+
+def test_fp16_overflows_are_counted_apart_and_never_roll_back(tokens_uri, monkeypatch):
+    # A loss scale of 2^40 overflows fp16 in every step of this run: GradScaler skips each one.
+    cfg = _fp16_on_cpu(monkeypatch, 2.0**40, max_steps=6, checkpoint_every=6, eval_every=6, spike_factor=3.0,
+                       rollback_after=2)
+    target = _Metrics()
+    summary = train(tiny_model(), cfg, tokens_uri, target)
+    assert summary.overflow_steps == 6
+    assert (summary.skipped_steps, summary.rollbacks) == (0, 0)
+    assert target.history("overflow_skips") == [(s, float(s)) for s in range(1, 7)]
+    assert target.history("bad_step") == []
+    # the scale halves at each overflow
+    assert [v for _, v in target.history("loss_scale")] == [2.0 ** (40 - s) for s in range(1, 7)]
+
+
+def test_fp16_bad_steps_still_skip_and_roll_back(tokens_uri, tmp_path, monkeypatch):
+    # As test_repeated_bad_steps_roll_back_to_the_checkpoint_and_lower_the_rate, under loss scaling (a
+    # scale of 1 never overflows here): every step after the fifth is a spike.
+    cfg = _fp16_on_cpu(monkeypatch, 1.0, max_steps=9, checkpoint_every=5, eval_every=9, spike_factor=0.5,
+                       rollback_after=2)
+
+    def keep(metrics, folder):
+        if folder is not None:
+            checkpoint_to(str(tmp_path / f"step{metrics['step']}"))(metrics, folder)
+
+    target = _Metrics()
+    summary = train(tiny_model(), cfg, tokens_uri, target, report=keep)
+    assert (summary.skipped_steps, summary.rollbacks, summary.overflow_steps) == (4, 2, 0)
+    assert [v for _, v in target.history("rollbacks")] == [0, 1, 1, 2]
+    five, _ = load_model(str(tmp_path / "step5"))
+    nine, _ = load_model(str(tmp_path / "step9"))
+    for k, v in five.state_dict().items():
+        torch.testing.assert_close(nine.state_dict()[k], v, atol=0, rtol=0, msg=k)
+
+
+def test_the_early_stopping_checkpoint_is_the_best_steps_whole_state(tokens_uri, tmp_path):
+    """Best weights come with the best step's optimizer state, step, token count and random state: a
+    run resumed from the final checkpoint continues exactly as one resumed from that step's checkpoint."""
+    from llm.train.checkpoint import load_optimizer_state
+    from llm.train.loop import ResumeState
+
+    model_cfg = tiny_model().model_copy(update={"dropout": 0.1})  # the random state must match too
+    cfg = tiny_train(max_steps=60, eval_every=5, checkpoint_every=5, early_stopping_patience=1,
+                     early_stopping_min_delta=10.0)
+
+    def keep(metrics, folder):
+        if folder is not None:
+            name = "final" if "early_stopped" in metrics else f"step{metrics['step']}"
+            checkpoint_to(str(tmp_path / name))(metrics, folder)
+
+    summary = train(model_cfg, cfg, tokens_uri, report=keep)
+    assert summary.steps == 10  # trained up to the stop
+    final = str(tmp_path / "final")
+    state = read_state(final)
+    assert state["early_stopped"] is True
+    assert state["step"] == state["best_step"] == 5 and state["tokens_seen"] == 5 * 8 * 32
+    assert {int(s["step"]) for s in load_optimizer_state(final)["state"].values()} == {5}
+    more = tiny_train(max_steps=8, eval_every=8, checkpoint_every=8, log_every=1)
+    from_final = train(model_cfg, more, tokens_uri, resume=ResumeState.load(final),
+                       report=checkpoint_to(str(tmp_path / "from-final")))
+    from_best = train(model_cfg, more, tokens_uri, resume=ResumeState.load(str(tmp_path / "step5")),
+                      report=checkpoint_to(str(tmp_path / "from-best")))
+    assert [h["step"] for h in from_final.history] == [6, 7, 8]
+    assert from_final.history == from_best.history
+    assert from_final.tokens_seen == from_best.tokens_seen == 8 * 8 * 32
+    a, _ = load_model(str(tmp_path / "from-final"))
+    b, _ = load_model(str(tmp_path / "from-best"))
+    for k, v in b.state_dict().items():
+        torch.testing.assert_close(a.state_dict()[k], v, atol=0, rtol=0, msg=k)

@@ -191,3 +191,45 @@ def test_sharded_strategies_write_dcp_shards(runs, name):
     assert json.loads((folder / "state.json").read_text())["optimizer_format"] == "dcp"
     # Every shard holds a part of the state (FSDP splits each tensor across all ranks).
     assert all((folder / s).stat().st_size > 0 for s in shards)
+
+
+def _early_stop_worker(rank, world_size, store, tokens_uri, out, results):
+    from llm.train.loop import ResumeState
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size)
+    try:
+        cfg = tiny_train(num_workers=world_size, strategy="fsdp", batch_size=8, micro_batch_size=2, max_steps=60,
+                         eval_every=2, checkpoint_every=2, eval_batches=2, early_stopping_patience=1,
+                         early_stopping_min_delta=10.0)
+
+        def keep(metrics, folder):
+            name = "final" if "early_stopped" in metrics else f"step{metrics['step']}"
+            checkpoint_to(f"{out}/{name}")(metrics, folder)
+
+        stopped = train(tiny_model(), cfg, tokens_uri, report=keep)
+        more = tiny_train(num_workers=world_size, strategy="fsdp", batch_size=8, micro_batch_size=2, max_steps=4,
+                          eval_every=4, checkpoint_every=4, eval_batches=2, log_every=1)
+        runs = {}
+        for name in ("final", "step2"):
+            dist.barrier()  # every rank's shards are in place
+            runs[name] = train(tiny_model(), more, tokens_uri, resume=ResumeState.load(f"{out}/{name}"),
+                               report=checkpoint_to(f"{out}/from-{name}")).history
+        results[rank] = (stopped.steps, runs["final"], runs["step2"])
+    finally:
+        dist.destroy_process_group()
+
+
+def test_fsdp_early_stopping_checkpoint_resumes_from_the_best_step(tmp_path, tokens_uri):
+    """Under fsdp too the final checkpoint of an early stop is the best step's (DCP shards of its weights
+    and optimizer state): resumed, it continues exactly as the regular checkpoint of that step does."""
+    results = mp.Manager().dict()
+    mp.spawn(_early_stop_worker, args=(2, str(tmp_path / "store"), tokens_uri, str(tmp_path), results), nprocs=2)
+    steps, from_final, from_best = results[0]
+    assert steps == 4 and results[1] == results[0]
+    assert json.loads((tmp_path / "final" / "state.json").read_text())["step"] == 2
+    assert [h["step"] for h in from_final] == [3, 4]
+    assert from_final == from_best
+    a, b = _weights(tmp_path / "from-final"), _weights(tmp_path / "from-step2")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=0, rtol=0, msg=k)
