@@ -80,13 +80,13 @@ _VERSION_BEFORE = re.compile(
     r"|\b(?:prepar(?:e|es|ed|ing|ation)|ready|notes?|fix(?:es)?|corrections?)\s+(?:to|for)"
     r"|\b(?:upgrade[sd]?|update[sd]?|bump(?:ed|s)?|pinned|downgrade[sd]?)(?:\s+(?!" + _IP_WORDS + r"\b)[\w.\-]+){0,2}\s+to"
     r"|\d{4}-\d\d-\d\d\s+\(|==|[<>~!]=|[\^~])\s*\Z|(?:[A-Za-z]/|[\d.][.\-]?)\Z", re.I)
-# A product name right before it: a word with an inner capital or a capital and a digit ("libXinerama",
-# "XFree86", "V8"; not "eth0" or "server1"), or a well-known program; not a networking acronym ("IPv4").
-# Words in capitals alone ("DENY 1.2.3.4", "WARN") are log fields, not products.
+# A product name right before it: a well-known program from this list only; not a networking acronym
+# ("IPv4"). Any other name ("WebEasyMail 3.0.0.2" in a mail's Received line, "MyGateway 8.8.8.8") could
+# as well name the host at that address, so the quad is scrubbed: a version lost beats an address kept.
 _PRODUCT_BEFORE = re.compile(
     r"(?<![\w.\-])(?!(?i:ip|ipv4|ipv6|dns|tcp|udp|nat|vpn|wan|lan|isp|smtp|esmtp|esmtps|esmtpa|https?|ftp|ssh|helo|ehlo"
     r"|rbl|dnsbl|spf|mx|ns|addr|host|from|server|proxy|gateway|router|ping|client|relay)\b)"
-    r"(?:[A-Za-z]*[a-z][A-Z][A-Za-z0-9]*|[A-Za-z]*[A-Z][A-Za-z]*\d[A-Za-z0-9]*|(?i:git|linux|kernel|python|perl|ruby|node"
+    r"(?:(?i:git|linux|kernel|python|perl|ruby|node"
     r"|java|chrome|chromium|firefox|thunderbird|windows|android|ubuntu|debian|openssl|sqlite|qt|gtk|gnome|kde|xorg"
     r"|apache|nginx|php|mysql|postgresql|emacs|vim|gcc|glibc|binutils|automake|autoconf|libtool|cmake|doxygen"
     r"|policy|standards(?:-version)?))[ \t]+\Z")

