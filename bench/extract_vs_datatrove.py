@@ -5,12 +5,13 @@
 
 (a) llmpipe: `plan_inputs` + `process_unit` (its WARC reader, `ExtractStep`, `NormalizeStep`, in batches
     of 256 records) over each WARC file -> `write_shard` (kept and `rejected/` Parquet shards) and the
-    dataset manifest.
+    dataset manifest. Extraction as configured by default: resiliparse's main-content pass on every page,
+    trafilatura on the pages where that pass is unsure (`extract.extractor: auto`).
 (b) datatrove: `WarcReader` + `Trafilatura` (+ `SymbolLinesFormatter`, its offline normalizer) +
     `ParquetWriter(compression="zstd")` in a `LocalPipelineExecutor(tasks=1, workers=1)`, with its logs
     and stats files; its extractor runs in a child process (datatrove's own timeout guard).
-Both read the same WARC files and use the same trafilatura options (recall over precision, tables kept,
-no comments, no trafilatura dedup). Normalization differs a little: llmpipe applies NFC and
+Both read the same WARC files; where trafilatura runs, both use the same options (precision over
+recall, as FineWeb ran it, tables kept, no comments, no trafilatura dedup). Normalization differs a little: llmpipe applies NFC and
 whitespace/control-character clean-up, datatrove removes symbol-only lines (its FTFY formatter needs
 `ftfy`, not installed); both cost well under 1% of the time next to extraction.
 
@@ -26,6 +27,12 @@ of HTML documents read and kept is printed beside it (llmpipe sniffs the payload
 has its own rules, so the two can differ by a few). The last line is the throughput ratio
 llmpipe/datatrove with start-up, in HTML documents per second per core (above 1: llmpipe is faster).
 datatrove's WarcReader needs `faust-cchardet` and `python-magic` (libmagic).
+
+Quality, before the timings: each side's extraction of the development pages that come with reference
+text (`llm.data.extract_eval`: html_dev's documentation pages against their reST sources, real news
+pages against their article text), as word precision, recall and F1; datatrove's through its
+`Trafilatura` extractor's own `extract`, with the options above. The share of pages llmpipe sent to
+trafilatura is printed for those pages and for the timed input.
 """
 
 from __future__ import annotations
@@ -93,14 +100,13 @@ def llmpipe_job(warc_dir: Path, out: Path) -> tuple[int, int]:
 def datatrove_job(warc_dir: Path, out: Path) -> tuple[int, int]:
     """(HTML documents read, documents kept) for datatrove's executor on the same files."""
     from datatrove.executor import LocalPipelineExecutor
-    from datatrove.pipeline.extractors import Trafilatura
     from datatrove.pipeline.formatters import SymbolLinesFormatter
     from datatrove.pipeline.readers import WarcReader
     from datatrove.pipeline.writers import ParquetWriter
 
     pipeline = [
         WarcReader(str(warc_dir), glob_pattern="*.warc.gz"),
-        Trafilatura(favour_precision=False, favor_recall=True, include_tables=True, deduplicate=False, timeout=5.0),
+        _dt_extractor(),
         SymbolLinesFormatter(),
         ParquetWriter(str(out / "kept"), compression="zstd"),
     ]
@@ -110,6 +116,41 @@ def datatrove_job(warc_dir: Path, out: Path) -> tuple[int, int]:
     reader = next(v for k, v in by_step.items() if "Warc" in k)
     extractor = next(v for k, v in by_step.items() if "Trafilatura" in k)
     return int(_value(reader.get("documents"))), int(_value(extractor.get("forwarded")))
+
+
+def _dt_extractor():
+    from datatrove.pipeline.extractors import Trafilatura
+
+    return Trafilatura(favour_precision=True, include_tables=True, deduplicate=False, timeout=5.0)
+
+
+def quality(data_dir: Path) -> None:
+    """Both sides' word precision / recall / F1 on the reference pages, per kind of page."""
+    from llm.config import ExtractConfig
+    from llm.data.extract import extract_html_with
+    from llm.data.extract_eval import reference_pages, score
+
+    pages = reference_pages(data_dir)
+    used = []
+
+    def ours(html: str) -> str:
+        text, by = extract_html_with(html, ExtractConfig())
+        used.append(by)
+        return text
+
+    theirs = _dt_extractor()
+    for name, scores in (("llmpipe", score(ours, pages)), ("datatrove", score(theirs.extract, pages))):
+        print(f"quality {name:>9}: " + "; ".join(f"{kind} ({sum(p.kind == kind for p in pages)} pages) P {s[0]:.3f} "
+                                               f"R {s[1]:.3f} F1 {s[2]:.3f}" for kind, s in scores.items()))
+    print(f"quality: llmpipe ran trafilatura on {used.count('trafilatura')} of {len(pages)} reference pages")
+
+
+def fallback_share(out: Path) -> str:
+    import pyarrow.parquet as pq
+
+    by = [v for f in sorted(out.rglob("*.parquet")) if "rejected" not in f.parts and "quarantine" not in f.parts
+          for v in pq.read_table(f, columns=["extractor"]).column("extractor").to_pylist()]
+    return f"{by.count('trafilatura')} of {len(by)} kept pages"
 
 
 def html_records(warc_dir: Path) -> int:
@@ -136,7 +177,10 @@ def child(args: argparse.Namespace) -> None:
     t0 = time.monotonic()
     job(warc_dir, out / "steady")
     steady = time.monotonic() - t0
-    (out / "times.json").write_text(json.dumps({"startup": first, "steady": steady, "read": read, "kept": kept}))
+    times = {"startup": first, "steady": steady, "read": read, "kept": kept}
+    if args.side == "llmpipe":
+        times["fallback"] = fallback_share(out / "first")
+    (out / "times.json").write_text(json.dumps(times))
 
 
 def _child_env() -> dict[str, str]:
@@ -169,6 +213,7 @@ def main() -> None:
     parser.add_argument("--pages", type=int, default=200, help="pages to crawl when --warc is not given")
     parser.add_argument("--repeat", type=int, default=2,
                         help="rounds, sides alternating; each side's fastest counts (a shared machine is noisy)")
+    parser.add_argument("--data", default=str(REPO.parent / "shared" / "data"), help="development data folder")
     parser.add_argument("--side", choices=["llmpipe", "datatrove"], help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--spawned", type=float, help=argparse.SUPPRESS)
@@ -178,6 +223,8 @@ def main() -> None:
         child(args)
         return
     cores = pin_to_one_core()
+    logging.getLogger("trafilatura").setLevel(logging.CRITICAL)
+    quality(Path(args.data))
     with tempfile.TemporaryDirectory(prefix="llmpipe-bench-") as tmp:
         warc_dir = build_input(args, tmp)
         html = html_records(warc_dir)
@@ -199,6 +246,7 @@ def main() -> None:
         print(f"{name:>9}: {t['read']} HTML documents by its own count, {t['kept']} kept; with start-up "
               f"{t['startup']:.2f}s = {rates[name]:.1f} docs/s per core; steady {t['steady']:.2f}s = "
               f"{html / t['steady'] / cores:.1f} docs/s per core")
+    print(f"  llmpipe ran trafilatura on {best['llmpipe']['fallback']} of the timed input")
     steady = best["datatrove"]["steady"] / best["llmpipe"]["steady"]
     print(f"steady ratio llmpipe/datatrove (docs/s per core): {steady:.2f}")
     print(f"ratio llmpipe/datatrove (docs/s per core, with start-up): {rates['llmpipe'] / rates['datatrove']:.2f}")

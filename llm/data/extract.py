@@ -1,9 +1,15 @@
-"""Payload decoding and HTML-to-text extraction (trafilatura), with per-document limits.
+"""Payload decoding and HTML-to-text extraction, with per-document limits.
 
-`ExtractStep` turns raw documents (`schema.RAW_SCHEMA`) into documents (`schema.DOC_SCHEMA`): HTML is
-decoded and extracted, plain text is decoded, anything else is dropped with its content type as the
-reason. Undecodable input and extraction failures, or documents past a limit, are quarantined with
-the error.
+`ExtractStep` turns raw documents (`schema.RAW_SCHEMA`) into documents (`schema.DOC_SCHEMA` plus the
+`extractor` column): HTML is decoded and extracted, plain text is decoded, anything else is dropped
+with its content type as the reason. Undecodable input and extraction failures, or documents past a
+limit, are quarantined with the error.
+
+Extraction runs in two tiers (`extract.extractor: auto`). resiliparse's main-content pass (C++, a few
+milliseconds a page) goes first; where it is unsure, trafilatura (pure Python over lxml, ten times
+slower, better at telling an article from the boilerplate around it) extracts the page instead. Unsure
+means the fast pass kept under `min_main_share` of the page's visible words, so the page is mostly
+boilerplate and the main-content guess decides what is kept, or under `min_main_words` words.
 
 Extraction is bounded by the CPU time it uses, not by the time it takes: on a busy machine a page
 takes longer but needs the same CPU, so whether a page is kept never depends on the load. A much
@@ -24,6 +30,8 @@ from typing import Iterator
 
 import pyarrow as pa
 import trafilatura
+from resiliparse.extract.html2text import extract_plain_text
+from resiliparse.parse.html import HTMLTree
 from trafilatura.settings import use_config
 
 from llm.config import ExtractConfig
@@ -269,19 +277,51 @@ def extract_html(html: str, cfg: ExtractConfig) -> str:
     """Main text of an HTML page ("" when nothing is found), within `cfg.cpu_limit_s` of CPU time and
     `cfg.wall_limit_s` of elapsed time.
 
-    Raises `ExtractionLimitExceeded` past either limit; trafilatura's own errors propagate.
-    """
+    Raises `ExtractionLimitExceeded` past either limit; the extractors' own errors propagate."""
+    return extract_html_with(html, cfg)[0]
+
+
+def extract_html_with(html: str, cfg: ExtractConfig) -> tuple[str, str]:
+    """(main text, the extractor that produced it: `resiliparse` or `trafilatura`), under the limits of
+    `extract_html`."""
     with extraction_limits(cfg.cpu_limit_s, cfg.wall_limit_s):
-        text = trafilatura.extract(
-            html,
-            output_format="txt",
-            include_comments=cfg.include_comments,
-            include_tables=cfg.include_tables,
-            favor_recall=cfg.favor_recall,
-            deduplicate=False,  # trafilatura's dedup keeps a process-wide cache: output would depend on order
-            with_metadata=False,
-            config=_TRAFILATURA_CONFIG,
-        )
+        if cfg.extractor == "trafilatura":
+            return _trafilatura(html, cfg), "trafilatura"
+        main, visible = _fast_pass(html, cfg)
+        if cfg.extractor == "resiliparse" or fast_pass_is_sure(main, visible, cfg):
+            return main, "resiliparse"
+        return _trafilatura(html, cfg), "trafilatura"
+
+
+def fast_pass_is_sure(main: str, visible: str, cfg: ExtractConfig) -> bool:
+    """Whether the fast pass's main text can stand: enough words, and not a small part of the page."""
+    kept = len(main.split())
+    return kept >= cfg.min_main_words and kept >= cfg.min_main_share * len(visible.split())
+
+
+def _fast_pass(html: str, cfg: ExtractConfig) -> tuple[str, str]:
+    """(main content, all visible text) of the page by resiliparse, from one parse."""
+    tree = HTMLTree.parse(html)
+    skip = None if cfg.include_tables else ["table"]
+    options = dict(alt_texts=False, links=False, form_fields=False, noscript=False, skip_elements=skip)
+    main = extract_plain_text(tree, main_content=True, comments=cfg.include_comments, **options)
+    if cfg.extractor == "resiliparse":
+        return main, main
+    return main, extract_plain_text(tree, main_content=False, **options)
+
+
+def _trafilatura(html: str, cfg: ExtractConfig) -> str:
+    text = trafilatura.extract(
+        html,
+        output_format="txt",
+        include_comments=cfg.include_comments,
+        include_tables=cfg.include_tables,
+        favor_precision=cfg.favor_precision,
+        favor_recall=cfg.favor_recall and not cfg.favor_precision,
+        deduplicate=False,  # trafilatura's dedup keeps a process-wide cache: output would depend on order
+        with_metadata=False,
+        config=_TRAFILATURA_CONFIG,
+    )
     return text or ""
 
 
@@ -296,14 +336,17 @@ class ExtractStep:
     """Raw documents to text documents; every input row ends kept, dropped or quarantined."""
 
     name = "extract"
+    # Which extractor produced each document's text (null for plain text): where the fallback ran.
+    signal_fields = [pa.field("extractor", pa.string())]
 
     def __init__(self, cfg: ExtractConfig):
         self.cfg = cfg
 
     def apply(self, raw: pa.Table) -> StepOutput:
-        """`raw` follows `schema.RAW_SCHEMA`; `kept` has exactly the `schema.DOC_SCHEMA` columns."""
+        """`raw` follows `schema.RAW_SCHEMA`; `kept` has the `schema.DOC_SCHEMA` columns and `extractor`."""
         kept_idx: list[int] = []
         kept_text: list[str] = []
+        kept_by: list[str | None] = []
         drop_idx: list[int] = []
         # (text, rule, value, threshold, detail) per dropped row
         drops: list[tuple[str, str, float | None, float | None, str | None]] = []
@@ -325,13 +368,13 @@ class ExtractStep:
                         drop_idx.append(i)
                         drops.append(("", "html_too_large", float(len(payload)), float(self.cfg.max_html_bytes), None))
                         continue
-                    text = extract_html(decode_payload(payload, charsets[i]), self.cfg)
+                    text, by = extract_html_with(decode_payload(payload, charsets[i]), self.cfg)
                     if not text.strip():
                         drop_idx.append(i)
                         drops.append(("", "no_extractable_text", None, None, None))
                         continue
                 elif kind == "text":
-                    text = decode_payload(payload, charsets[i])
+                    text, by = decode_payload(payload, charsets[i]), None
                 else:
                     mime = kind.split(":", 1)[1] if kind.startswith("other:") else kind
                     drop_idx.append(i)
@@ -345,9 +388,10 @@ class ExtractStep:
                 continue
             kept_idx.append(i)
             kept_text.append(text)
+            kept_by.append(by)
 
-        kept = _with_text(raw.take(pa.array(kept_idx, pa.int64())), kept_text)
-        dropped = _with_text(raw.take(pa.array(drop_idx, pa.int64())), [d[0] for d in drops])
+        kept = _with_text(raw.take(pa.array(kept_idx, pa.int64())), kept_text, kept_by)
+        dropped = _with_text(raw.take(pa.array(drop_idx, pa.int64())), [d[0] for d in drops], [None] * len(drops))
         dropped = rejected_rows(
             dropped, self.name, [d[1] for d in drops], [d[2] for d in drops], [d[3] for d in drops],
             [d[4] for d in drops],
@@ -367,11 +411,12 @@ class ExtractStep:
         }
 
 
-def _with_text(rows: pa.Table, texts: list[str]) -> pa.Table:
-    """Raw rows to DOC_SCHEMA: payload/content_type/charset go, text comes in."""
+def _with_text(rows: pa.Table, texts: list[str], extractors: list[str | None]) -> pa.Table:
+    """Raw rows to DOC_SCHEMA + `extractor`: payload/content_type/charset go, text comes in."""
     cols = {name: rows.column(name) for name in schema.DOC_SCHEMA.names if name != "text"}
     cols["text"] = pa.array(texts, pa.string())
-    return pa.table([cols[name] for name in schema.DOC_SCHEMA.names], schema=schema.DOC_SCHEMA)
+    out = pa.table([cols[name] for name in schema.DOC_SCHEMA.names], schema=schema.DOC_SCHEMA)
+    return out.append_column(ExtractStep.signal_fields[0], pa.array(extractors, pa.string()))
 
 
 def _location(meta: str | None, url: str | None, doc_id: str) -> str:

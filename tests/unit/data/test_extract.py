@@ -173,14 +173,16 @@ def test_extract_step_accounts_for_every_row() -> None:
     ])
     out = ExtractStep(cfg).apply(raw)
     assert out.kept.num_rows + out.dropped.num_rows + out.quarantined.num_rows == raw.num_rows
-    assert out.kept.schema.names == schema.DOC_SCHEMA.names
-    assert out.kept.schema == schema.DOC_SCHEMA
-    assert out.dropped.schema.names == schema.DOC_SCHEMA.names + [f.name for f in schema.REJECT_FIELDS]
+    doc_and_signal = pa.schema([*schema.DOC_SCHEMA, *ExtractStep.signal_fields])
+    assert out.kept.schema == doc_and_signal
+    assert out.dropped.schema.names == doc_and_signal.names + [f.name for f in schema.REJECT_FIELDS]
     assert out.quarantined.schema == schema.QUARANTINE_SCHEMA
 
     kept = {r["id"]: r["text"] for r in out.kept.to_pylist()}
     assert set(kept) == {"d0", "d4", "d6"}
     assert "pouring hot water" in kept["d0"] and kept["d4"] == "déjà vu" and kept["d6"] == "print('hi')\n"
+    by = {r["id"]: r["extractor"] for r in out.kept.to_pylist()}
+    assert by == {"d0": "resiliparse", "d4": None, "d6": None}  # plain text records have no extractor
 
     dropped = {r["id"]: r for r in out.dropped.to_pylist()}
     assert dropped["d1"]["rule"] == "no_extractable_text"
@@ -198,7 +200,8 @@ def test_a_page_past_the_cpu_limit_is_quarantined_naming_it() -> None:
     # A page big enough that trafilatura needs far more CPU than the limit on any machine.
     rows = "".join(f"<tr><td>cell {i}</td><td><p>text {i} with <b>bold</b> words</p></td></tr>" for i in range(20000))
     page = f"<html><body><article><table>{rows}</table></article></body></html>".encode()
-    out = ExtractStep(ExtractConfig(cpu_limit_s=0.05, max_html_bytes=50_000_000)).apply(
+    cfg = ExtractConfig(extractor="trafilatura", cpu_limit_s=0.05, max_html_bytes=50_000_000)
+    out = ExtractStep(cfg).apply(
         _raw([{"payload": page, "content_type": "html"}]))
     (bad,) = out.quarantined.to_pylist()
     assert bad["error"] == "extraction CPU time limit (0.05 s) exceeded"
@@ -213,7 +216,7 @@ def test_each_limit_quarantines_with_its_own_error(monkeypatch) -> None:
             return "never reached"
         return fake_extract
 
-    cfg = ExtractConfig(cpu_limit_s=0.1, wall_limit_s=0.3)
+    cfg = ExtractConfig(extractor="trafilatura", cpu_limit_s=0.1, wall_limit_s=0.3)
     raw = _raw([{"payload": ARTICLE.encode(), "content_type": "html"}])
     monkeypatch.setattr(extract.trafilatura, "extract", extract_that(lambda: _burn_cpu(5)))
     (bad,) = ExtractStep(cfg).apply(raw).quarantined.to_pylist()
@@ -297,3 +300,61 @@ def test_comments_are_dropped_by_default_and_kept_when_configured() -> None:
     # A config field like any other: changing it makes ingest a different stage version.
     on = PipelineConfig.model_validate({"data": {"extract": {"include_comments": True}}})
     assert ingest_identity(on, []).version != ingest_identity(PipelineConfig(), []).version
+
+
+# ------------------------------------------------------------------------------ two-tier extraction
+
+SENTENCE = "The committee met on Tuesday to review the budget for the new library and its reading rooms. "
+LINKS = "".join(f'<li><a href="/s/{i}">Section {i} of the site with a long navigation label</a></li>' for i in range(80))
+
+
+def _page(article_sentences: int) -> str:
+    return (f"<html><head><title>News</title></head><body><nav><ul>{LINKS}</ul></nav>"
+            f"<article><h1>Budget</h1><p>{SENTENCE * article_sentences}</p></article>"
+            "<footer>Contact us</footer></body></html>")
+
+
+def test_the_fast_pass_stands_where_sure_and_trafilatura_extracts_the_rest() -> None:
+    from llm.data.extract import extract_html_with
+
+    text, by = extract_html_with(_page(80), ExtractConfig())  # the article is most of the page
+    assert by == "resiliparse" and "reading rooms" in text and "navigation label" not in text
+    text, by = extract_html_with(_page(3), ExtractConfig())  # mostly navigation: the guess matters
+    assert by == "trafilatura" and "reading rooms" in text
+    # each extractor alone, when configured
+    assert extract_html_with(_page(3), ExtractConfig(extractor="resiliparse"))[1] == "resiliparse"
+    assert extract_html_with(_page(80), ExtractConfig(extractor="trafilatura"))[1] == "trafilatura"
+    # the thresholds decide
+    assert extract_html_with(_page(3), ExtractConfig(min_main_share=0.0, min_main_words=0))[1] == "resiliparse"
+    assert extract_html_with(_page(80), ExtractConfig(min_main_words=10_000))[1] == "trafilatura"
+
+
+def test_tables_and_comments_settings_reach_the_fast_pass() -> None:
+    table = "<table>" + "".join(f"<tr><td>row {i} cell</td></tr>" for i in range(5)) + "</table>"
+    page = f"<html><body><article><p>{SENTENCE * 40}</p>{table}</article></body></html>"
+    cfg = ExtractConfig(extractor="resiliparse")
+    assert "row 3 cell" in extract_html(page, cfg)
+    assert "row 3 cell" not in extract_html(page, cfg.model_copy(update={"include_tables": False}))
+
+
+def test_two_tiers_match_trafilatura_on_the_reference_pages() -> None:
+    """On real pages with independent reference text, the two tiers score at least trafilatura's F1 on the
+    documentation pages and within 0.02 on the news pages, with trafilatura run on a minority of pages."""
+    from llm.data.extract import extract_html_with
+    from llm.data.extract_eval import reference_pages, score
+
+    if not (SHARED / "html_dev.jsonl").exists():
+        pytest.skip("development pages not present")
+    pages = reference_pages(SHARED)
+    used: list[str] = []
+
+    def auto(html: str) -> str:
+        text, by = extract_html_with(html, ExtractConfig())
+        used.append(by)
+        return text
+
+    two_tier = score(auto, pages)
+    trafilatura_only = score(lambda html: extract_html(html, ExtractConfig(extractor="trafilatura")), pages)
+    assert two_tier["docs"][2] >= trafilatura_only["docs"][2]
+    assert two_tier["news"][2] >= trafilatura_only["news"][2] - 0.02
+    assert used.count("trafilatura") < len(pages) / 2
