@@ -31,7 +31,9 @@ from llm.data.phones import phone_spans
 from llm.data.steps import StepOutput, empty_quarantine, rejected_rows
 
 # Patterns are written in the common subset of RE2 and Python `re`, so one text serves both.
-EMAIL = r"[A-Za-z0-9._%+\-]+@(?:[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}\b"
+# Local parts take RFC 5322's atext that real addresses use: VERP return paths encode the recipient
+# after `=` (`list-bounce-jm=example.org@host`), and `$ ! # & ~ ^` occur in generated ones.
+EMAIL = r"[A-Za-z0-9._%+\-=$!#&~^]+@(?:[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}\b"
 SECRET = "|".join([
     r"-----BEGIN [A-Z ]*PRIVATE KEY(?: BLOCK)?-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY(?: BLOCK)?-----",
     r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA)[0-9A-Z]{16}\b",  # AWS access key ids
