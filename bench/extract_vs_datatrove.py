@@ -41,21 +41,13 @@ import argparse
 import json
 import logging
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def pin_to_one_core() -> int:
-    """Run this process (and the children it starts) on one CPU so both sides get the same core count."""
-    if hasattr(os, "sched_setaffinity"):
-        cpu = min(os.sched_getaffinity(0))
-        os.sched_setaffinity(0, {cpu})
-    return 1
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sides import REPO, pin_to_one_core, spawn_side  # noqa: E402
 
 
 def build_input(args: argparse.Namespace, tmp: str) -> Path:
@@ -183,21 +175,8 @@ def child(args: argparse.Namespace) -> None:
     (out / "times.json").write_text(json.dumps(times))
 
 
-def _child_env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-
-
 def spawn(side: str, warc_dir: Path, out: Path) -> dict:
-    out.mkdir(parents=True)
-    log = out.parent / f"{out.name}.log"  # the side's own logging, kept out of the report
-    with open(log, "w") as fh:
-        spawned = time.monotonic()
-        done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--side", side, "--warc", str(warc_dir),
-                               "--out", str(out), "--spawned", repr(spawned)], stdout=fh, stderr=subprocess.STDOUT,
-                              env=_child_env())
-    if done.returncode:
-        sys.exit(f"{side} failed ({done.returncode}):\n" + log.read_text()[-4000:])
-    return json.loads((out / "times.json").read_text())
+    return spawn_side(__file__, side, out, "--warc", str(warc_dir))
 
 
 def _value(metric) -> float:

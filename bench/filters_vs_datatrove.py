@@ -50,7 +50,7 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-REPO = Path(__file__).resolve().parents[1]
+from sides import pin_to_one_core, spawn_side  # noqa: E402
 
 DT_TO_OURS = {
     "dup_para_frac": "rep_dup_para_frac", "dup_para_char_frac": "rep_dup_para_char_frac",
@@ -175,24 +175,8 @@ def child(args: argparse.Namespace) -> None:
     (out / "times.json").write_text(json.dumps({"startup": first, "steady": steady, "kept": kept}))
 
 
-def _child_env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-
-
 def spawn(side: str, corpus: Path, out: Path, terminal_punct: bool) -> dict:
-    import subprocess
-
-    out.mkdir(parents=True)
-    log = out.parent / f"{out.name}.log"  # the side's own logging, kept out of the report
-    with open(log, "w") as fh:
-        spawned = time.monotonic()
-        done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--side", side, "--corpus", str(corpus),
-                               "--out", str(out), "--terminal-punct", "on" if terminal_punct else "off",
-                               "--spawned", repr(spawned)], stdout=fh, stderr=subprocess.STDOUT,
-                              env=_child_env())
-    if done.returncode:
-        sys.exit(f"{side} failed ({done.returncode}):\n" + log.read_text()[-4000:])
-    return json.loads((out / "times.json").read_text())
+    return spawn_side(__file__, side, out, "--corpus", str(corpus), "--terminal-punct", "on" if terminal_punct else "off")
 
 
 def agreement(texts: list[str]) -> None:
@@ -277,7 +261,6 @@ def main() -> None:
     if args.side:
         child(args)
         return
-    from extract_vs_datatrove import pin_to_one_core
     from llm.config import QualityConfig
 
     cores = pin_to_one_core()

@@ -53,7 +53,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -62,6 +61,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+from sides import spawn_side  # noqa: E402
 
 THRESHOLD = 0.8
 BANDS, ROWS, NGRAM = 14, 8, 5
@@ -162,17 +163,7 @@ def child(args: argparse.Namespace) -> None:
 
 def spawn(side: str, inputs: Path, out: Path, cores: int, shards: int) -> dict[str, float]:
     shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    log = out.parent / f"{out.name}.log"  # the side's own logging, kept out of the report
-    with open(log, "w") as fh:
-        spawned = time.monotonic()
-        done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--side", side, "--inputs", str(inputs),
-                               "--out", str(out), "--cores", str(cores), "--shards", str(shards),
-                               "--spawned", repr(spawned)], env=env, stdout=fh, stderr=subprocess.STDOUT)
-    if done.returncode:
-        sys.exit(f"{side} failed ({done.returncode}):\n" + log.read_text()[-4000:])
-    return json.loads((out / "times.json").read_text())
+    return spawn_side(__file__, side, out, "--inputs", str(inputs), "--cores", str(cores), "--shards", str(shards))
 
 
 # --- outputs and quality --------------------------------------------------------------------------------

@@ -43,14 +43,13 @@ import argparse
 import json
 import logging
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from filters_vs_datatrove import _child_env  # noqa: E402
+from sides import pin_to_one_core, spawn_side  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 ALL_TYPES = ["email", "ip", "phone", "card", "iban", "ssn", "secret"]
@@ -123,16 +122,7 @@ def child(args: argparse.Namespace) -> None:
 
 
 def spawn(side: str, corpus: Path, out: Path) -> dict:
-    out.mkdir(parents=True)
-    log = out.parent / f"{out.name}.log"  # the side's own logging, kept out of the report
-    with open(log, "w") as fh:
-        spawned = time.monotonic()
-        done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--side", side, "--corpus", str(corpus),
-                               "--out", str(out), "--spawned", repr(spawned)], stdout=fh, stderr=subprocess.STDOUT,
-                              env=_child_env())
-    if done.returncode:
-        sys.exit(f"{side} failed ({done.returncode}):\n" + log.read_text()[-4000:])
-    return {**json.loads((out / "times.json").read_text()), "out": out / "first"}
+    return {**spawn_side(__file__, side, out, "--corpus", str(corpus)), "out": out / "first"}
 
 
 def _texts(folder: Path) -> tuple[list[str], dict[str, int]]:
@@ -187,8 +177,6 @@ def main() -> None:
     if args.side:
         child(args)
         return
-    from extract_vs_datatrove import pin_to_one_core
-
     cores = pin_to_one_core()
     texts = build_corpus(args)
     mb = sum(len(t.encode("utf-8", "surrogatepass")) for t in texts) / 1e6
