@@ -48,13 +48,15 @@ def format_summary(result: dict) -> str:
         p = stages["pretrain"]
         lines.append(
             f"pretrain: {p.get('steps')} steps, {p.get('tokens_seen', 0):,} tokens, "
-            f"val loss {_f(p.get('initial_val_loss'))} at init -> {_f(p.get('final_val_loss'))}, "
-            f"{_f(p.get('seconds'), 1)} s")
+            f"val loss {_f(p.get('initial_val_loss'))} at init -> {_f(p.get('final_val_loss'))}"
+            + (f" ({_f(p['final_val_bpb'])} bits/byte)" if p.get("final_val_bpb") is not None else "")
+            + f", {_f(p.get('seconds'), 1)} s")
     if "evaluate" in stages:
         e = stages["evaluate"]
         held_out = "test" if e.get("split") == "test" else "validation (no test split)"
+        bpb = f", {_f(e['eval_bpb'])} bits/byte" if e.get("eval_bpb") is not None else ""
         lines.append(f"evaluate: {held_out} loss {_f(e.get('val_loss'))}, perplexity {_f(e.get('perplexity'), 2)}"
-                     f" on {e.get('tokens_evaluated', 0):,} held-out tokens")
+                     f"{bpb} on {e.get('tokens_evaluated', 0):,} held-out tokens")
     if "finetune" in stages:
         f = stages["finetune"]
         share = f.get("examples_trained_token_share")

@@ -6,6 +6,12 @@ int64 start offset of every document and the total (docs + 1 values). The traini
 them. The split is a pure function of the document's text hash, so a document (or an exact copy of
 it) never lands in two splits, whatever the sharding. Training validates and stops early on `val`;
 the evaluate stage scores `test`, which nothing else reads.
+
+The scored splits (`val`, `test`) also get `<split>/<shard>.bytes` (entry key `token_bytes`): per token,
+the UTF-8 bytes of the document text it stands for (uint16, bos/eos 0; see `llm.tokenizer.token_bytes`),
+so the bits per byte of any window are exact. Every part's entry has `text_bytes` (its documents' UTF-8
+bytes), the token section `text_bytes` per split. Token datasets made before these existed have
+neither, and are scored without bits per byte.
 """
 
 from __future__ import annotations
@@ -22,8 +28,12 @@ from llm import versions
 from llm.data.dataset import Counts, ShardRecord, ShardTask, read_manifest, run_shard_stage, shard_identity
 from llm.lineage import identity, of_input
 from llm.tokenizer.spm import SentencePieceTokenizer
+from llm.tokenizer.token_bytes import BYTES_DTYPE, TokenByteCounter
 
 SPLITS = ("train", "val", "test")
+#: Splits that are scored (validation, evaluation) and so carry per-token byte counts: the training
+#: split, nearly all of the tokens, is never scored in bits per byte and keeps its size.
+SCORED_SPLITS = ("val", "test")
 
 
 def split_of(text_hash: str, val_fraction: float, test_fraction: float) -> str:
@@ -37,22 +47,36 @@ def split_of(text_hash: str, val_fraction: float, test_fraction: float) -> str:
     return "test" if position < val_fraction + test_fraction else "train"
 
 
-def encode_documents(tok: SentencePieceTokenizer, texts: list[str], cfg: TokenizeConfig) -> list[list[int]]:
-    ids = tok.encode_batch(texts)
+def encode_with_bytes(tok: SentencePieceTokenizer, texts: list[str], cfg: TokenizeConfig,
+                      counter: TokenByteCounter | None = None) -> list[tuple[list[int], np.ndarray]]:
+    """(ids as stored, bytes of text per id) for each text; bos and eos stand for no bytes."""
+    counter = counter or TokenByteCounter(tok)
     head = [tok.bos_id] if cfg.prepend_bos else []
     tail = [tok.eos_id] if cfg.append_eos else []
-    return [head + d + tail for d in ids]
+    encoded = tok.encode_batch(texts)
+    head_bytes, tail_bytes = np.zeros(len(head), np.int64), np.zeros(len(tail), np.int64)
+    return [(head + ids + tail, np.concatenate([head_bytes, counts, tail_bytes]))
+            for ids, counts in zip(encoded, counter.counts_batch(texts, encoded))]
 
 
-def _write_split(out_uri: str, split: str, shard: str, docs: list[list[int]], dtype: np.dtype) -> dict:
-    lengths = np.fromiter((len(d) for d in docs), dtype=np.int64, count=len(docs))
+def _write_split(out_uri: str, split: str, shard: str, docs: list[tuple[list[int], np.ndarray]],
+                 dtype: np.dtype) -> dict:
+    lengths = np.fromiter((len(d) for d, _ in docs), dtype=np.int64, count=len(docs))
     offsets = np.zeros(len(docs) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    flat = np.fromiter((t for d in docs for t in d), dtype=dtype, count=int(offsets[-1]))
+    flat = np.fromiter((t for d, _ in docs for t in d), dtype=dtype, count=int(offsets[-1]))
     bin_rel, idx_rel = f"{split}/{shard}.bin", f"{split}/{shard}.idx"
     sha = storage.write_bytes(storage.join(out_uri, bin_rel), flat.astype(dtype.newbyteorder("<")).tobytes())
     storage.write_bytes(storage.join(out_uri, idx_rel), offsets.astype("<i8").tobytes())
-    return {"bin": bin_rel, "idx": idx_rel, "tokens": int(offsets[-1]), "docs": len(docs), "sha256": sha}
+    counts = np.concatenate([c for _, c in docs]) if docs else np.zeros(0, np.int64)
+    entry = {"bin": bin_rel, "idx": idx_rel, "tokens": int(offsets[-1]), "docs": len(docs), "sha256": sha,
+             "text_bytes": int(counts.sum())}
+    if split in SCORED_SPLITS:
+        if len(counts) and counts.max() > np.iinfo(BYTES_DTYPE).max:
+            raise ValueError(f"a token of shard {shard} stands for {int(counts.max())} bytes, more than {BYTES_DTYPE} holds")
+        entry["token_bytes"] = f"{split}/{shard}.bytes"
+        storage.write_bytes(storage.join(out_uri, entry["token_bytes"]), counts.astype(BYTES_DTYPE).tobytes())
+    return entry
 
 
 def run_tokenize(shards_uri: str, tokenizer_dir: str, out_uri: str, cfg: TokenizeConfig, executor) -> dict:
@@ -81,14 +105,16 @@ def run_tokenize(shards_uri: str, tokenizer_dir: str, out_uri: str, cfg: Tokeniz
         local_tok = SentencePieceTokenizer(model)
         table = storage.read_parquet(storage.join(shards_root, task.payload), columns=["text"])
         texts = table.column("text").to_pylist()
-        by_split: dict[str, list[list[int]]] = {s: [] for s in SPLITS}
-        for text, ids in zip(texts, encode_documents(local_tok, texts, cfg)):
-            by_split[split_of(schema.text_hash(text), cfg.val_fraction, cfg.test_fraction)].append(ids)
+        by_split: dict[str, list[tuple[list[int], np.ndarray]]] = {s: [] for s in SPLITS}
+        for text, doc in zip(texts, encode_with_bytes(local_tok, texts, cfg)):
+            by_split[split_of(schema.text_hash(text), cfg.val_fraction, cfg.test_fraction)].append(doc)
         files, splits = {}, {}
         for split, docs in by_split.items():
             if docs:
                 entry = _write_split(out_uri, split, task.key, docs, dtype)
                 files[f"{split}_bin"], files[f"{split}_idx"] = entry["bin"], entry["idx"]
+                if "token_bytes" in entry:  # listed, so garbage collection keeps it with the version
+                    files[f"{split}_bytes"] = entry["token_bytes"]
                 splits[split] = entry
         counts = Counts(read=len(texts), kept=len(texts))
         tokens = sum(e["tokens"] for e in splits.values())
@@ -107,6 +133,7 @@ def run_tokenize(shards_uri: str, tokenizer_dir: str, out_uri: str, cfg: Tokeniz
             "dtype": dtype.name, "vocab_size": tok.vocab_size, "bos_id": tok.bos_id, "eos_id": tok.eos_id,
             "pad_id": tok.pad_id, "splits": splits,
             "totals": {s: sum(e["tokens"] for e in entries) for s, entries in splits.items()},
+            "text_bytes": {s: sum(e["text_bytes"] for e in entries) for s, entries in splits.items()},
         }
         return manifest
 

@@ -26,6 +26,7 @@ from llm.model.gpt import GPT
 from llm.model.peft import load_peft_state_dict, peft_state_dict
 from llm.train.checkpoint import ADAPTER_FILE, MODEL_FILE, read_state
 from llm.train.parallel import ParallelContext, ParallelModel, all_reduce_sum, world
+from llm.train.validation import HeldOutScore
 from llm.train.workload import StepBatches
 
 log = logging.getLogger(__name__)
@@ -123,8 +124,8 @@ class FinetuneWorkload:
                                           cfg.micro_batch_size, cfg.seed, ctx.dp_rank, ctx.dp,
                                           pack=self.ft.data.pack, pad_id=self.examples.pad_id))
 
-    def held_out_loss(self, parallel: ParallelModel, device: torch.device,
-                      autocast_dtype: torch.dtype | None) -> float:
+    def held_out_score(self, parallel: ParallelModel, device: torch.device,
+                       autocast_dtype: torch.dtype | None) -> HeldOutScore:
         """Mean loss over the held-out examples' response tokens. Every rank runs the same number of
         forwards (fsdp gathers weights in each), padding its share with a batch that trains nothing."""
         cfg, ctx = self.train_cfg, parallel.ctx
@@ -139,7 +140,7 @@ class FinetuneWorkload:
         mine += [blank] * (per_rank - len(mine))
         loss_sum, tokens = response_loss(parallel.module, mine, device, autocast_dtype)
         loss_sum, tokens = all_reduce_sum([loss_sum, float(tokens)], device)
-        return loss_sum / tokens
+        return HeldOutScore(loss_sum / tokens, int(tokens))
 
     def checkpoint_metadata(self) -> dict[str, Any]:
         trainable, total = self.counts or (None, None)

@@ -2,7 +2,8 @@
 
 A token dataset is a folder `T` (local or s3://) with `T/_manifest.json` whose `"tokens"` key lists,
 per split, parts of raw little-endian token ids (`.bin`, dtype uint16 or uint32, documents as
-bos, tokens..., eos, concatenated) and document start offsets (`.idx`, int64, docs+1 entries).
+bos, tokens..., eos, concatenated) and document start offsets (`.idx`, int64, docs+1 entries); parts of
+the scored splits may add per-token UTF-8 byte counts of the text (`.bytes`, uint16), for bits per byte.
 
 Training windows for global step s are drawn from `PCG64([seed, s])` for the whole global batch and
 each rank takes its slice, so the data a step sees depends only on (seed, step): not on the number
@@ -27,6 +28,7 @@ from llm.errors import InputNotFound, UserError
 
 MANIFEST = "_manifest.json"
 _DTYPES = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}
+_BYTES_DTYPE = np.dtype("<u2")  # per-token byte counts (`.bytes`), as llm.tokenizer.token_bytes writes them
 
 
 def _default_cache_dir() -> str:
@@ -70,11 +72,17 @@ class TokenManifest:
 
 
 class TokenSplit:
-    """One split as a single virtual array over its memory-mapped parts."""
+    """One split as a single virtual array over its memory-mapped parts.
 
-    def __init__(self, name: str, parts: list[np.ndarray], doc_starts: list[np.ndarray]):
+    `byte_parts`, when the dataset has them (the scored splits of token datasets that record bytes),
+    hold per token the UTF-8 bytes of text it stands for, in the same layout as `parts`."""
+
+    def __init__(self, name: str, parts: list[np.ndarray], doc_starts: list[np.ndarray],
+                 byte_parts: list[np.ndarray] | None = None):
         self.name = name
-        self.parts = [p for p in parts if len(p)]
+        keep = [i for i, p in enumerate(parts) if len(p)]
+        self.parts = [parts[i] for i in keep]
+        self.byte_parts = None if byte_parts is None else [byte_parts[i] for i in keep]
         sizes = [len(p) for p in self.parts]
         # offsets[i] = position of part i's first token in the concatenation
         self.offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).astype(np.int64)
@@ -83,8 +91,22 @@ class TokenSplit:
     def __len__(self) -> int:
         return int(self.offsets[-1])
 
+    @property
+    def has_bytes(self) -> bool:
+        """Whether the split knows the bytes of text of its tokens (bits per byte can be measured)."""
+        return self.byte_parts is not None
+
     def window(self, start: int, length: int) -> np.ndarray:
         """Tokens [start, start+length) of the concatenated split as int64 (may span parts)."""
+        return self._gather(self.parts, start, length)
+
+    def window_bytes(self, start: int, length: int) -> int:
+        """UTF-8 bytes of text that tokens [start, start+length) stand for (the split must `has_bytes`)."""
+        if self.byte_parts is None:
+            raise ValueError(f"split {self.name!r} has no per-token byte counts")
+        return int(self._gather(self.byte_parts, start, length).sum())
+
+    def _gather(self, parts: list[np.ndarray], start: int, length: int) -> np.ndarray:
         if start < 0 or start + length > len(self):
             raise IndexError(f"window [{start}, {start + length}) outside split {self.name!r} of {len(self)} tokens")
         out = np.empty(length, dtype=np.int64)
@@ -92,7 +114,7 @@ class TokenSplit:
         part = int(np.searchsorted(self.offsets, start, side="right")) - 1
         pos = start - int(self.offsets[part])
         while filled < length:
-            chunk = self.parts[part][pos : pos + (length - filled)]
+            chunk = parts[part][pos : pos + (length - filled)]
             out[filled : filled + len(chunk)] = chunk
             filled += len(chunk)
             part, pos = part + 1, 0
@@ -139,14 +161,24 @@ class TokenDataset:
             if not entries:
                 raise UserError(f"{self.uri}: every part of split {name!r} was trained on already (nothing new; "
                                 "train.resume_data: all trains on them again)")
+            # Per-token byte counts only when every part has them (older datasets have none).
+            byte_parts: list[np.ndarray] | None = [] if all("token_bytes" in e for e in entries) else None
             for entry in entries:
-                bin_path = self._local_path(entry["bin"])
-                n = os.path.getsize(bin_path) // dtype.itemsize
-                # np.memmap refuses empty files; an empty part contributes nothing anyway.
-                parts.append(np.memmap(bin_path, dtype=dtype, mode="r") if n else np.empty(0, dtype))
+                parts.append(_memmap(self._local_path(entry["bin"]), dtype))
                 starts.append(np.fromfile(self._local_path(entry["idx"]), dtype="<i8"))
-            self._splits[name] = TokenSplit(name, parts, starts)
+                if byte_parts is not None:
+                    byte_parts.append(_memmap(self._local_path(entry["token_bytes"]), _BYTES_DTYPE))
+                    if len(byte_parts[-1]) != len(parts[-1]):
+                        raise UserError(f"{self.uri}: {entry['token_bytes']} has {len(byte_parts[-1])} counts for "
+                                        f"{len(parts[-1])} tokens of {entry['bin']}; rerun the tokenize stage")
+            self._splits[name] = TokenSplit(name, parts, starts, byte_parts)
         return self._splits[name]
+
+
+def _memmap(path: str, dtype: np.dtype) -> np.ndarray:
+    # np.memmap refuses empty files; an empty part contributes nothing anyway.
+    n = os.path.getsize(path) // dtype.itemsize
+    return np.memmap(path, dtype=dtype, mode="r") if n else np.empty(0, dtype)
 
 
 # ------------------------------------------------------------------------------------------ batches
@@ -236,19 +268,29 @@ def val_batches(
     The same `num_batches * batch_size` windows are evaluated whatever the world size (the last batch
     may be shorter when the split runs out).
     """
-    starts = val_window_starts(len(split), context_length, num_batches * batch_size)
+    for starts in val_batch_starts(len(split), context_length, batch_size, num_batches, rank, world_size):
+        yield windows_to_batch(split, starts, context_length)
+
+
+def val_batch_starts(num_tokens: int, context_length: int, batch_size: int, num_batches: int, rank: int = 0,
+                     world_size: int = 1) -> Iterator[np.ndarray]:
+    """The window starts of each validation batch of one rank, as `val_batches` takes them."""
+    starts = val_window_starts(num_tokens, context_length, num_batches * batch_size)
     for j in range(rank, -(-len(starts) // batch_size), world_size):
-        yield windows_to_batch(split, starts[j * batch_size : (j + 1) * batch_size], context_length)
+        yield starts[j * batch_size : (j + 1) * batch_size]
 
 
 # ------------------------------------------------------------------------------------------ writing
 
 
-def write_token_dataset(uri: str, splits: dict[str, list[list[int]]], vocab_size: int) -> None:
+def write_token_dataset(uri: str, splits: dict[str, list[list[int]]], vocab_size: int,
+                        token_bytes: dict[str, list[list[int]]] | None = None) -> None:
     """Write a one-part-per-split token dataset from lists of documents' token ids (tests, demos).
 
     Each document is stored as given (callers include bos/eos if they want them), in the dtype the
-    vocabulary needs. Other manifest keys that the tokenize stage writes are not produced.
+    vocabulary needs. `token_bytes`: per split, each document's per-token byte counts (as the tokenize
+    stage writes them for its scored splits). Other manifest keys that the tokenize stage writes are
+    not produced.
     """
     dtype_name = "uint16" if vocab_size <= 65536 else "uint32"
     entries: dict[str, list[dict]] = {}
@@ -261,6 +303,12 @@ def write_token_dataset(uri: str, splits: dict[str, list[list[int]]], vocab_size
         storage.write_bytes(storage.join(uri, bin_rel), flat.astype(_DTYPES[dtype_name]).tobytes())
         storage.write_bytes(storage.join(uri, idx_rel), starts.tobytes())
         entries[name] = [{"bin": bin_rel, "idx": idx_rel, "tokens": int(len(flat)), "docs": len(docs)}]
+        if token_bytes is not None and name in token_bytes:
+            counts = np.fromiter((b for doc in token_bytes[name] for b in doc), dtype=np.int64)
+            if len(counts) != len(flat):
+                raise ValueError(f"split {name!r}: {len(counts)} byte counts for {len(flat)} tokens")
+            entries[name][0].update(token_bytes=f"{name}/part-00000.bytes", text_bytes=int(counts.sum()))
+            storage.write_bytes(storage.join(uri, f"{name}/part-00000.bytes"), counts.astype(_BYTES_DTYPE).tobytes())
     manifest = {
         "tokens": {
             "dtype": dtype_name,

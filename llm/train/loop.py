@@ -50,6 +50,7 @@ from llm.train.parallel.optim_state import NAMED_FORMAT, full_optimizer_state, l
 from llm.train.parallel.sharded_checkpoint import DCP_FORMAT, SHARDED_DIR, load_sharded, save_sharded
 from llm.train.schedule import learning_rate
 from llm.train.system_metrics import SystemMetrics
+from llm.train.validation import HeldOutScore
 from llm.train.workload import TokenWorkload, Workload
 
 log = logging.getLogger("llm.train")
@@ -110,6 +111,8 @@ class TrainSummary:
     rollbacks: int = 0
     #: fp16 steps GradScaler skipped because the scaled gradients overflowed (not bad steps).
     overflow_steps: int = 0
+    #: Bits per byte of the final validation (None for token datasets without byte counts).
+    final_val_bpb: float | None = None
 
 
 def default_device(cfg: TrainConfig) -> torch.device:
@@ -147,6 +150,20 @@ def _log_metrics(run_target: RunTarget | None, metrics: dict[str, float], step: 
         run_target.log_metrics(metrics, step=step)
     except Exception as exc:  # metrics are observability: a tracking outage must not end a training run
         log.warning("could not log metrics to MLflow at step %d: %s", step, exc)
+
+
+def _held_out_metrics(score: HeldOutScore) -> dict[str, float]:
+    """The validation metrics of a score: `val_loss`, `val_perplexity` and, where the token dataset
+    records bytes of text, `val_bpb` (bits per byte, comparable across tokenizers)."""
+    metrics = {"val_loss": score.loss, "val_perplexity": score.perplexity}
+    if score.bits_per_byte is not None:
+        metrics["val_bpb"] = score.bits_per_byte
+    return metrics
+
+
+def _held_out_line(score: HeldOutScore) -> str:
+    line = f"val_loss {score.loss:.4f} | val_perplexity {score.perplexity:.2f}"
+    return line if score.bits_per_byte is None else f"{line} | val_bpb {score.bits_per_byte:.4f}"
 
 
 def _memory_mib(device: torch.device) -> float:
@@ -188,6 +205,7 @@ class _Best:
     rng: dict[str, Any]
     tokens_seen: int
     loss: float | None
+    val_bpb: float | None = None
 
 
 def train(
@@ -317,26 +335,31 @@ def _train(
     implausible_mfu = 0  # readings above 100% (a wrong FLOP count or device peak), not logged as MFU
     history: list[dict[str, float]] = []
 
-    def evaluate() -> float:
-        return workload.held_out_loss(parallel, device, autocast_dtype)
+    def evaluate(step: int, report: bool = True) -> float:
+        """The held-out loss now; with `report`, rank 0 logs it (and bits per byte where the data
+        allows) as `step`'s."""
+        nonlocal val_bpb
+        score = workload.held_out_score(parallel, device, autocast_dtype)
+        val_bpb = score.bits_per_byte
+        if rank == 0 and report:
+            log.info("step %d | %s", step, _held_out_line(score))
+            _log_metrics(run_target, _held_out_metrics(score), step)
+        return score.loss
 
     start_step = step
     val_loss = resume.state.get("val_loss") if resume is not None else None
+    val_bpb = resume.state.get("val_bpb") if resume is not None else None
     if initial_val_loss is None:
-        initial_val_loss = val_loss = evaluate()
+        initial_val_loss = val_loss = evaluate(0)
         if rank == 0:
-            log.info("step 0 | val_loss %.4f | val_perplexity %.2f", val_loss, math.exp(val_loss))
-            _log_metrics(
-                run_target,
-                {"val_loss": val_loss, "val_perplexity": math.exp(val_loss), "initial_val_loss": val_loss},
-                0,
-            )
+            _log_metrics(run_target, {"initial_val_loss": val_loss}, 0)
 
     def save(step: int, **extra: Any) -> None:
         metrics = {
             "step": step,
             "loss": last_loss,
             "val_loss": val_loss,
+            "val_bpb": val_bpb,
             "initial_val_loss": initial_val_loss,
             "tokens_seen": tokens_seen,
             "tokens_per_s": tokens_per_s,
@@ -461,17 +484,14 @@ def _train(
                 _log_metrics(run_target, metrics, step)
         stop = False
         if step % train_cfg.eval_every == 0 or last_step:
-            val_loss = evaluate()
-            if rank == 0:
-                log.info("step %d | val_loss %.4f | val_perplexity %.2f", step, val_loss, math.exp(val_loss))
-                _log_metrics(run_target, {"val_loss": val_loss, "val_perplexity": math.exp(val_loss)}, step)
+            val_loss = evaluate(step)
             if train_cfg.early_stopping_patience:
                 stop = stopper(val_loss)
                 if stopper.improved:
                     # The whole state, not only the weights: the final checkpoint is then that step's,
                     # and a run resumed from it continues from there (optimizer moments, schedule, data).
                     best = _Best(step, _host_copy(parallel.module.state_dict()), _host_copy(optimizer.state_dict()),
-                                 rng_state(), tokens_seen, last_loss)
+                                 rng_state(), tokens_seen, last_loss, val_bpb)
         if stop or (last_step and best is not None):
             # The run ends on the best evaluation's state: the final checkpoint holds its weights.
             if rank == 0 and stop:
@@ -479,7 +499,7 @@ def _train(
             parallel.module.load_state_dict(best.weights)
             optimizer.load_state_dict(best.optimizer)
             set_rng_state(best.rng)
-            val_loss = stopper.best_loss
+            val_loss, val_bpb = stopper.best_loss, best.val_bpb
             save(best.step, loss=best.loss, tokens_seen=best.tokens_seen, best_step=best.step, early_stopped=stop)
             break
         if step % train_cfg.checkpoint_every == 0 or last_step:
@@ -491,7 +511,7 @@ def _train(
             window_start, window_tokens = time.perf_counter(), 0
 
     if start_step >= train_cfg.max_steps:  # resumed at the end: evaluate and report the final state again
-        val_loss = evaluate()
+        val_loss = evaluate(step, report=False)
         save(step)
     return TrainSummary(
         steps=step,
@@ -504,6 +524,7 @@ def _train(
         skipped_steps=guard.skipped,
         rollbacks=guard.rollbacks,
         overflow_steps=guard.overflows,
+        final_val_bpb=val_bpb,
     )
 
 

@@ -40,6 +40,8 @@ class PretrainResult:
     tokens_seen: int
     checkpoint_uri: str
     seconds: float
+    #: Bits per byte of the final validation (None for token datasets without byte counts).
+    final_val_bpb: float | None = None
 
 
 def resolve_vocab(model_cfg: ModelConfig, tokens_uri: str) -> ModelConfig:
@@ -137,6 +139,7 @@ def pretrain(
         tokens_seen=int(state["tokens_seen"]),
         checkpoint_uri=final_uri,
         seconds=time.perf_counter() - started,
+        final_val_bpb=state.get("val_bpb"),
     )
 
 

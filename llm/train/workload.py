@@ -8,6 +8,7 @@ part that differs. `TokenWorkload` is pre-training on a token dataset; fine-tuni
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Protocol
 
 import torch
@@ -16,7 +17,10 @@ from llm.config import ModelConfig, TrainConfig
 from llm.errors import UserError
 from llm.model.gpt import GPT
 from llm.train.data import TokenDataset, TrainBatches
-from llm.train.parallel import ParallelContext, ParallelModel
+from llm.train.parallel import ParallelContext, ParallelModel, world
+from llm.train.validation import HeldOutScore, held_out_score
+
+log = logging.getLogger(__name__)
 
 #: One micro-batch: (inputs, targets) or (inputs, targets, positions, segments), int64 tensors (B, T).
 Batch = tuple[torch.Tensor, ...]
@@ -51,9 +55,9 @@ class Workload(Protocol):
     def batches(self, ctx: ParallelContext) -> StepBatches:
         """This rank's training batches."""
 
-    def held_out_loss(self, parallel: ParallelModel, device: torch.device,
-                      autocast_dtype: torch.dtype | None) -> float:
-        """Mean held-out loss (nats per token); a collective: every rank calls it."""
+    def held_out_score(self, parallel: ParallelModel, device: torch.device,
+                       autocast_dtype: torch.dtype | None) -> HeldOutScore:
+        """Held-out loss (nats per token), tokens and bytes of text scored; a collective: every rank calls it."""
 
     def checkpoint_metadata(self) -> dict[str, Any]:
         """Extra `state.json` entries that say what was trained on and from what."""
@@ -84,6 +88,7 @@ class TokenWorkload:
                 f"model vocab_size {model_cfg.vocab_size} is smaller than the token dataset's {self.dataset.vocab_size}"
             )
         self.model_cfg = model_cfg
+        self._warned_no_bytes = False
 
     def build_model(self, device: torch.device) -> GPT:
         return GPT(self.model_cfg).to(device)
@@ -99,15 +104,17 @@ class TokenWorkload:
         return _TokenBatches(TrainBatches(self.dataset.split("train"), self.model_cfg.context_length, cfg.batch_size,
                                           cfg.micro_batch_size, cfg.seed, ctx.dp_rank, ctx.dp))
 
-    def held_out_loss(self, parallel: ParallelModel, device: torch.device,
-                      autocast_dtype: torch.dtype | None) -> float:
-        from llm.train.validation import validation_loss
-
-        loss, _ = validation_loss(
-            parallel.module, self.dataset.split("val"), self.model_cfg.context_length, self.train_cfg.micro_batch_size,
+    def held_out_score(self, parallel: ParallelModel, device: torch.device,
+                       autocast_dtype: torch.dtype | None) -> HeldOutScore:
+        split = self.dataset.split("val")
+        if not split.has_bytes and not self._warned_no_bytes and world()[0] == 0:
+            self._warned_no_bytes = True
+            log.warning("%s: the validation split records no bytes of text per token (made before the tokenize "
+                        "stage wrote them): val_bpb is not measured; rerun the tokenize stage for it", self.dataset.uri)
+        return held_out_score(
+            parallel.module, split, self.model_cfg.context_length, self.train_cfg.micro_batch_size,
             self.train_cfg.eval_batches, device, autocast_dtype, parallel=parallel,
         )
-        return loss
 
     def checkpoint_metadata(self) -> dict[str, Any]:
         return {}

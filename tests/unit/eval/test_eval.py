@@ -6,6 +6,7 @@ import logging
 import math
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -13,6 +14,7 @@ from llm import storage
 from llm.config import EvalConfig, ModelConfig, TrainConfig
 from llm.eval import evaluate
 from llm.tokenizer.spm import SentencePieceTokenizer, train_sentencepiece
+from llm.tokenizer.token_bytes import TokenByteCounter
 from llm.tracking import RunTarget
 from llm.train.checkpoint import load_model
 from llm.train.data import TokenDataset, write_token_dataset
@@ -38,9 +40,14 @@ def trained(tmp_path_factory):
     tok = SentencePieceTokenizer(proto)
     docs = [[tok.bos_id, *tok.encode(t), tok.eos_id] for t in TEXT]
     test_docs = [[tok.bos_id, *tok.encode(t), tok.eos_id] for t in TEST_TEXT]
+    counter = TokenByteCounter(tok)
+    byte_counts = {name: [[0, *counter.counts(t, tok.encode(t)), 0] for t in texts]
+                   for name, texts in (("val", TEXT), ("test", TEST_TEXT))}
     tokens_uri = str(root / "tokens")
-    write_token_dataset(tokens_uri, {"train": docs, "val": docs, "test": test_docs}, vocab_size=tok.vocab_size)
-    # a token dataset made before there was a test split, and one made with tokenize.test_fraction=0
+    write_token_dataset(tokens_uri, {"train": docs, "val": docs, "test": test_docs}, vocab_size=tok.vocab_size,
+                        token_bytes=byte_counts)
+    # a token dataset made before there was a test split (nor bytes per token), and one made with
+    # tokenize.test_fraction=0
     for name, extra in [("tokens-no-test", {}), ("tokens-empty-test", {"test": []})]:
         write_token_dataset(str(root / name), {"train": docs, "val": docs, **extra}, vocab_size=tok.vocab_size)
     ckpt = str(root / "ckpt")
@@ -80,6 +87,9 @@ def test_evaluate_logs_metrics_and_samples_to_mlflow(trained, tmp_path):
     result = evaluate(ckpt, tokens_uri, tok_uri, cfg, run_target=RunTarget(uri, run.info.run_id))
     history = client.get_metric_history(run.info.run_id, "eval_perplexity")
     assert [m.value for m in history] == [pytest.approx(result.perplexity)]
+    bpb = client.get_metric_history(run.info.run_id, "eval_bpb")
+    assert [m.value for m in bpb] == [pytest.approx(result.eval_bpb)]
+    assert client.get_run(run.info.run_id).data.metrics["eval_bytes"] == result.bytes_evaluated
     path = client.download_artifacts(run.info.run_id, "samples.json", str(tmp_path))
     assert json.loads(open(path).read()) == result.samples
 
@@ -95,6 +105,13 @@ def test_evaluate_scores_the_test_split_not_validation(trained):
     loss, _ = validation_loss(model, test, 16, 4, 8, torch.device("cpu"))
     assert result.val_loss == pytest.approx(loss, abs=1e-5)
     assert result.val_loss != pytest.approx(summary.final_val_loss, abs=1e-3)
+    # bits per byte over the bytes of the test text those targets stand for: the windows read tokens
+    # [0, 16k + 1) and score all but the first; bos and eos stand for no bytes
+    tok = SentencePieceTokenizer.load(tok_uri)
+    per_token = np.concatenate([[0, *TokenByteCounter(tok).counts(t, tok.encode(t)), 0] for t in TEST_TEXT])
+    assert result.bytes_evaluated == per_token[1:result.tokens_evaluated + 1].sum() > 0
+    assert result.eval_bpb == pytest.approx(result.val_loss * result.tokens_evaluated
+                                            / (math.log(2) * result.bytes_evaluated))
 
 
 @pytest.mark.parametrize("dataset", ["tokens-no-test", "tokens-empty-test"])
@@ -106,6 +123,9 @@ def test_evaluate_without_a_test_split_falls_back_to_validation_and_says_so(trai
     assert result.split == "val"
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("no test split" in m and "validation" in m for m in warned), warned
+    # made before the tokenize stage recorded bytes per token: no bits per byte, and a warning saying so
+    assert result.eval_bpb is None and result.bytes_evaluated is None
+    assert len([m for m in warned if "eval_bpb is not measured" in m]) == 1, warned
     # the same windows the training loop validated on give the same loss
     assert result.val_loss == pytest.approx(summary.final_val_loss, abs=1e-5)
     assert result.tokens_evaluated == 2 * 4 * 16

@@ -1,0 +1,23 @@
+"""The end-of-run summary shows bits per byte beside loss and perplexity where they were measured."""
+
+from llm.summary import format_summary
+
+
+def _evaluate(**extra) -> dict:
+    stage = {"split": "test", "val_loss": 2.5, "perplexity": 12.18, "tokens_evaluated": 4096, **extra}
+    return {"stages": {"pretrain": {"steps": 10, "initial_val_loss": 6.1, "final_val_loss": 2.4,
+                                    "seconds": 3.0, **({"final_val_bpb": 1.25} if extra else {})},
+                       "evaluate": stage}}
+
+
+def test_evaluate_and_pretrain_lines_show_bits_per_byte():
+    text = format_summary(_evaluate(eval_bpb=1.2345, bytes_evaluated=10000))
+    line = next(l for l in text.splitlines() if l.startswith("evaluate:"))
+    assert line == "evaluate: test loss 2.5000, perplexity 12.18, 1.2345 bits/byte on 4,096 held-out tokens"
+    assert "-> 2.4000 (1.2500 bits/byte)," in next(l for l in text.splitlines() if l.startswith("pretrain:"))
+
+
+def test_token_datasets_without_bytes_leave_bits_per_byte_out():
+    text = format_summary(_evaluate())
+    assert "bits/byte" not in text
+    assert "evaluate: test loss 2.5000, perplexity 12.18 on 4,096 held-out tokens" in text
