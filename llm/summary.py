@@ -63,7 +63,9 @@ def format_summary(result: dict) -> str:
         lines.append(
             f"finetune ({f.get('method')}): {f.get('steps')} steps on {f.get('examples_train_examples')} examples "
             f"({f.get('examples_quarantined', 0)} quarantined), held-out response loss "
-            f"{_f(f.get('response_loss_before'))} before -> {_f(f.get('response_loss_after'))} after; "
+            f"{_f(f.get('response_loss_before'))} before -> {_f(f.get('response_loss_after'))} after"
+            + (f" ({_f(f['response_bpb_after'])} bits/byte)" if f.get("response_bpb_after") is not None else "")
+            + "; "
             f"{f.get('trainable_parameters', 0):,} of {f.get('total_parameters', 0):,} parameters trained"
             + (f", {share:.0%} of tokens in the loss" if share is not None else ""))
     lines.append("")

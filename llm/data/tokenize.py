@@ -73,7 +73,8 @@ def _write_split(out_uri: str, split: str, shard: str, docs: list[tuple[list[int
              "text_bytes": int(counts.sum())}
     if split in SCORED_SPLITS:
         if len(counts) and counts.max() > np.iinfo(BYTES_DTYPE).max:
-            raise ValueError(f"a token of shard {shard} stands for {int(counts.max())} bytes, more than {BYTES_DTYPE} holds")
+            raise ValueError(f"a token of shard {shard} stands for {int(counts.max())} bytes, "
+                             f"more than {BYTES_DTYPE} holds")
         entry["token_bytes"] = f"{split}/{shard}.bytes"
         storage.write_bytes(storage.join(out_uri, entry["token_bytes"]), counts.astype(BYTES_DTYPE).tobytes())
     return entry

@@ -36,20 +36,25 @@ _OPEN_ROWS = 64  # windows still open to examples while packing: near first-fit 
 
 @dataclass
 class SftSplit:
-    """One split's examples concatenated: token ids, the train mask, offsets (examples + 1), ids."""
+    """One split's examples concatenated: token ids, the train mask, offsets (examples + 1), ids, and
+    per token the UTF-8 bytes of message text it stands for (None in examples prepared before them)."""
 
     ids: np.ndarray
     mask: np.ndarray
     offsets: np.ndarray
     names: list[str]
+    text_bytes: np.ndarray | None = None
 
     @classmethod
-    def build(cls, examples: list[tuple[str, np.ndarray, np.ndarray]]) -> "SftSplit":
-        """From (id, ids, mask) per example, in order."""
+    def build(cls, examples: list[tuple]) -> "SftSplit":
+        """From (id, ids, mask) or (id, ids, mask, text bytes) per example, in order."""
         offsets = np.concatenate([[0], np.cumsum([len(e[1]) for e in examples], dtype=np.int64)]).astype(np.int64)
         ids = np.concatenate([e[1] for e in examples] or [np.empty(0)]).astype(np.int32)
         mask = np.concatenate([e[2] for e in examples] or [np.empty(0)]).astype(np.uint8)
-        return cls(ids, mask, offsets, [e[0] for e in examples])
+        text_bytes = None
+        if all(len(e) > 3 for e in examples):
+            text_bytes = np.concatenate([e[3] for e in examples] or [np.empty(0)]).astype(np.uint16)
+        return cls(ids, mask, offsets, [e[0] for e in examples], text_bytes)
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -81,7 +86,8 @@ class SftExamples:
         sink = io.BytesIO()
         with pa.ipc.new_stream(sink, self.quarantine.schema) as writer:
             writer.write_table(self.quarantine)
-        arrays = {f"{s}_{k}": getattr(getattr(self, s), k) for s in ("train", "val") for k in ("ids", "mask", "offsets")}
+        arrays = {f"{s}_{k}": getattr(getattr(self, s), k) for s in ("train", "val")
+                  for k in ("ids", "mask", "offsets", "text_bytes") if getattr(getattr(self, s), k) is not None}
         out = io.BytesIO()
         np.savez_compressed(out, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8),
                             quarantine=np.frombuffer(sink.getvalue(), np.uint8), **arrays)
@@ -93,7 +99,8 @@ class SftExamples:
         with np.load(io.BytesIO(storage.read_bytes(uri)), allow_pickle=False) as data:
             meta = json.loads(data["meta"].tobytes())
             quarantine = pa.ipc.open_stream(data["quarantine"].tobytes()).read_all()
-            splits = {s: SftSplit(data[f"{s}_ids"], data[f"{s}_mask"], data[f"{s}_offsets"], meta["names"][s])
+            splits = {s: SftSplit(data[f"{s}_ids"], data[f"{s}_mask"], data[f"{s}_offsets"], meta["names"][s],
+                                  data[f"{s}_text_bytes"] if f"{s}_text_bytes" in data.files else None)
                       for s in ("train", "val")}
         return cls(splits["train"], splits["val"], meta["counts"], quarantine, meta["context_length"], meta["pad_id"])
 
@@ -251,13 +258,35 @@ def val_batches(split: SftSplit, context_length: int, batch_size: int, num_batch
     Nothing when the split is empty."""
     if not len(split):
         return
-    windows = pack_windows(example_lengths(split), context_length, range(len(split)), pack)
-    count = -(-len(windows) // batch_size)
-    if num_batches is not None:
-        count = min(count, num_batches)
+    windows, count = _val_windows(split, context_length, batch_size, num_batches, pack)
     for j in range(dp_rank, count, dp):
         chosen = np.arange(j * batch_size, min((j + 1) * batch_size, len(windows)))
         yield make_batch(split, windows, chosen, context_length, pad_id)
+
+
+def _val_windows(split: SftSplit, context_length: int, batch_size: int, num_batches: int | None,
+                 pack: bool) -> tuple[Windows, int]:
+    """The held-out examples packed in file order, and how many batches of them are scored."""
+    windows = pack_windows(example_lengths(split), context_length, range(len(split)), pack)
+    count = -(-len(windows) // batch_size)
+    return windows, count if num_batches is None else min(count, num_batches)
+
+
+def val_response_bytes(split: SftSplit, context_length: int, batch_size: int, num_batches: int | None = None,
+                       pack: bool = True) -> int | None:
+    """UTF-8 bytes of the response text whose tokens all of `val_batches` score (every rank's share
+    together); None when the split records no bytes per token. Each example in those windows is
+    scored whole, so its trained targets' bytes are its responses' bytes."""
+    if split.text_bytes is None:
+        return None
+    if not len(split):
+        return 0
+    windows, count = _val_windows(split, context_length, batch_size, num_batches, pack)
+    scored = windows.examples[: windows.offsets[min(count * batch_size, len(windows))]]
+    trained = split.text_bytes.astype(np.int64) * (split.mask == 1)
+    trained[split.offsets[:-1]] = 0  # an example's first token is only an input, never a target
+    per_example = np.add.reduceat(np.append(trained, 0), split.offsets[:-1])
+    return int(per_example[scored].sum())
 
 
 def response_loss(model: torch.nn.Module, batches: Iterable[Batch], device: torch.device | str,

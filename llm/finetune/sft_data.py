@@ -30,6 +30,7 @@ from llm.data import schema
 from llm.data.quarantine import seal
 from llm.errors import InputNotFound, UserError
 from llm.finetune.packing import SftExamples, SftSplit
+from llm.tokenizer.token_bytes import TokenByteCounter
 
 STAGE = "finetune"
 SOURCE = "sft"
@@ -209,21 +210,27 @@ def template_ids(template: ChatTemplateConfig, tokenizer) -> TemplateIds:
     return TemplateIds(tokenizer.bos_id if template.bos else None, {r: ids[r] for r in ROLES}, ids["end"])
 
 
-def apply_template(chats: list[Chat], template: ChatTemplateConfig, tokenizer) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(ids int32, mask uint8) per chat; mask 1 marks the tokens trained on as next-token targets."""
+def apply_template(chats: list[Chat], template: ChatTemplateConfig,
+                   tokenizer) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(ids int32, mask uint8, text bytes uint16) per chat; mask 1 marks the tokens trained on as
+    next-token targets; text bytes are the UTF-8 bytes of message content each token stands for
+    (markers and bos none), so a response's tokens sum to its content's length."""
     marks = template_ids(template, tokenizer)
     system = template.default_system or None
     chats = [c if system is None or any(r == "system" for r, _ in c) else (("system", system), *c) for c in chats]
-    bodies = iter(tokenizer.encode_batch([content for chat in chats for _, content in chat]))
+    contents = [content for chat in chats for _, content in chat]
+    encoded = tokenizer.encode_batch(contents)
+    bodies = iter(zip(encoded, TokenByteCounter(tokenizer).counts_batch(contents, encoded)))
     out = []
     for chat in chats:
-        ids, mask = ([marks.bos], [0]) if marks.bos is not None else ([], [])
+        ids, mask, nbytes = ([marks.bos], [0], [0]) if marks.bos is not None else ([], [], [])
         for role, _ in chat:
-            body = next(bodies)
+            body, body_bytes = next(bodies)
             trained = int(role == "assistant")
             ids += [marks.roles[role], *body, marks.end]
             mask += [0, *[trained] * len(body), trained]
-        out.append((np.asarray(ids, np.int32), np.asarray(mask, np.uint8)))
+            nbytes += [0, *body_bytes.tolist(), 0]
+        out.append((np.asarray(ids, np.int32), np.asarray(mask, np.uint8), np.asarray(nbytes, np.uint16)))
     return out
 
 
@@ -262,11 +269,11 @@ def prepare_sft(cfg: SftDataConfig, template: ChatTemplateConfig, tokenizer, con
     scrubs the quarantined lines' text; without it the entries keep no text (only digest and size)."""
     template_ids(template, tokenizer)  # a marker missing from the tokenizer fails before any reading
     rejected: list[Rejected] = []
-    kept: list[tuple[str, np.ndarray, np.ndarray]] = []
+    kept: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]] = []
     records = read_sft(cfg, rejected)
     while chunk := list(islice(records, _CHUNK)):
         kept += _encode_chunk(chunk, template, tokenizer, context_length, rejected)
-    val = holdout([name for name, _, _ in kept], cfg.val_fraction)
+    val = holdout([name for name, *_ in kept], cfg.val_fraction)
     train, held = (SftSplit.build([k for k, v in zip(kept, val) if v == side]) for side in (False, True))
     tokens, trained = len(train.ids) + len(held.ids), int(train.mask.sum()) + int(held.mask.sum())
     counts = {
@@ -280,7 +287,7 @@ def prepare_sft(cfg: SftDataConfig, template: ChatTemplateConfig, tokenizer, con
 
 
 def _encode_chunk(chunk: list[SftRecord], template: ChatTemplateConfig, tokenizer, context_length: int,
-                  rejected: list[Rejected]) -> list[tuple[str, np.ndarray, np.ndarray]]:
+                  rejected: list[Rejected]) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
     markers = [getattr(template, name) for name in (*ROLES, "end")]
     clean = []
     for rec in chunk:
@@ -289,12 +296,12 @@ def _encode_chunk(chunk: list[SftRecord], template: ChatTemplateConfig, tokenize
         else:
             clean.append(rec)
     out = []
-    for rec, (ids, mask) in zip(clean, apply_template([r.messages for r in clean], template, tokenizer)):
+    for rec, (ids, mask, nbytes) in zip(clean, apply_template([r.messages for r in clean], template, tokenizer)):
         if len(ids) - 1 > context_length:
             rejected.append(Rejected(rec.location, "too_long", f"{len(ids)} tokens after the template, more than "
                                      f"context_length + 1 = {context_length + 1}", rec.raw))
         else:
-            out.append((rec.id, ids, mask))
+            out.append((rec.id, ids, mask, nbytes))
     return out
 
 

@@ -56,6 +56,10 @@ class FinetuneResult:
     seconds: float
     examples: dict[str, Any] = field(default_factory=dict)
     samples: list[dict[str, str]] = field(default_factory=list)
+    #: The response losses in bits per byte of response text (comparable across tokenizers); None for
+    #: examples prepared without bytes per token.
+    response_bpb_before: float | None = None
+    response_bpb_after: float | None = None
 
 
 def finetune(ft: FinetuneConfig, base_uri: str, tokenizer_uri: str, output_uri: str,
@@ -106,6 +110,7 @@ def finetune(ft: FinetuneConfig, base_uri: str, tokenizer_uri: str, output_uri: 
         trainable_parameters=int(info["trainable_parameters"]), total_parameters=int(info["total_parameters"]),
         checkpoint_uri=final_uri, checkpoint_bytes=storage.size(storage.join(final_uri, weights_file)),
         base_bytes=len(base_bytes), base_digest=base_digest, seconds=0.0, examples=counts,
+        response_bpb_before=state.get("initial_val_bpb"), response_bpb_after=state.get("val_bpb"),
     )
     result.samples = sample_responses(ft, base_uri, final_uri, tokenizer)
     storage.write_text(storage.join(output_uri, SAMPLES_FILE), json.dumps(result.samples, indent=2, ensure_ascii=False))
@@ -149,6 +154,8 @@ def publish(target: RunTarget, ft: FinetuneConfig, result: FinetuneResult) -> No
             "checkpoint_mib": result.checkpoint_bytes / 2**20, "base_mib": result.base_bytes / 2**20,
             "trained_token_share": result.examples.get("trained_token_share", 0.0),
             "examples_quarantined": result.examples.get("quarantined", 0),
+            **{name: value for name, value in (("response_bpb_before", result.response_bpb_before),
+                                               ("response_bpb_after", result.response_bpb_after)) if value is not None},
         }, step=result.steps)
         log_dict(target, {"samples": result.samples}, "finetune/samples.json")
         log_dict(target, {k: v for k, v in asdict(result).items() if k != "samples"}, "finetune/result.json")

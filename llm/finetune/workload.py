@@ -20,7 +20,7 @@ from llm import storage
 from llm.config import FinetuneConfig, ModelConfig
 from llm.errors import UserError
 from llm.finetune.methods import apply_method
-from llm.finetune.packing import Batch, SftBatches, response_loss, val_batches
+from llm.finetune.packing import Batch, SftBatches, response_loss, val_batches, val_response_bytes
 from llm.finetune.sft_data import SftExamples
 from llm.model.gpt import GPT
 from llm.model.peft import load_peft_state_dict, peft_state_dict
@@ -126,8 +126,9 @@ class FinetuneWorkload:
 
     def held_out_score(self, parallel: ParallelModel, device: torch.device,
                        autocast_dtype: torch.dtype | None) -> HeldOutScore:
-        """Mean loss over the held-out examples' response tokens. Every rank runs the same number of
-        forwards (fsdp gathers weights in each), padding its share with a batch that trains nothing."""
+        """Mean loss over the held-out examples' response tokens (and the bytes of those responses'
+        text, for bits per byte). Every rank runs the same number of forwards (fsdp gathers weights in
+        each), padding its share with a batch that trains nothing."""
         cfg, ctx = self.train_cfg, parallel.ctx
         every = list(val_batches(self.examples.val, self.model_cfg.context_length, cfg.micro_batch_size,
                                  cfg.eval_batches, pack=self.ft.data.pack, pad_id=self.examples.pad_id))
@@ -140,7 +141,10 @@ class FinetuneWorkload:
         mine += [blank] * (per_rank - len(mine))
         loss_sum, tokens = response_loss(parallel.module, mine, device, autocast_dtype)
         loss_sum, tokens = all_reduce_sum([loss_sum, float(tokens)], device)
-        return HeldOutScore(loss_sum / tokens, int(tokens))
+        # The same on every rank without communication: the bytes of the responses all ranks scored.
+        nbytes = val_response_bytes(self.examples.val, self.model_cfg.context_length, cfg.micro_batch_size,
+                                    cfg.eval_batches, pack=self.ft.data.pack)
+        return HeldOutScore(loss_sum / tokens, int(tokens), nbytes)
 
     def checkpoint_metadata(self) -> dict[str, Any]:
         trainable, total = self.counts or (None, None)

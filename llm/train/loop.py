@@ -349,8 +349,10 @@ def _train(
     start_step = step
     val_loss = resume.state.get("val_loss") if resume is not None else None
     val_bpb = resume.state.get("val_bpb") if resume is not None else None
+    initial_val_bpb = resume.state.get("initial_val_bpb") if resume is not None else None
     if initial_val_loss is None:
         initial_val_loss = val_loss = evaluate(0)
+        initial_val_bpb = val_bpb
         if rank == 0:
             _log_metrics(run_target, {"initial_val_loss": val_loss}, 0)
 
@@ -361,6 +363,7 @@ def _train(
             "val_loss": val_loss,
             "val_bpb": val_bpb,
             "initial_val_loss": initial_val_loss,
+            "initial_val_bpb": initial_val_bpb,
             "tokens_seen": tokens_seen,
             "tokens_per_s": tokens_per_s,
             **extra,

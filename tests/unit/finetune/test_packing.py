@@ -12,7 +12,8 @@ import torch.nn.functional as F
 
 from llm.config import ChatTemplateConfig, ModelConfig, SftDataConfig
 from llm.finetune.packing import (
-    IGNORE, Batch, SftBatches, SftSplit, Windows, make_batch, pack_windows, response_loss, val_batches,
+    IGNORE, Batch, SftBatches, SftExamples, SftSplit, Windows, make_batch, pack_windows, response_loss, val_batches,
+    val_response_bytes,
 )
 from llm.finetune.sft_data import prepare_sft
 from llm.model.gpt import GPT
@@ -166,6 +167,31 @@ def test_response_loss_sums_over_trained_targets(examples, model):
     assert total == pytest.approx(expected, rel=1e-5)
     halves = [response_loss(model, val_batches(examples.val, T, 4, dp_rank=r, dp=2), "cpu") for r in range(2)]
     assert sum(h[0] for h in halves) == pytest.approx(total, rel=1e-9) and sum(h[1] for h in halves) == tokens
+
+
+def test_response_bytes_are_those_of_the_scored_responses_text(shared_data, examples):
+    responses = {json.loads(line)["response"] for line in (shared_data / "sft_dev.jsonl").open(encoding="utf-8")}
+    split = examples.val
+    every = val_response_bytes(split, T, batch_size=4)
+    # every held-out example is scored: the bytes of the responses' text, each found among the inputs
+    per_example = []
+    for i in range(len(split)):
+        ids, mask = split.example(i)
+        nbytes = split.text_bytes[split.offsets[i]:split.offsets[i + 1]]
+        per_example.append(int(nbytes[1:][mask[1:] == 1].sum()))
+    assert every == sum(per_example) > 0
+    assert all(n in {len(r.encode("utf-8")) for r in responses} for n in per_example)
+    # fewer batches score fewer examples; examples prepared before bytes were recorded have none
+    assert 0 < val_response_bytes(split, T, batch_size=1, num_batches=1) < every
+    old = SftSplit(split.ids, split.mask, split.offsets, split.names)
+    assert val_response_bytes(old, T, batch_size=4) is None
+
+
+def test_saved_examples_keep_their_bytes_per_token(examples, tmp_path):
+    examples.save(str(tmp_path / "examples.npz"))
+    loaded = SftExamples.load(str(tmp_path / "examples.npz"))
+    assert np.array_equal(loaded.val.text_bytes, examples.val.text_bytes)
+    assert np.array_equal(loaded.train.text_bytes, examples.train.text_bytes)
 
 
 def grads(model, loss) -> list[torch.Tensor]:

@@ -91,20 +91,23 @@ def test_template_token_layout(tokenizer):
     bos, (S, U, A, E) = tokenizer.bos_id, (tokenizer.piece_id(m) for m in SPECIAL)
     p, r, s = tokenizer.encode("Hi there"), tokenizer.encode("Hello"), tokenizer.encode("Be brief.")
     pair = (("user", "Hi there"), ("assistant", "Hello"))
-    (ids, mask), = apply_template([pair], ChatTemplateConfig(), tokenizer)
+    (ids, mask, nbytes), = apply_template([pair], ChatTemplateConfig(), tokenizer)
     assert ids.dtype == np.int32 and mask.dtype == np.uint8
     assert ids.tolist() == [bos, U, *p, E, A, *r, E]
     # Only the response's tokens and the end marker closing it are trained on.
     assert mask.tolist() == [0, 0, *[0] * len(p), 0, 0, *[1] * len(r), 1]
+    # Each message's tokens stand for its text's bytes; bos and markers for none.
+    assert nbytes[mask == 1].sum() == len("Hello") and nbytes.sum() == len("Hi thereHello")
+    assert nbytes[ids == E].sum() == nbytes[ids == U].sum() == nbytes[0] == 0
 
-    (ids, mask), = apply_template([pair], ChatTemplateConfig(bos=False, default_system="Be brief."), tokenizer)
+    (ids, mask, _), = apply_template([pair], ChatTemplateConfig(bos=False, default_system="Be brief."), tokenizer)
     assert ids.tolist() == [S, *s, E, U, *p, E, A, *r, E]
     assert mask.tolist() == [0, *[0] * len(s), 0, 0, *[0] * len(p), 0, 0, *[1] * len(r), 1]
 
     # An example's own system message replaces the default; every assistant turn is trained on.
     chat = (("system", "Hi there"), ("user", "Hello"), ("assistant", "Hi there"), ("user", "Hello"),
             ("assistant", "Hello"))
-    (ids, mask), = apply_template([chat], ChatTemplateConfig(default_system="Be brief."), tokenizer)
+    (ids, mask, _), = apply_template([chat], ChatTemplateConfig(default_system="Be brief."), tokenizer)
     assert ids.tolist() == [bos, S, *p, E, U, *r, E, A, *p, E, U, *r, E, A, *r, E]
     assert mask.tolist() == [0, 0, *[0] * len(p), 0, 0, *[0] * len(r), 0,
                              0, *[1] * len(p), 1, 0, *[0] * len(r), 0, 0, *[1] * len(r), 1]
