@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -47,31 +48,49 @@ def split_of(text_hash: str, val_fraction: float, test_fraction: float) -> str:
     return "test" if position < val_fraction + test_fraction else "train"
 
 
-def encode_with_bytes(tok: SentencePieceTokenizer, texts: list[str], cfg: TokenizeConfig,
-                      counter: TokenByteCounter | None = None) -> list[tuple[list[int], np.ndarray]]:
-    """(ids as stored, bytes of text per id) for each text; bos and eos stand for no bytes."""
+@dataclass
+class SplitDocuments:
+    """One split's documents of a shard as stored: ids (bos, tokens, eos), their text's UTF-8 bytes in
+    all, and for the scored splits the bytes per token (bos/eos 0)."""
+
+    ids: list[list[int]] = field(default_factory=list)
+    text_bytes: int = 0
+    token_bytes: list[np.ndarray] | None = None
+
+
+def encode_by_split(tok: SentencePieceTokenizer, texts: list[str], cfg: TokenizeConfig,
+                    counter: TokenByteCounter | None = None) -> dict[str, SplitDocuments]:
+    """The texts encoded and sent to their splits; bytes per token are counted for the scored splits
+    only (counting them for every document would add about a fifth to encoding's time)."""
     counter = counter or TokenByteCounter(tok)
-    head = [tok.bos_id] if cfg.prepend_bos else []
-    tail = [tok.eos_id] if cfg.append_eos else []
+    head, tail = [tok.bos_id] if cfg.prepend_bos else [], [tok.eos_id] if cfg.append_eos else []
+    out = {s: SplitDocuments(token_bytes=[] if s in SCORED_SPLITS else None) for s in SPLITS}
+    names = [split_of(schema.text_hash(t), cfg.val_fraction, cfg.test_fraction) for t in texts]
     encoded = tok.encode_batch(texts)
-    head_bytes, tail_bytes = np.zeros(len(head), np.int64), np.zeros(len(tail), np.int64)
-    return [(head + ids + tail, np.concatenate([head_bytes, counts, tail_bytes]))
-            for ids, counts in zip(encoded, counter.counts_batch(texts, encoded))]
+    scored = [i for i, name in enumerate(names) if name in SCORED_SPLITS]
+    counts = dict(zip(scored, counter.counts_batch([texts[i] for i in scored], [encoded[i] for i in scored])))
+    edge = np.zeros(len(head), np.int64), np.zeros(len(tail), np.int64)
+    for i, (name, text, ids) in enumerate(zip(names, texts, encoded)):
+        docs = out[name]
+        docs.ids.append(head + ids + tail)
+        docs.text_bytes += len(text.encode("utf-8"))
+        if docs.token_bytes is not None:
+            docs.token_bytes.append(np.concatenate([edge[0], counts[i], edge[1]]))
+    return out
 
 
-def _write_split(out_uri: str, split: str, shard: str, docs: list[tuple[list[int], np.ndarray]],
-                 dtype: np.dtype) -> dict:
-    lengths = np.fromiter((len(d) for d, _ in docs), dtype=np.int64, count=len(docs))
-    offsets = np.zeros(len(docs) + 1, dtype=np.int64)
+def _write_split(out_uri: str, split: str, shard: str, docs: SplitDocuments, dtype: np.dtype) -> dict:
+    lengths = np.fromiter((len(d) for d in docs.ids), dtype=np.int64, count=len(docs.ids))
+    offsets = np.zeros(len(docs.ids) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    flat = np.fromiter((t for d, _ in docs for t in d), dtype=dtype, count=int(offsets[-1]))
+    flat = np.fromiter((t for d in docs.ids for t in d), dtype=dtype, count=int(offsets[-1]))
     bin_rel, idx_rel = f"{split}/{shard}.bin", f"{split}/{shard}.idx"
     sha = storage.write_bytes(storage.join(out_uri, bin_rel), flat.astype(dtype.newbyteorder("<")).tobytes())
     storage.write_bytes(storage.join(out_uri, idx_rel), offsets.astype("<i8").tobytes())
-    counts = np.concatenate([c for _, c in docs]) if docs else np.zeros(0, np.int64)
-    entry = {"bin": bin_rel, "idx": idx_rel, "tokens": int(offsets[-1]), "docs": len(docs), "sha256": sha,
-             "text_bytes": int(counts.sum())}
-    if split in SCORED_SPLITS:
+    entry = {"bin": bin_rel, "idx": idx_rel, "tokens": int(offsets[-1]), "docs": len(docs.ids), "sha256": sha,
+             "text_bytes": docs.text_bytes}
+    if docs.token_bytes is not None:
+        counts = np.concatenate(docs.token_bytes)
         if len(counts) and counts.max() > np.iinfo(BYTES_DTYPE).max:
             raise ValueError(f"a token of shard {shard} stands for {int(counts.max())} bytes, "
                              f"more than {BYTES_DTYPE} holds")
@@ -106,12 +125,10 @@ def run_tokenize(shards_uri: str, tokenizer_dir: str, out_uri: str, cfg: Tokeniz
         local_tok = SentencePieceTokenizer(model)
         table = storage.read_parquet(storage.join(shards_root, task.payload), columns=["text"])
         texts = table.column("text").to_pylist()
-        by_split: dict[str, list[tuple[list[int], np.ndarray]]] = {s: [] for s in SPLITS}
-        for text, doc in zip(texts, encode_with_bytes(local_tok, texts, cfg)):
-            by_split[split_of(schema.text_hash(text), cfg.val_fraction, cfg.test_fraction)].append(doc)
+        by_split = encode_by_split(local_tok, texts, cfg)
         files, splits = {}, {}
         for split, docs in by_split.items():
-            if docs:
+            if docs.ids:
                 entry = _write_split(out_uri, split, task.key, docs, dtype)
                 files[f"{split}_bin"], files[f"{split}_idx"] = entry["bin"], entry["idx"]
                 if "token_bytes" in entry:  # listed, so garbage collection keeps it with the version
