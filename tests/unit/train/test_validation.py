@@ -1,4 +1,5 @@
-"""Validation loss under data parallelism: every rank runs the same forwards, the mean stays exact."""
+"""Validation loss under data parallelism: every rank runs the same forwards, the mean and the bytes
+scored stay exact."""
 
 import time
 
@@ -10,7 +11,7 @@ import torch.multiprocessing as mp
 from llm.model import GPT
 from llm.train.data import TokenDataset
 from llm.train.parallel import ParallelContext, ParallelModel
-from llm.train.validation import validation_loss
+from llm.train.validation import held_out_score
 from tests.unit.train.tiny import VOCAB, tiny_model, tiny_train
 
 # Three batches of two windows over two data-parallel ranks: rank 0 holds two batches, rank 1 one.
@@ -32,8 +33,8 @@ def _fsdp_worker(rank, world_size, store, tokens_uri, results):
         ctx = ParallelContext.create(cfg, torch.device("cpu"))
         parallel = ParallelModel(_model(), ctx, cfg)
         val = TokenDataset(tokens_uri).split("val")
-        results[rank] = validation_loss(parallel.module, val, 32, BATCH_SIZE, BATCHES, torch.device("cpu"),
-                                        parallel=parallel)
+        score = held_out_score(parallel.module, val, 32, BATCH_SIZE, BATCHES, torch.device("cpu"), parallel=parallel)
+        results[rank] = (score.loss, score.tokens, score.bytes)
     finally:
         dist.destroy_process_group()
 
@@ -50,13 +51,13 @@ def _spawn_or_fail(fn, args, nprocs, timeout):
 
 
 def test_fsdp_validation_with_an_odd_batch_count_finishes_with_the_exact_mean(tokens_uri, tmp_path):
-    single = validation_loss(_model(), TokenDataset(tokens_uri).split("val"), 32, BATCH_SIZE, BATCHES,
-                             torch.device("cpu"))
-    assert single[1] == BATCHES * BATCH_SIZE * 32
+    single = held_out_score(_model(), TokenDataset(tokens_uri).split("val"), 32, BATCH_SIZE, BATCHES,
+                            torch.device("cpu"))
+    assert single.tokens == BATCHES * BATCH_SIZE * 32
     results = mp.Manager().dict()
     _spawn_or_fail(_fsdp_worker, (2, str(tmp_path / "store"), tokens_uri, results), 2, TIMEOUT)
     assert results[0] == results[1]
-    loss, tokens = results[0]
-    # the padding forward adds no tokens: the same token-weighted mean over the same windows
-    assert tokens == single[1]
-    assert loss == pytest.approx(single[0], abs=1e-5)
+    loss, tokens, nbytes = results[0]
+    # the padding forward adds no tokens nor bytes: the same token-weighted mean over the same windows
+    assert tokens == single.tokens and nbytes == single.bytes > tokens
+    assert loss == pytest.approx(single.loss, abs=1e-5)
