@@ -198,8 +198,11 @@ def _command(args: argparse.Namespace, debug: bool) -> int:
 
             written = export_hf(args.checkpoint, args.out, args.format, args.tokenizer)
         else:
+            from llm.errors import UserError
             from llm.finetune.export import export
 
+            if args.tokenizer:
+                raise UserError(f"export --tokenizer applies to --format hf or peft, not {args.format}")
             written = export(args.checkpoint, args.out, args.format)
         print(f"wrote {', '.join(written['files'])} to {args.out} ({written['format']})")
         return 0

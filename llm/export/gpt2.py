@@ -30,7 +30,7 @@ BLOCK_NAMES = {
     "ln2": ("ln_2", False), "mlp.fc": ("mlp.c_fc", True), "mlp.proj": ("mlp.c_proj", True),
 }
 #: The project's LoRA target names (the last component of a Linear's name) -> GPT-2's module names.
-LORA_TARGETS = {"qkv": "c_attn", "proj": "c_proj", "fc": "c_fc", "lm_head": "lm_head"}
+LORA_TARGETS = {"qkv": "c_attn", "proj": "c_proj", "fc": "c_fc"}
 
 
 def check_expressible(model_config: dict[str, Any]) -> ModelConfig:
@@ -126,8 +126,6 @@ def gpt2_lora_state_dict(lora: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
 
 
 def _gpt2_module(module: str) -> str:
-    if module == "lm_head":
-        return module
     parts = module.split(".")  # blocks.{i}.attn.qkv
     if len(parts) != 4 or parts[0] != "blocks" or ".".join(parts[2:]) not in BLOCK_NAMES:
         raise ValueError(f"no GPT-2 module for {module}")
