@@ -71,7 +71,7 @@ def gpt2_config(cfg: ModelConfig, bos_id: int, eos_id: int, pad_id: int, dtype: 
         "eos_token_id": eos_id,
         "pad_token_id": pad_id,
         "use_cache": True,
-        "torch_dtype": str(dtype).removeprefix("torch."),
+        "dtype": str(dtype).removeprefix("torch."),
     }
 
 

@@ -115,6 +115,8 @@ def test_tokenizer_gives_the_same_ids_on_real_text_and_decodes_back(tokenizer_pa
     assert [hf_tok.convert_tokens_to_ids(m) for m in CHAT_SPECIAL_TOKENS] == [sp.piece_id(m) for m in CHAT_SPECIAL_TOKENS]
     assert hf_tok.decode([2, *sp.encode("hi"), 3], skip_special_tokens=True) == "hi"
     assert hf_tok.model_max_length == 64
+    config = json.loads((tmp_path / "hf" / "tokenizer_config.json").read_text())
+    assert config["tokenizer_class"] == "PreTrainedTokenizerFast" and config["split_special_tokens"]
 
 
 def test_lora_checkpoint_exports_merged_and_as_a_peft_adapter(tokenizer_path, tmp_path):
@@ -188,6 +190,14 @@ def test_what_gpt2_or_the_export_cannot_take_is_refused_by_name(tokenizer_path, 
     with pytest.raises(UserError, match="not a LoRA checkpoint"):
         export_hf(old, str(tmp_path / "out"), "peft", tokenizer_uri=tokenizer_path)
 
+    # A unigram tokenizer: transformers breaks ties between equal segmentations otherwise.
+    from llm.tokenizer.spm import train_sentencepiece
+
+    unigram = tmp_path / "unigram.model"
+    unigram.write_bytes(train_sentencepiece(sft_texts()[::10], VOCAB, "unigram", character_coverage=0.98))
+    with pytest.raises(UserError, match="tokenizer.model_type unigram"):
+        export_hf(old, str(tmp_path / "out"), tokenizer_uri=str(unigram))
+
     state_file = tmp_path / "old" / "state.json"
     state = json.loads(state_file.read_text())
     state["model_config"]["rotary"] = True
@@ -245,3 +255,22 @@ def test_training_records_the_tokenizer_in_state_json(tokenizer_path, tmp_path):
     workload, _ = workload_from({"model": tiny_model().model_dump(mode="json"), "tokens_uri": tokens,
                                  "train": train_cfg.model_dump(mode="json"), "tokenizer": record})
     assert workload.checkpoint_metadata() == {"tokenizer": record}
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "gpt2-small.yaml", "seed-24x1024.yaml"])
+def test_every_shipped_config_maps_onto_gpt2_tensor_for_tensor(name):
+    """On the meta device: the weights the mapping produces are exactly the parameters, by name and
+    shape, of the GPT2LMHeadModel its config.json describes."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from llm.config import load_config
+    from llm.export.gpt2 import check_expressible, gpt2_config, gpt2_state_dict
+
+    model_cfg = load_config(Path(__file__).resolve().parents[3] / "configs" / name).model
+    cfg = check_expressible(model_cfg.model_copy(update={"vocab_size": model_cfg.vocab_size or VOCAB})
+                            .model_dump(mode="json"))
+    with torch.device("meta"):
+        ours = gpt2_state_dict(GPT(cfg).state_dict(), cfg)
+        theirs = GPT2LMHeadModel(GPT2Config(**gpt2_config(cfg, 2, 3, 0, torch.float32))).state_dict()
+    theirs.pop("lm_head.weight")  # tied: transformers fills it from the embedding
+    assert {k: tuple(v.shape) for k, v in ours.items()} == {k: tuple(v.shape) for k, v in theirs.items()}
