@@ -5,8 +5,8 @@ Under fsdp/tp the model and optimizer state are instead per-rank DCP shards in `
 
 `model.pt` is the state dict of the plain (unwrapped) model, so a checkpoint written by any parallel
 strategy loads into `GPT` directly. `state.json` holds the step, both configs, the vocabulary size, the
-RNG states (base64), the losses so far and the tokenizer (`tokenizer_record`) when the run was told it; it is written last, so a folder with a `state.json` is
-complete.
+RNG states (base64), the losses so far and, when the run was given it, the tokenizer (`tokenizer_record`);
+it is written last, so a folder with a `state.json` is complete.
 """
 
 from __future__ import annotations
