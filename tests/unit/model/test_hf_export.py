@@ -30,6 +30,15 @@ def _offline(monkeypatch):
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Matrices of a few dozen columns: more threads only wait on each other on a shared machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def tokenizer_path(tmp_path_factory) -> str:
     """The tokenizer, trained here on real multilingual text (`train_tokenizer`)."""
@@ -98,7 +107,8 @@ def test_tokenizer_gives_the_same_ids_on_real_text_and_decodes_back(tokenizer_pa
     from llm.export.hf import export_hf
     from llm.tokenizer.spm import SentencePieceTokenizer
 
-    export_hf(write_checkpoint(tmp_path / "ckpt", perturbed_model(tiny_config()), tokenizer_path), str(tmp_path / "hf"))
+    model = perturbed_model(tiny_config())
+    export_hf(write_checkpoint(tmp_path / "ckpt", model, tokenizer_path), str(tmp_path / "hf"))
     hf_tok = AutoTokenizer.from_pretrained(tmp_path / "hf")
     sp = SentencePieceTokenizer.load(tokenizer_path)
     langid = [json.loads(line)["text"] for line in (SHARED_DATA / "langid_dev.jsonl").read_text("utf-8").splitlines()]
@@ -117,6 +127,22 @@ def test_tokenizer_gives_the_same_ids_on_real_text_and_decodes_back(tokenizer_pa
     assert hf_tok.model_max_length == 64
     config = json.loads((tmp_path / "hf" / "tokenizer_config.json").read_text())
     assert config["tokenizer_class"] == "PreTrainedTokenizerFast" and config["split_special_tokens"]
+
+    # The project's greedy completions (bos + prompt, up to eos) from prompts encoded by the exported tokenizer
+    # and run through the exported model. Decoded by SentencePiece: a random model emits byte tokens that are
+    # no UTF-8, where the two decoders place their replacement characters differently.
+    from transformers import AutoModelForCausalLM
+
+    from llm.eval.generate import sample_completions
+
+    hf_model = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    # Prompts short enough for the 64-token context (the project's generate slides its window past it).
+    prompts = [p for p in (text.split("\n")[0] for text in sft_texts()[7::100]) if len(sp.encode(p)) < 32][:6]
+    for sample in sample_completions(model, sp, prompts, max_new_tokens=24, temperature=0, top_k=0):
+        ids = torch.tensor([[hf_tok.bos_token_id, *hf_tok.encode(sample["prompt"])]])
+        out = hf_model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=24, do_sample=False)
+        new_ids = out[0, ids.shape[1]:].tolist()
+        assert sp.decode(new_ids[:new_ids.index(3)] if 3 in new_ids else new_ids) == sample["completion"]
 
 
 def test_lora_checkpoint_exports_merged_and_as_a_peft_adapter(tokenizer_path, tmp_path):
