@@ -7,7 +7,9 @@ closed by configuration: a fast tokenizer would read `<s>` or `</s>` typed in th
 token, where SentencePiece reads it as text; `split_special_tokens` makes it read them as text too (the
 project adds bos/eos by id, never from text). Before anything is written every piece of the vocabulary,
 as text, is encoded both ways: a tokenizer the conversion cannot reproduce is refused, not exported.
-Unigram tokenizers are refused up front (ties between equal segmentations break otherwise).
+Unigram tokenizers are refused up front (ties between equal segmentations break otherwise). Decoding
+differs only for byte tokens that form no valid UTF-8: both give replacement characters, not in the
+same places.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ def tokenizer_files(tokenizer: SentencePieceTokenizer, model_max_length: int | N
     with tempfile.TemporaryDirectory(prefix="llmpipe-hf-tokenizer-") as tmp:
         wrapped.save_pretrained(tmp)
         config = json.loads((Path(tmp) / TOKENIZER_CONFIG_FILE).read_text(encoding="utf-8"))
-        # The class name every transformers release resolves (recent ones save their internal alias).
+        # The public class name, which transformers 4 resolves too (5 saves its internal alias).
         config["tokenizer_class"] = "PreTrainedTokenizerFast"
         return {TOKENIZER_FILE: (Path(tmp) / TOKENIZER_FILE).read_bytes(),
                 TOKENIZER_CONFIG_FILE: (json.dumps(config, indent=2) + "\n").encode()}
