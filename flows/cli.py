@@ -9,6 +9,7 @@
     llmpipe lineage work/demo/tokens
     llmpipe gc work/demo            # dry run; --apply deletes
     llmpipe export work/demo/finetune/runs/VERSION/final exported/ --format merged
+    llmpipe export work/demo/train/runs/VERSION/final hf/ --format hf    # a transformers GPT-2 folder
     llmpipe serve                   # Prefect server + worker + MLflow server on 127.0.0.1; `llmpipe stop`
 
 An error the user can fix (a config field, an input path, credentials, a server address) is one line
@@ -96,12 +97,17 @@ def _parser() -> argparse.ArgumentParser:
     what = "a dataset's versions and the chain of versions, code, config and inputs that made it"
     lineage = sub.add_parser("lineage", help=what, description=what, parents=[common])
     lineage.add_argument("dataset", help="dataset folder or URI, optionally DATASET@VERSION")
-    what = "write a fine-tuned checkpoint as one plain model (LoRA merged) or as base + adapter"
+    what = ("write a checkpoint as one plain model (LoRA merged), as base + adapter, or as a Hugging Face "
+            "transformers folder (GPT-2, or a PEFT LoRA adapter)")
     export = sub.add_parser("export", help=what, description=what, parents=[common])
-    export.add_argument("checkpoint", help="a fine-tune's checkpoint folder (e.g. .../finetune/runs/<version>/final)")
+    export.add_argument("checkpoint", help="a checkpoint folder (e.g. .../finetune/runs/<version>/final)")
     export.add_argument("out", help="folder to write (local path or s3://)")
-    export.add_argument("--format", choices=["merged", "adapter"], default="merged",
-                        help="merged: model.pt a plain GPT loads (LoRA, full); adapter: adapter.pt naming its base")
+    export.add_argument("--format", choices=["merged", "adapter", "hf", "peft"], default="merged",
+                        help="merged: model.pt a plain GPT loads (LoRA, full); adapter: adapter.pt naming its base; "
+                        "hf: a GPT2LMHeadModel folder with its tokenizer (LoRA merged); peft: a LoRA checkpoint as "
+                        "a PEFT adapter folder, its base as an hf folder in OUT/base")
+    export.add_argument("--tokenizer", help="hf/peft: the SentencePiece .model file, for checkpoints whose "
+                        "state.json records none, or to override it")
     what = "remove dataset versions (and their files) that no current version depends on"
     gc = sub.add_parser("gc", help=what, description=what + "; a dry run unless --apply", parents=[common])
     gc.add_argument("work_dir", help="the work directory (local path or s3:// prefix)")
@@ -187,9 +193,17 @@ def _command(args: argparse.Namespace, debug: bool) -> int:
         print(format_gc(run_gc(args.work_dir, apply=args.apply), args.apply))
         return 0
     if args.command == "export":
-        from llm.finetune.export import export
+        if args.format in ("hf", "peft"):
+            from llm.export.hf import export_hf
 
-        written = export(args.checkpoint, args.out, args.format)
+            written = export_hf(args.checkpoint, args.out, args.format, args.tokenizer)
+        else:
+            from llm.errors import UserError
+            from llm.finetune.export import export
+
+            if args.tokenizer:
+                raise UserError(f"export --tokenizer applies to --format hf or peft, not {args.format}")
+            written = export(args.checkpoint, args.out, args.format)
         print(f"wrote {', '.join(written['files'])} to {args.out} ({written['format']})")
         return 0
     if args.command in ("explain", "stats"):

@@ -87,7 +87,8 @@ def pretrain(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict:
             result = run_pretrain(cfg.model, cfg.train, versions.pinned(tokens, tokens_version),
                                   storage.join(root, run_dir), ctx.run,
                                   resume_from=resume["checkpoint"] if resume else None,
-                                  seen_parts=frozenset(resume["seen_parts"]) if resume else frozenset())
+                                  seen_parts=frozenset(resume["seen_parts"]) if resume else frozenset(),
+                                  tokenizer_uri=_tokens_tokenizer(tokens, tokens_version))
             summary = {k: v for k, v in asdict(result).items() if isinstance(v, (int, float, str))}
             summary["checkpoint_uri"] = storage.relative(result.checkpoint_uri, root)
             checkpoint = f"{run_dir}/final"
@@ -147,6 +148,12 @@ def evaluate(cfg: PipelineConfig, checkpoint_uri: str, parent_run_id: str | None
             storage.write_text(storage.join(out, "eval.json"),
                                storage.read_text(storage.join(out, manifest["files"]["results"])))
         return ctx.report(manifest, out, manifest["result"])
+
+
+def _tokens_tokenizer(tokens: str, tokens_version: str) -> str | None:
+    """The .model file the token dataset's version was made with (None for tokens made outside a stage)."""
+    parent = read_manifest(versions.pinned(tokens, tokens_version)).get("parents", {}).get("tokenizer")
+    return tokenizer_uri(versions.parent_uri(tokens, parent)) if parent else None
 
 
 def _digest(uri: str) -> str:

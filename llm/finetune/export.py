@@ -83,13 +83,13 @@ def export(checkpoint_uri: str, out_uri: str, fmt: str = "merged") -> dict[str, 
     if not is_adapter_checkpoint(state):
         if fmt == "adapter":
             raise UserError("a full fine-tune has no adapter: export it merged (it already is one model)")
-        _copy_files(checkpoint_uri, out_uri, {name: storage.read_bytes(storage.join(checkpoint_uri, name))
-                                              for name in (MODEL_FILE, STATE_FILE)})
+        write_export_folder(checkpoint_uri, out_uri, {name: storage.read_bytes(storage.join(checkpoint_uri, name))
+                                                      for name in (MODEL_FILE, STATE_FILE)})
         return {"format": fmt, "files": [MODEL_FILE, STATE_FILE]}
     method = state["finetune"]["method"]
     if fmt == "adapter":
-        _copy_files(checkpoint_uri, out_uri, {name: storage.read_bytes(storage.join(checkpoint_uri, name))
-                                              for name in (ADAPTER_FILE, STATE_FILE)})
+        write_export_folder(checkpoint_uri, out_uri, {name: storage.read_bytes(storage.join(checkpoint_uri, name))
+                                                      for name in (ADAPTER_FILE, STATE_FILE)})
         return {"format": fmt, "files": [ADAPTER_FILE, STATE_FILE], "method": method}
     if method != "lora":
         raise UserError(f"a {method} fine-tune cannot be merged into a plain model (its modules add computation): "
@@ -101,19 +101,20 @@ def export(checkpoint_uri: str, out_uri: str, fmt: str = "merged") -> dict[str, 
     plain["merged_from"] = {"checkpoint": checkpoint_uri, "base_digest": state["finetune"]["base_digest"]}
     buffer = io.BytesIO()
     torch.save(weights, buffer)
-    _copy_files(checkpoint_uri, out_uri, {MODEL_FILE: buffer.getvalue(),
-                                          STATE_FILE: json.dumps(plain, indent=2).encode()})
+    write_export_folder(checkpoint_uri, out_uri, {MODEL_FILE: buffer.getvalue(),
+                                                  STATE_FILE: json.dumps(plain, indent=2).encode()})
     return {"format": fmt, "files": [MODEL_FILE, STATE_FILE], "method": method}
 
 
-def _copy_files(source_uri: str, out_uri: str, files: dict[str, bytes]) -> None:
-    """Put `files` (name -> bytes) in the folder `out_uri` as a whole: an earlier export there is replaced
-    only once the new one is complete."""
+def write_export_folder(source_uri: str, out_uri: str, files: dict[str, bytes]) -> None:
+    """Put `files` (relative path -> bytes) in the folder `out_uri` as a whole: an earlier export there is
+    replaced only once the new one is complete. `source_uri`: the checkpoint, which is never overwritten."""
     if storage.absolute(source_uri).rstrip("/") == storage.absolute(out_uri).rstrip("/"):
         raise UserError(f"export to {out_uri}: that is the checkpoint itself; choose another folder")
     with tempfile.TemporaryDirectory(prefix="llmpipe-export-") as tmp:
         folder = Path(tmp) / "export"  # made with the user's umask (a temporary folder is private)
         folder.mkdir()
         for name, data in files.items():
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
             (folder / name).write_bytes(data)
         storage.replace_dir(str(folder), out_uri)

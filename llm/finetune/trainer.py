@@ -29,7 +29,7 @@ from llm.finetune.methods import check_supported
 from llm.finetune.sft_data import prepare_sft
 from llm.finetune.workload import base_model_config, file_digest
 from llm.tracking import RunTarget, log_dict
-from llm.train.checkpoint import MODEL_FILE, load_model, read_state
+from llm.train.checkpoint import MODEL_FILE, load_model, read_state, tokenizer_record
 from llm.train.trainer import check_parallel_fits, fit_on_ray
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,8 @@ def finetune(ft: FinetuneConfig, base_uri: str, tokenizer_uri: str, output_uri: 
                                       "examples": examples_digest})
     final_uri = fit_on_ray(
         {"finetune": ft.model_dump(mode="json"), "base_uri": base_uri, "base_digest": base_digest,
-         "examples_uri": examples_uri, "run_target": run_target},
+         "examples_uri": examples_uri, "run_target": run_target,
+         "tokenizer": tokenizer_record(tokenizer_uri, tokenizer.model_proto)},
         ft.train, name, output_uri,
     )
     state = read_state(final_uri)

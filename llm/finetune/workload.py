@@ -73,8 +73,10 @@ class FinetuneWorkload:
 
     gathered_checkpoints = True
 
-    def __init__(self, ft: FinetuneConfig, base_uri: str, base_digest: str, examples_uri: str):
+    def __init__(self, ft: FinetuneConfig, base_uri: str, base_digest: str, examples_uri: str,
+                 tokenizer: dict[str, str] | None = None):
         self.ft, self.train_cfg = ft, ft.train
+        self.tokenizer = tokenizer  # `tokenizer_record` of the tokenizer the examples were encoded with
         self.base_uri, self.base_digest = base_uri, base_digest
         self.model_cfg = base_model_config(base_uri)
         self.examples = SftExamples.load(examples_uri)
@@ -90,7 +92,7 @@ class FinetuneWorkload:
         """From a Ray Train worker's config: `finetune` (the section as JSON), `base_uri`, `base_digest`,
         `examples_uri`."""
         return cls(FinetuneConfig.model_validate(config["finetune"]), config["base_uri"], config["base_digest"],
-                   config["examples_uri"])
+                   config["examples_uri"], config.get("tokenizer"))
 
     def build_model(self, device: torch.device) -> GPT:
         state, _ = load_base(self.base_uri, self.base_digest)
@@ -156,4 +158,4 @@ class FinetuneWorkload:
             "trainable_parameters": trainable,
             "total_parameters": total,
             "trained_token_share": self.examples.counts.get("trained_token_share"),
-        }}
+        }, **({"tokenizer": self.tokenizer} if self.tokenizer else {})}

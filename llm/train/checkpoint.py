@@ -5,13 +5,14 @@ Under fsdp/tp the model and optimizer state are instead per-rank DCP shards in `
 
 `model.pt` is the state dict of the plain (unwrapped) model, so a checkpoint written by any parallel
 strategy loads into `GPT` directly. `state.json` holds the step, both configs, the vocabulary size, the
-RNG states (base64) and the losses so far; it is written last, so a folder with a `state.json` is
-complete.
+RNG states (base64), the losses so far and, when the run was given it, the tokenizer (`tokenizer_record`);
+it is written last, so a folder with a `state.json` is complete.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import random
@@ -29,6 +30,14 @@ from llm.model.gpt import GPT
 MODEL_FILE, OPTIMIZER_FILE, STATE_FILE = "model.pt", "optimizer.pt", "state.json"
 #: A parameter-efficient fine-tune's checkpoint holds only the method's weights, under this name.
 ADAPTER_FILE = "adapter.pt"
+
+
+def tokenizer_record(uri: str, model_proto: bytes | None = None) -> dict[str, str]:
+    """What `state.json` records under `tokenizer` of the tokenizer a model was trained with: the
+    absolute URI of its SentencePiece .model file and the file's sha256 (`model_proto`: its bytes, when
+    already read), so an export finds it and can tell whether it changed since."""
+    data = storage.read_bytes(uri) if model_proto is None else model_proto
+    return {"uri": storage.absolute(uri), "sha256": hashlib.sha256(data).hexdigest()}
 
 
 def _encode_tensor(t: torch.Tensor) -> str:

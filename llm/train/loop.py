@@ -218,15 +218,17 @@ def train(
     resume: ResumeState | None = None,
     report: Reporter | None = None,
     seen_parts: frozenset[str] = frozenset(),
+    tokenizer: dict[str, str] | None = None,
 ) -> TrainSummary:
     """Train on `tokens_uri` in the current process group (or alone), returning the run's summary.
-    `seen_parts` are training-split parts left out (an earlier run trained on them).
+    `seen_parts` are training-split parts left out (an earlier run trained on them); `tokenizer`, the
+    tokens' tokenizer (`tokenizer_record`), is recorded in every checkpoint's `state.json`.
 
     Checkpoints go to `report` every `checkpoint_every` steps and at the end; `resume` continues a run
     from a checkpoint (the data order depends only on the step, so it continues exactly). With
     `train.system_metrics`, rank 0 samples its host's CPU, memory (and GPU) into `run_target` meanwhile.
     """
-    workload = TokenWorkload(model_cfg, train_cfg, tokens_uri, seen_parts)
+    workload = TokenWorkload(model_cfg, train_cfg, tokens_uri, seen_parts, tokenizer)
     return run_workload(workload, train_cfg, run_target, device=device, resume=resume, report=report)
 
 

@@ -34,7 +34,8 @@ def workload_from(config: dict[str, Any]) -> tuple[Workload, TrainConfig]:
         return workload, workload.train_cfg
     train_cfg = TrainConfig.model_validate(config["train"])
     model_cfg = ModelConfig.model_validate(config["model"])
-    return TokenWorkload(model_cfg, train_cfg, config["tokens_uri"], frozenset(config.get("seen_parts", ()))), train_cfg
+    return TokenWorkload(model_cfg, train_cfg, config["tokens_uri"], frozenset(config.get("seen_parts", ())),
+                         config.get("tokenizer")), train_cfg
 
 
 def ray_train_worker(config: dict[str, Any]) -> None:

@@ -21,7 +21,7 @@ from llm import storage
 from llm.config import ModelConfig, TrainConfig, stable_hash
 from llm.errors import UserError
 from llm.tracking import RunTarget
-from llm.train.checkpoint import read_state
+from llm.train.checkpoint import read_state, tokenizer_record
 from llm.train.data import TokenManifest
 from llm.train.publish import log_loss_curve, register_model
 from llm.train.ray_worker import ray_train_worker
@@ -92,6 +92,7 @@ def pretrain(
     run_target: RunTarget | None = None,
     resume_from: str | None = None,
     seen_parts: frozenset[str] = frozenset(),
+    tokenizer_uri: str | None = None,
 ) -> PretrainResult:
     """Train a model on the token dataset `tokens_uri` with Ray Train; checkpoints under `output_uri`.
 
@@ -99,7 +100,8 @@ def pretrain(
     `<output_uri>/final/` (model.pt, state.json, and optimizer.pt or the fsdp/tp shards in sharded/).
     Metrics stream to `run_target` from rank 0. `resume_from` is a checkpoint the run starts from (its
     weights, optimizer state and step), and `seen_parts` the training-split parts left out because that
-    run trained on them. Starts a local Ray only if none is running in this process.
+    run trained on them. `tokenizer_uri`: the .model file the tokens were made with, recorded in every
+    checkpoint's `state.json` (`tokenizer`). Starts a local Ray only if none is running in this process.
     """
     started = time.perf_counter()
     # Workers may run in other folders (or hosts): every local path must be absolute.
@@ -115,6 +117,7 @@ def pretrain(
             "run_target": run_target,
             "resume_from": storage.absolute(resume_from) if resume_from else None,
             "seen_parts": sorted(seen_parts),
+            "tokenizer": tokenizer_record(tokenizer_uri) if tokenizer_uri else None,
         },
         train_cfg, run_name(model_cfg, train_cfg, tokens_uri), output_uri,
     )

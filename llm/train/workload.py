@@ -78,8 +78,9 @@ class TokenWorkload:
     weights_file = "model.pt"
 
     def __init__(self, model_cfg: ModelConfig, train_cfg: TrainConfig, tokens_uri: str,
-                 seen_parts: frozenset[str] = frozenset()):
+                 seen_parts: frozenset[str] = frozenset(), tokenizer: dict[str, str] | None = None):
         self.train_cfg = train_cfg
+        self.tokenizer = tokenizer  # `tokenizer_record` of the tokens' tokenizer, kept in state.json
         self.dataset = TokenDataset(tokens_uri, seen_parts=seen_parts)
         if model_cfg.vocab_size is None:
             model_cfg = model_cfg.model_copy(update={"vocab_size": self.dataset.vocab_size})
@@ -117,5 +118,5 @@ class TokenWorkload:
         )
 
     def checkpoint_metadata(self) -> dict[str, Any]:
-        return {}
+        return {"tokenizer": self.tokenizer} if self.tokenizer else {}
 

@@ -37,13 +37,14 @@ def _workload(setup, ft: FinetuneConfig, folder):
     from llm.finetune.sft_data import prepare_sft
     from llm.finetune.workload import FinetuneWorkload, file_digest
     from llm.tokenizer.spm import SentencePieceTokenizer
+    from llm.train.checkpoint import tokenizer_record
 
     examples = prepare_sft(ft.data, ft.template, SentencePieceTokenizer.load(setup.tokenizer),
                            setup.model_cfg.context_length)
     examples.save(str(folder / "examples.npz"))
     with open(f"{setup.base}/model.pt", "rb") as f:
         digest = file_digest(f.read())
-    return FinetuneWorkload(ft, setup.base, digest, str(folder / "examples.npz"))
+    return FinetuneWorkload(ft, setup.base, digest, str(folder / "examples.npz"), tokenizer_record(setup.tokenizer))
 
 
 def _run(setup, ft: FinetuneConfig, folder):
@@ -123,6 +124,17 @@ def test_adapter_checkpoint_is_small_names_its_base_and_exports(setup, tmp_path)
     again, _ = load_model(str(tmp_path / "adapter"))
     with torch.no_grad():
         torch.testing.assert_close(again(ids)[0], tuned(ids)[0], rtol=1e-5, atol=1e-5)
+
+    # Hugging Face: GPT-2 with the LoRA merged, its tokenizer found through the checkpoint's record.
+    from transformers import AutoModelForCausalLM
+
+    from llm.export.hf import export_hf
+
+    assert state["tokenizer"]["sha256"] == hashlib.sha256(Path(setup.tokenizer).read_bytes()).hexdigest()
+    export_hf(str(ckpt), str(tmp_path / "hf"), "hf")
+    hf_model = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(hf_model(input_ids=ids).logits, tuned(ids)[0], rtol=0, atol=1e-4)
 
     # A base that changed since: refused, naming the digest, rather than silently mixing weights.
     moved = tmp_path / "other_base"
