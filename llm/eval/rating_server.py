@@ -21,7 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from llm import storage
 from llm.config import PipelineConfig
 from llm.errors import UserError
-from llm.finetune.base import is_registered
+from llm.finetune.base import check_registered_ref, is_registered
 from llm.eval.rating import MODELS, RATE_DIR, AlreadyRated, RatingSession, load_prompts, open_session
 from llm.eval.rating_models import Decoding, resolve_model
 from llm.eval.rating_page import PAGE_CSS, PAGE_HTML, PAGE_JS
@@ -156,16 +156,19 @@ def run_rating(model_a: str, model_b: str, cfg: PipelineConfig, prompts_file: st
     `cfg.eval.prompts`; decoding from `cfg.eval`), then serve it until Ctrl-C, or with `summary_only`
     write, log and return the summary of the ratings so far."""
     work_dir = work_dir or cfg.work_dir
-    tracker = Tracker(cfg.tracking, work_dir)
+    refs = [(ref, setting) for ref, setting in ((model_a, "MODEL_A"), (model_b, "MODEL_B")) if is_registered(ref)]
+    for ref, setting in refs:
+        check_registered_ref(ref, setting)
     # The registry is the tracking store; only a `models:/` reference needs it (and its default store made).
-    registry = resolve_tracking_uri(cfg.tracking, work_dir) if is_registered(model_a) or is_registered(model_b) else ""
+    registry = resolve_tracking_uri(cfg.tracking, work_dir) if refs else ""
     fetch_root = storage.join(storage.absolute(work_dir), RATE_DIR, "models")
     models = {m: resolve_model(ref, setting, registry, fetch_root)
               for m, ref, setting in zip(MODELS, (model_a, model_b), ("MODEL_A", "MODEL_B"))}
     prompts = load_prompts(prompts_file) if prompts_file else list(cfg.eval.prompts)
     decoding = Decoding(max_new_tokens or cfg.eval.max_new_tokens, cfg.eval.temperature, cfg.eval.top_k, seed)
     session = open_session(models, prompts, decoding, work_dir, tokenizer, generate=not summary_only)
-    run = RatingRun(tracker, session)
+    # Only now: the tracker makes the default MLflow store, which a mistyped model or prompt file should not.
+    run = RatingRun(Tracker(cfg.tracking, work_dir), session)
     if summary_only:
         summary = write_summary(session)
         run.publish(summary)

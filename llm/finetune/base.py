@@ -27,15 +27,22 @@ def is_registered(ref: str) -> bool:
     return ref.startswith("models:/")
 
 
+def check_registered_ref(ref: str, setting: str = "finetune.base") -> re.Match:
+    """The parts (name, alias or version) of a `models:/` reference; a `UserError` naming `setting` when it
+    has another shape. Needs no registry, so a typo is reported before any store is opened."""
+    match = _REGISTERED.match(ref)
+    if not match:
+        raise UserError(f"{setting} {ref!r}: write a registered model as models:/NAME@ALIAS or models:/NAME/VERSION")
+    return match
+
+
 def registered_version(ref: str, tracking_uri: str, setting: str = "finetune.base") -> tuple[str, str]:
     """(name, version) that `ref` points at now in the registry at `tracking_uri`; `setting` is what
     error messages call the reference."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    match = _REGISTERED.match(ref)
-    if not match:
-        raise UserError(f"{setting} {ref!r}: write a registered model as models:/NAME@ALIAS or models:/NAME/VERSION")
+    match = check_registered_ref(ref, setting)
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     name = match["name"]
     try:

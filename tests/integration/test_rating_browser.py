@@ -168,3 +168,38 @@ def test_rating_in_the_browser_counts_the_true_models(tmp_path, browser, capsys)
     assert len(client.search_runs([tracker.experiment_id()], f"tags.`{SESSION_TAG}` = '{session.name}'")) == 1
     assert main(["rate", *args[:-1], "99", "--summary"]) == 2  # another seed: a session never opened
     assert "no rating session" in capsys.readouterr().err
+
+
+def test_a_registered_model_is_fetched_once_and_needs_a_tokenizer_named(tmp_path, monkeypatch):
+    from llm.errors import UserError
+    from llm.eval.rating_models import RatedModel, generate_answers
+    from llm.tracking import RunTarget
+    from llm.train.checkpoint import load_model_state
+    from llm.train.publish import register_model
+
+    # MLflow's own setting: stop inferring the logged model's pip requirements after 1 s (its default,
+    # 120 s, spent 20 s here importing the model in a subprocess); it falls back to its default list.
+    monkeypatch.setenv("MLFLOW_REQUIREMENTS_INFERENCE_TIMEOUT", "1")
+    folders = tiny_checkpoints(tmp_path)
+    tracker = Tracker(TrackingConfig(experiment="rating"), str(tmp_path / "work"))
+    run = tracker.start_run("pretrain")
+    register_model(RunTarget(tracker.uri, run.run_id), folders["b"], "rate-tiny", "current")
+    fetched = resolve_model("models:/rate-tiny@current", "MODEL_B", tracker.uri, str(tmp_path / "models"))
+    assert fetched.checkpoint == str(tmp_path / "models" / "rate-tiny-v1")
+    written = (tmp_path / "models" / "rate-tiny-v1" / "model.pt").stat().st_mtime_ns
+    assert resolve_model("models:/rate-tiny/1", "MODEL_B", tracker.uri, str(tmp_path / "models")) == \
+        RatedModel("models:/rate-tiny/1", fetched.checkpoint, fetched.digest, fetched.label)
+    assert (tmp_path / "models" / "rate-tiny-v1" / "model.pt").stat().st_mtime_ns == written  # not fetched again
+    assert (fetched.label, fetched.digest) == ("rate-tiny-v1", "models:/rate-tiny/1")
+    weights, original = load_model_state(fetched.checkpoint), load_model_state(folders["b"])
+    assert all((weights[k] == original[k]).all() for k in original)
+    # The registry does not keep the tokenizer: the user names it, and is told so when they do not.
+    decoding = Decoding(4, 0.8, 20, 0)
+    with pytest.raises(UserError, match="MODEL_B: .*--tokenizer"):
+        generate_answers(fetched, ["def "], decoding, None, "MODEL_B")
+    tokenizer = str(tmp_path / "tok.model")
+    plain = resolve_model(folders["b"], "MODEL_A", "", str(tmp_path / "models"))
+    assert generate_answers(fetched, ["def "], decoding, tokenizer, "MODEL_B") == \
+        generate_answers(plain, ["def "], decoding, None, "MODEL_A")
+    with pytest.raises(UserError, match="MODEL_B 'models:/rate-tiny@nightly': not in the model registry"):
+        resolve_model("models:/rate-tiny@nightly", "MODEL_B", tracker.uri, str(tmp_path / "models"))

@@ -129,3 +129,4 @@ def test_the_command_names_the_model_it_cannot_read(tmp_path, capsys):
     assert "MODEL_A" in capsys.readouterr().err
     assert main(["rate", "models:/x/y/z", str(tmp_path), "--work-dir", str(tmp_path / "w")]) == 2
     assert "MODEL_A 'models:/x/y/z': write a registered model as" in capsys.readouterr().err
+    assert not (tmp_path / "w" / "mlflow").exists()  # a mistyped model makes no MLflow store
