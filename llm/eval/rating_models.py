@@ -93,9 +93,10 @@ class Decoding:
 
 
 def generate_answers(model: RatedModel, prompts: list[str], decoding: Decoding, tokenizer_override: str | None,
-                     setting: str, device: str = "cpu") -> list[str]:
+                     setting: str, device: str | None = None) -> list[str]:
     """`model`'s answer to each prompt. Prompt i samples from its own generator seeded by (seed, i), so an
-    answer does not depend on which prompts came before it."""
+    answer does not depend on which prompts came before it. `device`: None takes a GPU when one is visible
+    (the answers are cached per session, so a rerun elsewhere does not change them)."""
     from llm.eval.generate import continuation_ids
     from llm.finetune.respond import prompt_ids
     from llm.finetune.sft_data import template_ids
@@ -108,6 +109,7 @@ def generate_answers(model: RatedModel, prompts: list[str], decoding: Decoding, 
         tokenizer = SentencePieceTokenizer.load(tokenizer_uri)
     except FileNotFoundError:
         raise InputNotFound(f"{setting}: tokenizer {tokenizer_uri} does not exist") from None
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     net, state = load_model(model.checkpoint, device)
     if tokenizer.vocab_size > net.cfg.vocab_size:
         raise UserError(f"{setting}: the tokenizer {tokenizer_uri} has {tokenizer.vocab_size} tokens, more than the "
