@@ -11,6 +11,7 @@
     llmpipe export work/demo/finetune/runs/VERSION/final exported/ --format merged
     llmpipe export work/demo/train/runs/VERSION/final hf/ --format hf    # a transformers GPT-2 folder
     llmpipe serve                   # Prefect server + worker + MLflow server on 127.0.0.1; `llmpipe stop`
+    llmpipe rate work/demo/train/runs/VERSION/final models:/llmpipe-gpt-sft@current --prompts prompts.jsonl
 
 An error the user can fix (a config field, an input path, credentials, a server address) is one line
 on stderr and exit status 2; `--debug` (or LLMPIPE_DEBUG=1) adds its traceback. Anything else is a bug:
@@ -113,7 +114,27 @@ def _parser() -> argparse.ArgumentParser:
     gc.add_argument("work_dir", help="the work directory (local path or s3:// prefix)")
     gc.add_argument("--apply", action="store_true", help="delete (default: only list what would go)")
     _add_serve_commands(sub, common)
+    _add_rate_command(sub, common)
     return parser
+
+
+def _add_rate_command(sub, common: argparse.ArgumentParser) -> None:
+    what = ("rate two models side by side, blind: generate both models' answers to the prompts, then serve a "
+            "page on 127.0.0.1 where a person picks the better answer; ratings go to the work directory and MLflow")
+    p = sub.add_parser("rate", help=what, description=what, parents=[common])
+    for name in ("model_a", "model_b"):
+        p.add_argument(name, metavar=name.upper(),
+                       help="a checkpoint folder (pretraining or fine-tune) or models:/NAME/VERSION or models:/NAME@ALIAS")
+    p.add_argument("--prompts", help="JSONL ({\"prompt\": ...} per line) or text (a prompt per line) file "
+                   "(default: the config's eval.prompts)")
+    p.add_argument("--config", help="YAML config for eval.prompts and decoding, tracking and work_dir (default: built-in)")
+    p.add_argument("--work-dir", help="where the session folder goes, under rate/ (default: the config's work_dir)")
+    p.add_argument("--port", type=int, default=8790, help="port on 127.0.0.1 (0: any free one)")
+    p.add_argument("--max-new-tokens", type=int, help="tokens per answer (default: the config's eval.max_new_tokens)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling and of the A/B order")
+    p.add_argument("--tokenizer", help="tokenizer .model file for both models (default: the one each checkpoint records)")
+    p.add_argument("--summary", action="store_true",
+                   help="print the session's counts, win rates and Bradley-Terry scores and log them, without serving")
 
 
 def _add_serve_commands(sub, common: argparse.ArgumentParser) -> None:
@@ -157,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
             print("llmpipe: interrupted; serve stopped what it had started", file=sys.stderr)
         elif args.command == "stop":
             print("llmpipe: interrupted; rerun `llmpipe stop` to finish", file=sys.stderr)
+        elif args.command == "rate":
+            print("llmpipe: interrupted; rerun the same command to continue (answers generated so far are kept)",
+                  file=sys.stderr)
         else:
             print("llmpipe: interrupted; rerun the same command to resume from the finished shards", file=sys.stderr)
         return 130
@@ -182,6 +206,8 @@ def _command(args: argparse.Namespace, debug: bool) -> int:
         serve(args.home, prefect_port=args.prefect_port, mlflow_port=args.mlflow_port, pool=args.pool,
               backend_store_uri=args.backend_store_uri, artifacts_destination=args.artifacts_destination)
         return 0
+    if args.command == "rate":
+        return _rate(args)
     if args.command == "lineage":
         from llm.lineage_chain import format_lineage
 
@@ -238,6 +264,21 @@ def _command(args: argparse.Namespace, debug: bool) -> int:
             assert args.command in STAGES or args.command in DATA_STAGES
             result = stages_flow(cfg, [args.command])
     print(format_summary(result))
+    return 0
+
+
+def _rate(args: argparse.Namespace) -> int:
+    from llm.config import load_config
+    from llm.errors import UserError
+    from llm.eval.rating_server import run_rating
+
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens {args.max_new_tokens}: must be at least 1")
+    if not 0 <= args.port <= 65535:
+        raise UserError(f"--port {args.port}: must be 0 (any free port) to 65535")
+    run_rating(args.model_a, args.model_b, load_config(args.config, []), prompts_file=args.prompts,
+               work_dir=args.work_dir, port=args.port, max_new_tokens=args.max_new_tokens, seed=args.seed,
+               tokenizer=args.tokenizer, summary_only=args.summary)
     return 0
 
 

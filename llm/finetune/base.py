@@ -27,14 +27,22 @@ def is_registered(ref: str) -> bool:
     return ref.startswith("models:/")
 
 
-def registered_version(ref: str, tracking_uri: str) -> tuple[str, str]:
-    """(name, version) that `ref` points at now in the registry at `tracking_uri`."""
+def check_registered_ref(ref: str, setting: str = "finetune.base") -> re.Match:
+    """The parts (name, alias or version) of a `models:/` reference; a `UserError` naming `setting` when it
+    has another shape. Needs no registry, so a typo is reported before any store is opened."""
+    match = _REGISTERED.match(ref)
+    if not match:
+        raise UserError(f"{setting} {ref!r}: write a registered model as models:/NAME@ALIAS or models:/NAME/VERSION")
+    return match
+
+
+def registered_version(ref: str, tracking_uri: str, setting: str = "finetune.base") -> tuple[str, str]:
+    """(name, version) that `ref` points at now in the registry at `tracking_uri`; `setting` is what
+    error messages call the reference."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    match = _REGISTERED.match(ref)
-    if not match:
-        raise UserError(f"finetune.base {ref!r}: write a registered model as models:/NAME@ALIAS or models:/NAME/VERSION")
+    match = check_registered_ref(ref, setting)
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     name = match["name"]
     try:
@@ -42,12 +50,12 @@ def registered_version(ref: str, tracking_uri: str) -> tuple[str, str]:
             return name, str(client.get_model_version_by_alias(name, match["alias"]).version)
         return name, str(client.get_model_version(name, match["version"]).version)
     except MlflowException as exc:
-        raise UserError(f"finetune.base {ref!r}: not in the model registry at {tracking_uri} ({exc.message})") from None
+        raise UserError(f"{setting} {ref!r}: not in the model registry at {tracking_uri} ({exc.message})") from None
 
 
-def fetch_registered(ref: str, tracking_uri: str, folder_uri: str) -> str:
+def fetch_registered(ref: str, tracking_uri: str, folder_uri: str, setting: str = "finetune.base") -> str:
     """Write the registered model `ref` as a checkpoint folder at `folder_uri` (once: an existing complete
-    folder is reused) and return it."""
+    folder is reused) and return it; `setting` is what error messages call the reference."""
     if storage.exists(storage.join(folder_uri, STATE_FILE)):
         return folder_uri
     import tempfile
@@ -58,12 +66,12 @@ def fetch_registered(ref: str, tracking_uri: str, folder_uri: str) -> str:
 
     from llm.train.publish import MODEL_CONFIG_KEY, _fluent_uris
 
-    name, version = registered_version(ref, tracking_uri)
+    name, version = registered_version(ref, tracking_uri, setting)
     uri = f"models:/{name}/{version}"
     with _fluent_uris(tracking_uri):
         metadata = mlflow.models.get_model_info(uri).metadata or {}
         if MODEL_CONFIG_KEY not in metadata:
-            raise UserError(f"finetune.base {ref!r}: the registered model carries no model shape (it was not "
+            raise UserError(f"{setting} {ref!r}: the registered model carries no model shape (it was not "
                             "registered by this project's pretrain or finetune stage)")
         # Registered models are stored as exported graphs: their weights keep the GPT's names under `model.`.
         loaded = mlflow.pytorch.load_model(uri, map_location="cpu")
@@ -76,7 +84,7 @@ def fetch_registered(ref: str, tracking_uri: str, folder_uri: str) -> str:
     try:
         model.load_state_dict(weights)
     except RuntimeError:
-        raise UserError(f"finetune.base {ref!r}: the registered model is not a plain GPT (a prefix or adapter "
+        raise UserError(f"{setting} {ref!r}: the registered model is not a plain GPT (a prefix or adapter "
                         "fine-tune keeps its extra modules): start from its base, or from a LoRA or full "
                         "fine-tune") from None
     buffer = io.BytesIO()

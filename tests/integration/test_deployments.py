@@ -8,7 +8,6 @@ finds the project itself."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -232,30 +231,6 @@ def test_the_run_shows_its_work(served, two_refreshes):
     ingest_run = next(r.info.run_id for r in children if r.data.tags["llmpipe.stage"] == "ingest")
     assert keys["ingest-mlflow"]["data"].endswith(f"/runs/{ingest_run})")
     assert keys["pipeline-mlflow-run"]["data"].endswith(f"/runs/{parents[0].info.run_id})")
-
-
-CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-
-
-@pytest.fixture()
-def browser():
-    """Debian's chromium, headless, driven through its chromedriver (nothing downloaded)."""
-    if not (CHROMIUM and CHROMEDRIVER):
-        pytest.skip("Debian's chromium and chromium-driver are not installed (make test installs them)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1600,1200", "--no-first-run", "--disable-extensions"):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(120)
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 def page_text_with(driver, url: str, wanted: list[str], timeout: float = 90) -> str:
