@@ -26,6 +26,7 @@ import numpy as np
 
 from llm import storage, versions
 from llm.errors import UserError
+from llm.eval.task_files import jsonl_records
 from llm.tokenizer.spm import SentencePieceTokenizer
 from llm.train.data import TokenManifest
 
@@ -35,18 +36,11 @@ _LAST_WORD = re.compile(r" ([A-Za-z]{3,})[.!?][\"')\]]*(?=\s|$)")
 
 def _qa_records(path: Path) -> list[dict]:
     records = []
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{path}:{number}: not a JSON record ({exc.msg})") from None
-            missing = [f for f in ("id", "question", "answer", "context") if not isinstance(record.get(f), str)]
-            if missing:
-                raise UserError(f"{path}:{number}: a question record needs string field(s) {', '.join(missing)}")
-            records.append(record)
+    for number, record in jsonl_records(path):
+        missing = [f for f in ("id", "question", "answer", "context") if not isinstance(record.get(f), str)]
+        if missing:
+            raise UserError(f"{path}:{number}: a question record needs string field(s) {', '.join(missing)}")
+        records.append(record)
     return records
 
 

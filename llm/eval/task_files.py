@@ -23,7 +23,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -182,6 +182,22 @@ def read_spec(task_file: Path) -> TaskSpec | None:
     return None
 
 
+def jsonl_records(path: Path) -> Iterator[tuple[int, dict]]:
+    """(line number, record) of each non-blank line of a JSONL file; a line that is not a JSON object is a
+    `UserError` naming the file and line."""
+    with open(path, encoding="utf-8") as fh:
+        for number, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UserError(f"{path}:{number}: not a JSON record ({exc.msg})") from None
+            if not isinstance(record, dict):
+                raise UserError(f"{path}:{number}: a record must be a JSON object, got {type(record).__name__}")
+            yield number, record
+
+
 def read_task(path: str | Path, limit: int | None = None) -> TaskData:
     """Read the task file `path` (its first `limit` records when given); a bad record is a `UserError`
     naming the file and line."""
@@ -191,28 +207,19 @@ def read_task(path: str | Path, limit: int | None = None) -> TaskData:
     spec = read_spec(path)
     shape = spec.shape if spec else None
     examples: list = []
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, 1):
-            if limit is not None and len(examples) >= limit:
-                break
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{path}:{number}: not a JSON record ({exc.msg})") from None
-            if not isinstance(record, dict):
-                raise UserError(f"{path}:{number}: a record must be a JSON object, got {type(record).__name__}")
+    for number, record in jsonl_records(path):
+        if shape is None:
+            shape = detect_shape(record)
             if shape is None:
-                shape = detect_shape(record)
-                if shape is None:
-                    raise UserError(f"{path}:{number}: cannot tell the task's shape from the fields "
-                                    f"{sorted(record)}; expected those of one of {sorted(SHAPES)}, or a "
-                                    f"{path.stem}.yaml beside it saying `shape: ...`")
-            try:
-                examples.append(SHAPES[shape][1](record))
-            except (ValueError, TypeError, KeyError, AttributeError) as exc:
-                raise UserError(f"{path}:{number}: not a {shape} record: {exc}") from None
+                raise UserError(f"{path}:{number}: cannot tell the task's shape from the fields "
+                                f"{sorted(record)}; expected those of one of {sorted(SHAPES)}, or a "
+                                f"{path.stem}.yaml beside it saying `shape: ...`")
+        try:
+            examples.append(SHAPES[shape][1](record))
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise UserError(f"{path}:{number}: not a {shape} record: {exc}") from None
+        if limit is not None and len(examples) >= limit:
+            break
     if not examples:
         raise UserError(f"{path}: no records")
     return TaskData(spec.name if spec and spec.name else path.stem, str(path), shape, SHAPES[shape][0], examples)

@@ -136,6 +136,8 @@ def run_tasks(checkpoint: str, tasks_dir: str, out_dir: str, tokenizer: str | No
               limit: int | None = None, run_target=None, device: str | None = None) -> list[TaskResult]:
     """Score every task file of `tasks_dir`, write `results.json` and `results.txt` to `out_dir`, and
     with `run_target` (an MLflow run) log the metrics (`task_metrics`) and both files."""
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit must be at least 1, got {limit}")
     files = task_files(tasks_dir)
     tasks = [read_task(path, limit) for path in files]  # every file read (and checked) before scoring
     names = [t.name for t in tasks]

@@ -148,6 +148,12 @@ def test_last_word_passages_come_from_the_test_split(shared_data, tmp_path):
         word = tok.encode(ex["context"] + " " + ex["target"])[len(tok.encode(ex["context"])):]
         assert len(word) <= 2
     assert read_task(tmp_path / "lw.jsonl").kind == "cloze"
+    from flows.cli import main
+
+    assert main(["build-tasks", str(tmp_path / "cli"), "--tokens", str(tmp_path / "tokens"), "--tokenizer",
+                 str(tmp_path / "spm.model"), "--max-pieces", "2"]) == 0
+    from_cli = [json.loads(line) for line in (tmp_path / "cli" / "last_word_test.jsonl").read_text().splitlines()]
+    assert [ex["target"] for ex in from_cli] == [ex["target"] for ex in built]  # longer passages, same words
     with pytest.raises(UserError, match="no documents in split 'test'"):
         write_token_dataset(str(tmp_path / "no-test"), {"train": docs}, vocab_size=tok.vocab_size)
         build_last_word_task(str(tmp_path / "no-test"), str(tmp_path / "spm.model"), tmp_path / "x.jsonl")
