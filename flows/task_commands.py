@@ -63,10 +63,10 @@ def run_task_command(args: argparse.Namespace) -> int:
 def work_dir_of(checkpoint: str) -> str | None:
     """The work directory a pipeline checkpoint lies under (`<work>/train/runs/<version>/...`,
     `<work>/finetune/runs/...`), None for a checkpoint elsewhere."""
-    parts = Path(checkpoint).parts
-    for i in range(len(parts) - 2, 0, -1):
+    parts = checkpoint.rstrip("/").split("/")  # URIs too: s3://bucket/work/train/runs/...
+    for i in range(len(parts) - 2, -1, -1):
         if parts[i] in ("train", "finetune") and parts[i + 1] == "runs":
-            return str(Path(*parts[:i]))
+            return "/".join(parts[:i]) or ("/" if checkpoint.startswith("/") else ".")
     return None
 
 
@@ -76,7 +76,9 @@ def _eval_tasks(args: argparse.Namespace) -> int:
     from llm.tracking import Tracker
 
     work_dir = args.work_dir or work_dir_of(args.checkpoint) or DEFAULT_WORK_DIR
-    out = args.out or os.path.join(work_dir, "eval_tasks")
+    from llm import storage
+
+    out = args.out or storage.join(work_dir, "eval_tasks")
     tracker = Tracker(TrackingConfig(enabled=not args.no_tracking), work_dir)
     run = tracker.start_run("eval_tasks", tags={"llmpipe.stage": "eval_tasks"})
     try:
@@ -87,7 +89,7 @@ def _eval_tasks(args: argparse.Namespace) -> int:
         raise
     tracker.finish(run, ok=True)
     print(format_table(results))
-    print(f"\nwrote {os.path.join(out, RESULTS_JSON)} and results.txt"
+    print(f"\nwrote {storage.join(out, RESULTS_JSON)} and results.txt"
           + (f"; MLflow run {run.run_id} ({tracker.ui_command()})" if run else ""))
     return 0
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -134,7 +135,8 @@ def load_scorer(checkpoint: str, tokenizer: str | None = None, device: str | Non
 
 def run_tasks(checkpoint: str, tasks_dir: str, out_dir: str, tokenizer: str | None = None,
               limit: int | None = None, run_target=None, device: str | None = None) -> list[TaskResult]:
-    """Score every task file of `tasks_dir`, write `results.json` and `results.txt` to `out_dir`, and
+    """Score every task file of `tasks_dir`, write `results.json` and `results.txt` to `out_dir` (local
+    or s3://), and
     with `run_target` (an MLflow run) log the metrics (`task_metrics`) and both files."""
     if limit is not None and limit < 1:
         raise UserError(f"--limit must be at least 1, got {limit}")
@@ -152,17 +154,18 @@ def run_tasks(checkpoint: str, tasks_dir: str, out_dir: str, tokenizer: str | No
     table = format_table(results)
     record = {"checkpoint": checkpoint, "step": state.get("step"), "tokenizer": tokenizer_uri,
               "tasks_dir": str(tasks_dir), "limit": limit, "results": [asdict(r) for r in results]}
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / RESULTS_JSON).write_text(json.dumps(record, indent=2), encoding="utf-8")
-    (out / RESULTS_TABLE).write_text(table + "\n", encoding="utf-8")
+    text = json.dumps(record, indent=2)
+    storage.write_text(storage.join(out_dir, RESULTS_JSON), text)
+    storage.write_text(storage.join(out_dir, RESULTS_TABLE), table + "\n")
     if run_target is not None:
         client = run_target.client()
         for key, value in {"checkpoint": checkpoint, "tokenizer": tokenizer_uri, "tasks_dir": str(tasks_dir),
                            "limit": str(limit)}.items():
             client.log_param(run_target.run_id, key, value)
         run_target.log_metrics(task_metrics(results), step=int(state.get("step") or 0))
-        run_target.log_artifact(str(out / RESULTS_JSON))
-        run_target.log_artifact(str(out / RESULTS_TABLE))
+        with tempfile.TemporaryDirectory(prefix="llmpipe-eval-tasks-") as folder:
+            for name, content in ((RESULTS_JSON, text), (RESULTS_TABLE, table + "\n")):
+                Path(folder, name).write_text(content, encoding="utf-8")
+                run_target.log_artifact(str(Path(folder, name)))
     return results
 

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from llm.eval.task_files import read_task
 from llm.eval.tasks import run_tasks
+from tests.unit.eval.test_task_files import HELLASWAG, WIKIHOW
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -31,6 +33,19 @@ metric_list:
   - metric: acc_norm
 """
 
+# lm-eval's own HellaSwag task (its text cleaning included) on local records
+HELLASWAG_YAML = """\
+include: {lm_eval_tasks}/hellaswag/hellaswag.yaml
+task: hellaswag_local
+tag: []
+dataset_path: json
+dataset_name: null
+dataset_kwargs:
+  data_files:
+    validation: {data}
+training_split: null
+"""
+
 
 @pytest.fixture(scope="module")
 def lm(quiz_model):
@@ -40,27 +55,47 @@ def lm(quiz_model):
                                             {"batch_size": 8, "device": "cpu"})
 
 
-def test_lm_eval_command_line_scores_a_local_task_as_the_projects_evaluator_does(quiz_model, tmp_path):
-    data = Path(quiz_model.tasks_dir) / "capitals.jsonl"
+@pytest.mark.slow  # a second process loading lm-eval and torch: ~20 s on 2 cores
+def test_lm_eval_command_line_scores_local_tasks_as_the_projects_evaluator_does(quiz_model, tmp_path):
+    import lm_eval.tasks
+
     include = tmp_path / "lm_eval_tasks"
     include.mkdir()
-    (include / "capitals_mc.yaml").write_text(TASK_YAML.format(data=data))
+    (include / "capitals_mc.yaml").write_text(TASK_YAML.format(data=Path(quiz_model.tasks_dir) / "capitals.jsonl"))
+    hellaswag = tmp_path / "ours" / "hellaswag.jsonl"
+    hellaswag.parent.mkdir()
+    records = [HELLASWAG, WIKIHOW, dict(HELLASWAG, label=1, activity_label="Skiing"), dict(WIKIHOW, label=1)]
+    hellaswag.write_text("".join(json.dumps(r) + "\n" for r in records))
+    (include / "hellaswag_local.yaml").write_text(HELLASWAG_YAML.format(
+        lm_eval_tasks=Path(lm_eval.tasks.__file__).parent, data=hellaswag))
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HOME": str(tmp_path / "hf"), "HF_DATASETS_OFFLINE": "1",
            "HF_HUB_OFFLINE": "1"}
     out = subprocess.run(
         [sys.executable, "-m", "flows.cli", "lm-eval", "run", "--model", "llmpipe",
          "--model_args", f"checkpoint={quiz_model.checkpoint},tokenizer={quiz_model.tokenizer}",
-         "--tasks", "capitals_mc", "--include_path", str(include), "--batch_size", "16", "--device", "cpu",
-         "--output_path", str(tmp_path / "lm_eval_out")],
+         "--tasks", "capitals_mc", "hellaswag_local", "--include_path", str(include), "--batch_size", "16",
+         "--device", "cpu", "--output_path", str(tmp_path / "lm_eval_out"), "--log_samples", "--limit", "60"],
         capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     [results_file] = (tmp_path / "lm_eval_out").rglob("results_*.json")
-    theirs = json.loads(results_file.read_text())["results"]["capitals_mc"]
-    [ours] = run_tasks(quiz_model.checkpoint, quiz_model.tasks_dir, str(tmp_path / "ours"),
-                       tokenizer=quiz_model.tokenizer)
-    assert theirs["acc,none"] == pytest.approx(ours.acc, abs=1e-9)
-    assert theirs["acc_norm,none"] == pytest.approx(ours.acc_norm, abs=1e-9)
+    theirs = json.loads(results_file.read_text())["results"]
+    [ours] = run_tasks(quiz_model.checkpoint, quiz_model.tasks_dir, str(tmp_path / "out"),
+                       tokenizer=quiz_model.tokenizer, limit=60)
+    assert theirs["capitals_mc"]["acc,none"] == pytest.approx(ours.acc, abs=1e-9)
+    assert theirs["capitals_mc"]["acc_norm,none"] == pytest.approx(ours.acc_norm, abs=1e-9)
     assert ours.acc != ours.acc_norm  # the two measures are told apart, and both agree
+    # HellaSwag: lm-eval asks for exactly the (context, continuation) pairs our reading of the file makes
+    [samples_file] = (tmp_path / "lm_eval_out").rglob("samples_hellaswag_local_*.jsonl")
+    samples = sorted(map(json.loads, samples_file.read_text().splitlines()), key=lambda d: d["doc_id"])
+    task = read_task(hellaswag)
+    for sample, ex in zip(samples, task.examples, strict=True):
+        by_choice = sorted(sample["arguments"].items(), key=lambda item: int(item[0].rsplit("_", 1)[1]))
+        asked = [(args["arg_0"], args["arg_1"]) for _, args in by_choice]
+        assert asked == [(ex.context, " " + choice) for choice in ex.choices]
+    [ours] = run_tasks(quiz_model.checkpoint, str(hellaswag.parent), str(tmp_path / "out"),
+                       tokenizer=quiz_model.tokenizer)
+    assert (theirs["hellaswag_local"]["acc,none"], theirs["hellaswag_local"]["acc_norm,none"]) == \
+        pytest.approx((ours.acc, ours.acc_norm), abs=1e-9)
 
 
 def test_rolling_log_likelihood_is_the_projects_perplexity_on_the_same_text(lm, quiz_model, tmp_path):

@@ -168,3 +168,15 @@ def test_the_last_word_rule(tmp_path):
     assert last_word_example("print(x)", tok, 8, 100) is None  # no sentence-ending word: left out
     long = last_word_example("one two three four five six seven eight nine ten.", tok, 8, 20)
     assert long["target"] == "ten" and long["context"] == "six seven eight nine"  # cut at a space
+
+
+@pytest.mark.parametrize("checkpoint, work_dir", [
+    ("work/demo/train/runs/abc/final", "work/demo"),
+    ("s3://bucket/work/finetune/runs/abc/final/", "s3://bucket/work"),
+    ("train/runs/abc/final", "."),
+    ("exported/ckpt", None),
+])
+def test_eval_tasks_finds_the_work_directory_a_checkpoint_lies_under(checkpoint, work_dir):
+    from flows.task_commands import work_dir_of
+
+    assert work_dir_of(checkpoint) == work_dir
