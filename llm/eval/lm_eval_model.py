@@ -16,6 +16,7 @@ give the same numbers on the same task and checkpoint. Model arguments: `checkpo
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
@@ -33,6 +34,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
     raise UserError("lm-evaluation-harness is not installed: pip install lm-eval (llmpipe's dev extra has it)") \
         from exc
 
+log = logging.getLogger(__name__)
 MODEL_NAME = "llmpipe"
 DEFAULT_MAX_GEN_TOKS = 256
 
@@ -44,7 +46,14 @@ class LlmpipeLM(LM):
     def __init__(self, checkpoint: str, tokenizer: str | None = None, device: str | None = None,
                  batch_size: int | str | None = 16, max_gen_toks: int | str = DEFAULT_MAX_GEN_TOKS, **_ignored):
         super().__init__()
+        import torch
+
         from llm.eval.tasks import load_scorer
+
+        # lm-eval's default device is cuda:0 even where there is none (its own models fall back too).
+        if device and device.startswith("cuda") and not torch.cuda.is_available():
+            log.warning("device %s: no CUDA device visible, scoring on the CPU", device)
+            device = "cpu"
 
         # lm-eval passes `--batch_size auto` as a string; a fixed size is what this model supports.
         size = int(batch_size) if str(batch_size or "").isdigit() else 16

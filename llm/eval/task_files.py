@@ -135,8 +135,8 @@ def _lambada(r: dict) -> ClozeExample:
 
 
 def _checked_choice(context: Any, choices: Any, gold: Any, gold_field: str) -> ChoiceExample:
-    if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
-        raise ValueError("the choices must be a list of at least two strings")
+    if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) and c for c in choices):
+        raise ValueError("the choices must be a list of at least two non-empty strings")
     if isinstance(gold, bool) or not isinstance(gold, int) or not 0 <= gold < len(choices):
         raise ValueError(f"'{gold_field}' must be an index into the {len(choices)} choices, got {gold!r}")
     return ChoiceExample(str(context), list(choices), gold)

@@ -83,6 +83,7 @@ def test_a_spec_beside_the_file_names_the_shape_and_the_task(tmp_path):
      r"t\.jsonl:2: not a multiple_choice record: 'gold' must be an index into the 2 choices"),
     ([{"context": "a", "choices": ["x", "y"], "gold": 0}, {"context": "a", "gold": 0}],
      r"t\.jsonl:2: .*missing field\(s\) choices"),
+    ([{"context": "a", "choices": ["x", ""], "gold": 0}], r"t\.jsonl:1: .*at least two non-empty strings"),
     ([{"question": "q", "answer": "a"}], r"t\.jsonl:1: cannot tell the task's shape from the fields"),
     ([dict(HELLASWAG, label="")], r"t\.jsonl:1: .*HellaSwag's test split has no labels"),
     ([dict(ARC, answerKey="E")], r"t\.jsonl:1: .*answerKey 'E' is not one of the labels"),
