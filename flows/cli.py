@@ -10,6 +10,9 @@
     llmpipe gc work/demo            # dry run; --apply deletes
     llmpipe export work/demo/finetune/runs/VERSION/final exported/ --format merged
     llmpipe export work/demo/train/runs/VERSION/final hf/ --format hf    # a transformers GPT-2 folder
+    llmpipe build-tasks work/demo/tasks --qa ../shared/data/eval/quiz_bsdgames.jsonl --tokens work/demo/tokens
+    llmpipe eval-tasks work/demo/train/runs/VERSION/final work/demo/tasks --limit 200
+    llmpipe lm-eval --model llmpipe --model_args checkpoint=CKPT,tokenizer=TOK --tasks hellaswag
     llmpipe serve                   # Prefect server + worker + MLflow server on 127.0.0.1; `llmpipe stop`
     llmpipe rate work/demo/train/runs/VERSION/final models:/llmpipe-gpt-sft@current --prompts prompts.jsonl
 
@@ -115,6 +118,9 @@ def _parser() -> argparse.ArgumentParser:
     gc.add_argument("--apply", action="store_true", help="delete (default: only list what would go)")
     _add_serve_commands(sub, common)
     _add_rate_command(sub, common)
+    from flows.task_commands import add_task_commands
+
+    add_task_commands(sub, common)
     return parser
 
 
@@ -169,7 +175,13 @@ def _split_config_arg(args: argparse.Namespace) -> tuple[str | None, list[str]]:
 def main(argv: list[str] | None = None) -> int:
     """Run one `llmpipe` command; returns the exit status (0, 1 for a bug, 2 for a user error, 130)."""
     _quiet_environment()
-    args = _parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    lead = next((i for i, a in enumerate(argv) if a != "--debug"), len(argv))
+    if argv[lead:lead + 1] == ["lm-eval"]:
+        # Everything after it is lm-eval's: argparse would take its flags for llmpipe's own.
+        args = argparse.Namespace(command="lm-eval", debug=lead > 0, lm_eval_args=argv[lead + 1:])
+    else:
+        args = _parser().parse_args(argv)
     debug = args.debug or os.environ.get("LLMPIPE_DEBUG", "").lower() in ("1", "true", "yes")
     try:
         return _command(args, debug)
@@ -232,6 +244,10 @@ def _command(args: argparse.Namespace, debug: bool) -> int:
             written = export(args.checkpoint, args.out, args.format)
         print(f"wrote {', '.join(written['files'])} to {args.out} ({written['format']})")
         return 0
+    if args.command in ("eval-tasks", "build-tasks", "lm-eval"):
+        from flows.task_commands import run_task_command
+
+        return run_task_command(args)
     if args.command in ("explain", "stats"):
         from llm.data import inspect
 
