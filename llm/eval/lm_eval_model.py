@@ -31,7 +31,7 @@ try:
     from lm_eval.api.model import LM
     from lm_eval.api.registry import register_model
 except ImportError as exc:  # pragma: no cover - depends on the installation
-    raise UserError("lm-evaluation-harness is not installed: pip install lm-eval (llmpipe's dev extra has it)") \
+    raise UserError("lm-evaluation-harness is not installed: pip install 'llmpipe[lm-eval]'") \
         from exc
 
 log = logging.getLogger(__name__)
