@@ -9,6 +9,7 @@
     llmpipe lineage work/demo/tokens
     llmpipe gc work/demo            # dry run; --apply deletes
     llmpipe export work/demo/finetune/runs/VERSION/final exported/ --format merged
+    llmpipe sweep configs/demo.yaml --param train.learning_rate=loguniform:1e-4:1e-2 --samples 8
     llmpipe serve                   # Prefect server + worker + MLflow server on 127.0.0.1; `llmpipe stop`
 
 An error the user can fix (a config field, an input path, credentials, a server address) is one line
@@ -106,8 +107,29 @@ def _parser() -> argparse.ArgumentParser:
     gc = sub.add_parser("gc", help=what, description=what + "; a dry run unless --apply", parents=[common])
     gc.add_argument("work_dir", help="the work directory (local path or s3:// prefix)")
     gc.add_argument("--apply", action="store_true", help="delete (default: only list what would go)")
+    _add_sweep_command(sub, common)
     _add_serve_commands(sub, common)
     return parser
+
+
+def _add_sweep_command(sub, common: argparse.ArgumentParser) -> None:
+    what = ("hyperparameter sweep of pretraining on Ray Tune (one Ray Train run per trial, ASHA early "
+            "stopping on validation loss); writes the best trial's full config as YAML")
+    p = sub.add_parser("sweep", help=what, description=what, parents=[common])
+    p.add_argument("config", nargs="?", help="YAML config file (default: built-in defaults)")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="dotted config overrides")
+    p.add_argument("--param", action="append", default=[], required=True, metavar="FIELD=KIND:ARGS",
+                   help="a swept field: uniform:LOW:HIGH, loguniform:LOW:HIGH, randint:LOW:HIGH (both ends "
+                   "included) or choice:V1,V2,... (e.g. train.learning_rate=loguniform:1e-4:1e-2); repeatable")
+    p.add_argument("--samples", type=int, default=4, help="trials: configs sampled from the space (default 4)")
+    p.add_argument("--scheduler", choices=["asha", "fifo"], default="asha",
+                   help="asha: stop trials that trail at each rung; fifo: run every trial to the end")
+    p.add_argument("--metric", choices=["val_loss", "loss"], default="val_loss", help="compared on, lower is better")
+    p.add_argument("--max-concurrent", type=int, help="trials at once (default: as many as Ray's CPUs hold)")
+    p.add_argument("--grace-period", type=int, help="ASHA: steps before a trial can be stopped (default: train.eval_every)")
+    p.add_argument("--reduction-factor", type=float, default=2.0, help="ASHA: rung spacing and cut (default 2)")
+    p.add_argument("--seed", type=int, help="seed of the sampling (default: train.seed)")
+    p.add_argument("--out", help="where to write the best config (default: WORK/sweeps/<sweep>/best.yaml)")
 
 
 def _add_serve_commands(sub, common: argparse.ArgumentParser) -> None:
@@ -207,6 +229,8 @@ def _command(args: argparse.Namespace, debug: bool) -> int:
 
         print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
         return 0
+    if args.command == "sweep":
+        return _sweep(cfg, args)
     from flows.pipeline import DATA_STAGES, STAGES, data_refresh, local_run_settings, pipeline, stages_flow
     from llm.layout import Layout
     from llm.summary import format_summary
@@ -224,6 +248,22 @@ def _command(args: argparse.Namespace, debug: bool) -> int:
             assert args.command in STAGES or args.command in DATA_STAGES
             result = stages_flow(cfg, [args.command])
     print(format_summary(result))
+    return 0
+
+
+def _sweep(cfg, args: argparse.Namespace) -> int:
+    from llm.layout import Layout
+    from llm.train.search_space import parse_space
+    from llm.train.sweep import run_sweep, sweep_settings
+    from llm.workdir_lock import WorkDirLock
+
+    specs = parse_space(args.param, cfg)
+    settings = sweep_settings(samples=args.samples, scheduler=args.scheduler, metric=args.metric,
+                              max_concurrent=args.max_concurrent, grace_period=args.grace_period,
+                              reduction_factor=args.reduction_factor, seed=args.seed)
+    with WorkDirLock(Layout.for_work_dir(cfg.work_dir).work_dir, description=f"llmpipe sweep ({cfg.name})"):
+        result = run_sweep(cfg, specs, settings, args.out)
+    print(result.summary())
     return 0
 
 
