@@ -16,7 +16,6 @@ resolved config as parameters, train and validation loss curves as metrics).
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -28,12 +27,13 @@ from ray import tune
 from llm import storage
 from llm.config import ConfigError, PipelineConfig, Section, stable_hash
 from llm.data.dataset import read_manifest
-from llm.errors import InputNotFound, UserError
+from llm.errors import InputNotFound, without_password
 from llm.layout import Layout
 from llm.lineage import of_input, redact
 from llm.tracking import Tracker
 from llm.train.search_space import ParamSpec, field_value, with_values
-from llm.train.sweep_record import record_sweep
+from llm.train.sweep_results import (TrialOutcome, best_trial, outcome_of, record_sweep, results_table,
+                                     shown_value)
 
 log = logging.getLogger(__name__)
 
@@ -67,21 +67,6 @@ class SweepConfig(Section):
 
 
 @dataclass
-class TrialOutcome:
-    """One trial: its sampled `values`, how far it trained and the metric it ended on."""
-
-    trial_id: str
-    values: dict[str, Any]
-    steps: int
-    metric: float | None
-    #: `completed` (trained to the end, or to the loop's own early stop), `stopped early` (by the
-    #: scheduler) or `failed`.
-    outcome: str
-    error: str | None = None
-    run_id: str | None = None
-
-
-@dataclass
 class SweepResult:
     """What `run_sweep` leaves: the trials, the best one, where its config was written, the MLflow run."""
 
@@ -102,14 +87,14 @@ class SweepResult:
     def summary(self) -> str:
         """What `llmpipe sweep` prints: the best trial, where its config is, the table, the MLflow run."""
         best = self.best
-        values = ", ".join(f"{k}={_shown(v)}" for k, v in best.values.items())
+        values = ", ".join(f"{k}={shown_value(v)}" for k, v in best.values.items())
         lines = [f"{self.name}: {len(self.trials)} trials, "
                  f"{sum(t.outcome == 'stopped early' for t in self.trials)} stopped early, output {self.uri}",
                  f"best trial {best.trial_id}: {self.metric} {best.metric:.4f} at step {best.steps} ({values})",
                  f"best config: {self.best_config_uri}  (llmpipe pretrain {self.best_config_uri})", "",
                  self.table()]
         if self.parent_run_id:
-            lines += ["", f"MLflow: sweep run {self.parent_run_id} in {self.tracking_uri}"]
+            lines += ["", f"MLflow: sweep run {self.parent_run_id} in {without_password(self.tracking_uri or '')}"]
         return "\n".join(lines)
 
 
@@ -266,59 +251,6 @@ def trials_that_fit(cpus_per_trial: float) -> int:
 
     cpus = ray.cluster_resources().get("CPU", 1.0)
     return max(1, int(cpus // cpus_per_trial))
-
-
-def outcome_of(result, cfg: PipelineConfig, max_steps: int, metric: str) -> TrialOutcome:
-    """A Tune `Result` as a `TrialOutcome`; its values typed as the config holds them."""
-    metrics = result.metrics or {}
-    values = dict(result.config or {})
-    typed = with_values(cfg, values)
-    values = {path: field_value(typed, path) for path in values}
-    frame = result.metrics_dataframe
-    steps = int(frame["step"].max()) if frame is not None and "step" in frame else 0
-    value = metrics.get(metric)
-    if result.error is not None:
-        outcome = "failed"
-    elif steps >= max_steps or metrics.get("early_stopped"):
-        outcome = "completed"
-    else:
-        outcome = "stopped early"
-    error = None
-    if result.error is not None:
-        from llm.errors import user_cause
-
-        cause = user_cause(result.error) or result.error
-        error = " ".join(str(cause).split())[:300]
-    trial_id = metrics.get("trial_id") or os.path.basename(result.path.rstrip("/"))
-    return TrialOutcome(str(trial_id), values, steps, None if value is None else float(value), outcome, error)
-
-
-def best_trial(trials: list[TrialOutcome]) -> TrialOutcome:
-    """The trial with the lowest metric among those that trained to the end (a trial stopped early was
-    judged on fewer steps); among all that reported, when none did. An error when none reported."""
-    for pool in ([t for t in trials if t.outcome == "completed"], [t for t in trials if t.outcome != "failed"]):
-        pool = [t for t in pool if t.metric is not None]
-        if pool:
-            return min(pool, key=lambda t: t.metric)
-    errors = sorted({t.error for t in trials if t.error})
-    raise UserError("every trial of the sweep failed: " + ("; ".join(errors) or "no trial reported a metric"))
-
-
-def results_table(trials: list[TrialOutcome], specs: list[ParamSpec], metric: str) -> str:
-    """Trials as aligned text columns: id, the swept fields, steps, the metric, outcome; best first."""
-    ranked = sorted(trials, key=lambda t: (t.outcome == "failed", t.outcome != "completed",
-                                           t.metric if t.metric is not None else float("inf")))
-    header = ["trial", *(spec.path for spec in specs), "steps", metric, "outcome"]
-    rows = [[t.trial_id, *(_shown(t.values.get(spec.path)) for spec in specs), str(t.steps),
-             "-" if t.metric is None else f"{t.metric:.4f}", t.outcome + (f": {t.error}" if t.error else "")]
-            for t in ranked]
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header) - 1)]
-    return "\n".join("  ".join([*(cell.ljust(w) for cell, w in zip(row, widths)), row[-1]]).rstrip()
-                     for row in [header, *rows])
-
-
-def _shown(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _seed(settings: SweepConfig, cfg: PipelineConfig) -> int:
