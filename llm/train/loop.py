@@ -56,7 +56,8 @@ log = logging.getLogger("llm.train")
 
 #: Called on every rank at each checkpoint with the metrics so far and a local folder holding the
 #: checkpoint (valid only during the call): on rank 0 only (None on other ranks), except under fsdp/tp,
-#: where every rank's folder holds its DCP shards and the folders together are the checkpoint.
+#: where every rank's folder holds its DCP shards and the folders together are the checkpoint. With
+#: `report_evals`, also at each evaluation between checkpoints, with no folder on any rank.
 Reporter = Callable[[dict[str, Any], "str | None"], None]
 
 

@@ -25,7 +25,7 @@ from pydantic import Field
 from ray import tune
 
 from llm import storage
-from llm.config import ConfigError, PipelineConfig, Section, stable_hash
+from llm.config import ConfigError, PipelineConfig, Section, TrainConfig, stable_hash
 from llm.data.dataset import read_manifest
 from llm.errors import InputNotFound, without_password
 from llm.layout import Layout
@@ -54,8 +54,8 @@ class SweepConfig(Section):
         "val_loss", description="What trials are compared on, lower is better: validation loss at each "
         "evaluation, or the training loss there (needs `train.eval_every` a multiple of `train.log_every`).")
     max_concurrent: int | None = Field(
-        None, ge=1, description="Trials running at once. Empty: as many as the Ray cluster's CPUs hold at "
-        "`train.num_workers` x `train.cpus_per_worker` each.")
+        None, ge=1, description="Trials running at once. Empty: as many as the Ray cluster's CPUs (and GPUs, "
+        "with `train.use_gpu`) hold at `train.num_workers` x `train.cpus_per_worker` each.")
     grace_period: int | None = Field(
         None, ge=1, description="ASHA: steps every trial trains before it can be stopped (the first rung). "
         "Empty: `train.eval_every`.")
@@ -143,7 +143,7 @@ def run_sweep(cfg: PipelineConfig, specs: list[ParamSpec], settings: SweepConfig
     out = storage.absolute(out) if out else storage.join(sweep_uri, "best.yaml")
 
     ensure_ray(cfg.ray)
-    concurrent = settings.max_concurrent or trials_that_fit(train.num_workers * train.cpus_per_worker)
+    concurrent = settings.max_concurrent or trials_that_fit(train)
     tracker = Tracker(cfg.tracking, cfg.work_dir, cfg.ray.address)
     parent = tracker.start_run(f"{cfg.name}-sweep", tags={"llmpipe.sweep": name}, params={
         "sweep": {**settings.model_dump(mode="json"), "max_concurrent": concurrent, "grace_period": grace,
@@ -183,7 +183,11 @@ def run_sweep(cfg: PipelineConfig, specs: list[ParamSpec], settings: SweepConfig
         result = SweepResult(name, sweep_uri, settings.metric, trials, best, out, specs,
                              parent.run_id if parent is not None else None, tracker.uri or None)
         if parent is not None:
-            record_sweep(parent, result, TRIAL_TAG)
+            # Observability after the fact: a tracking failure here must not lose a finished sweep.
+            try:
+                record_sweep(parent, result, TRIAL_TAG)
+            except Exception as exc:
+                log.warning("could not record the sweep's results in MLflow: %s", exc)
         ok = True
         return result
     finally:
@@ -245,12 +249,16 @@ def release_placement_group(group_id: str | None) -> None:
         remove_placement_group(group)
 
 
-def trials_that_fit(cpus_per_trial: float) -> int:
-    """How many trials of `cpus_per_trial` CPUs the Ray cluster holds at once (at least one)."""
+def trials_that_fit(train: TrainConfig) -> int:
+    """How many trials' worker groups (`num_workers` x `cpus_per_worker` CPUs, and a GPU each with
+    `use_gpu`) the Ray cluster holds at once; at least one."""
     import ray
 
-    cpus = ray.cluster_resources().get("CPU", 1.0)
-    return max(1, int(cpus // cpus_per_trial))
+    resources = ray.cluster_resources()
+    fits = resources.get("CPU", 1.0) // (train.num_workers * train.cpus_per_worker)
+    if train.use_gpu:
+        fits = min(fits, resources.get("GPU", 0.0) // train.num_workers)
+    return max(1, int(fits))
 
 
 def _seed(settings: SweepConfig, cfg: PipelineConfig) -> int:

@@ -12,7 +12,7 @@ from llm.config import build_config, load_config
 from llm.layout import Layout
 from llm.train.data import write_token_dataset
 from llm.train.search_space import parse_space
-from llm.train.sweep import SweepConfig, run_sweep
+from llm.train.sweep import SweepConfig, run_sweep, trials_that_fit
 from tests.unit.train.tiny import VOCAB, counting_docs
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -34,6 +34,7 @@ def test_asha_sweep_stops_a_bad_trial_and_writes_the_best_config(ray_local, tmp_
                   "max_steps": 10, "eval_every": 5, "eval_batches": 2, "checkpoint_every": 10, "log_every": 5,
                   "seed": 3, "system_metrics": False},
     })
+    assert trials_that_fit(cfg.train) == 2  # 2 CPUs, one 1-CPU worker a trial
     specs = parse_space([f"train.learning_rate=choice:{BAD},{GOOD}"], cfg)
     # One trial at a time, so each trial meets ASHA's rung with every earlier trial's result recorded:
     # a bad trial after a good one is stopped at its first evaluation, whatever the machine's speed.
