@@ -13,6 +13,7 @@
     llmpipe build-tasks work/demo/tasks --qa ../shared/data/eval/quiz_bsdgames.jsonl --tokens work/demo/tokens
     llmpipe eval-tasks work/demo/train/runs/VERSION/final work/demo/tasks --limit 200
     llmpipe lm-eval --model llmpipe --model_args checkpoint=CKPT,tokenizer=TOK --tasks hellaswag
+    llmpipe sweep configs/demo.yaml --param train.learning_rate=loguniform:1e-4:1e-2 --samples 8
     llmpipe serve                   # Prefect server + worker + MLflow server on 127.0.0.1; `llmpipe stop`
     llmpipe rate work/demo/train/runs/VERSION/final models:/llmpipe-gpt-sft@current --prompts prompts.jsonl
 
@@ -116,6 +117,7 @@ def _parser() -> argparse.ArgumentParser:
     gc = sub.add_parser("gc", help=what, description=what + "; a dry run unless --apply", parents=[common])
     gc.add_argument("work_dir", help="the work directory (local path or s3:// prefix)")
     gc.add_argument("--apply", action="store_true", help="delete (default: only list what would go)")
+    _add_sweep_command(sub, common)
     _add_serve_commands(sub, common)
     _add_rate_command(sub, common)
     from flows.task_commands import add_task_commands
@@ -141,6 +143,26 @@ def _add_rate_command(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer", help="tokenizer .model file for both models (default: the one each checkpoint records)")
     p.add_argument("--summary", action="store_true",
                    help="print the session's counts, win rates and Bradley-Terry scores and log them, without serving")
+
+
+def _add_sweep_command(sub, common: argparse.ArgumentParser) -> None:
+    what = ("hyperparameter sweep of pretraining on Ray Tune (one Ray Train run per trial, ASHA early "
+            "stopping on validation loss); writes the best trial's full config as YAML")
+    p = sub.add_parser("sweep", help=what, description=what, parents=[common])
+    p.add_argument("config", nargs="?", help="YAML config file (default: built-in defaults)")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="dotted config overrides")
+    p.add_argument("--param", action="append", default=[], required=True, metavar="FIELD=KIND:ARGS",
+                   help="a swept field: uniform:LOW:HIGH, loguniform:LOW:HIGH, randint:LOW:HIGH (both ends "
+                   "included) or choice:V1,V2,... (e.g. train.learning_rate=loguniform:1e-4:1e-2); repeatable")
+    p.add_argument("--samples", type=int, default=4, help="trials: configs sampled from the space (default 4)")
+    p.add_argument("--scheduler", choices=["asha", "fifo"], default="asha",
+                   help="asha: stop trials that trail at each rung; fifo: run every trial to the end")
+    p.add_argument("--metric", choices=["val_loss", "loss"], default="val_loss", help="compared on, lower is better")
+    p.add_argument("--max-concurrent", type=int, help="trials at once (default: as many as Ray's CPUs hold)")
+    p.add_argument("--grace-period", type=int, help="ASHA: steps before a trial can be stopped (default: train.eval_every)")
+    p.add_argument("--reduction-factor", type=float, default=2.0, help="ASHA: rung spacing and cut (default 2)")
+    p.add_argument("--seed", type=int, help="seed of the sampling (default: train.seed)")
+    p.add_argument("--out", help="where to write the best config (default: WORK/sweeps/<sweep>/best.yaml)")
 
 
 def _add_serve_commands(sub, common: argparse.ArgumentParser) -> None:
@@ -263,6 +285,8 @@ def _command(args: argparse.Namespace, debug: bool) -> int:
 
         print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
         return 0
+    if args.command == "sweep":
+        return _sweep(cfg, args)
     from flows.pipeline import DATA_STAGES, STAGES, data_refresh, local_run_settings, pipeline, stages_flow
     from llm.layout import Layout
     from llm.summary import format_summary
@@ -295,6 +319,22 @@ def _rate(args: argparse.Namespace) -> int:
     run_rating(args.model_a, args.model_b, load_config(args.config, []), prompts_file=args.prompts,
                work_dir=args.work_dir, port=args.port, max_new_tokens=args.max_new_tokens, seed=args.seed,
                tokenizer=args.tokenizer, summary_only=args.summary)
+    return 0
+
+
+def _sweep(cfg, args: argparse.Namespace) -> int:
+    from llm.layout import Layout
+    from llm.train.search_space import parse_space
+    from llm.train.sweep import run_sweep, sweep_settings
+    from llm.workdir_lock import WorkDirLock
+
+    specs = parse_space(args.param, cfg)
+    settings = sweep_settings(samples=args.samples, scheduler=args.scheduler, metric=args.metric,
+                              max_concurrent=args.max_concurrent, grace_period=args.grace_period,
+                              reduction_factor=args.reduction_factor, seed=args.seed)
+    with WorkDirLock(Layout.for_work_dir(cfg.work_dir).work_dir, description=f"llmpipe sweep ({cfg.name})"):
+        result = run_sweep(cfg, specs, settings, args.out)
+    print(result.summary())
     return 0
 
 

@@ -57,7 +57,8 @@ log = logging.getLogger("llm.train")
 
 #: Called on every rank at each checkpoint with the metrics so far and a local folder holding the
 #: checkpoint (valid only during the call): on rank 0 only (None on other ranks), except under fsdp/tp,
-#: where every rank's folder holds its DCP shards and the folders together are the checkpoint.
+#: where every rank's folder holds its DCP shards and the folders together are the checkpoint. With
+#: `report_evals`, also at each evaluation between checkpoints, with no folder on any rank.
 Reporter = Callable[[dict[str, Any], "str | None"], None]
 
 
@@ -240,12 +241,16 @@ def run_workload(
     device: torch.device | None = None,
     resume: ResumeState | None = None,
     report: Reporter | None = None,
+    report_evals: bool = False,
 ) -> TrainSummary:
-    """Train `workload` (pre-training or fine-tuning) with `train_cfg`, as `train` does."""
+    """Train `workload` (pre-training or fine-tuning) with `train_cfg`, as `train` does. With
+    `report_evals`, every evaluation between checkpoints also goes to `report` (metrics only, no
+    folder): a scheduler that stops runs early (Ray Tune's ASHA) judges them on each validation loss."""
     rank, _ = world()
     # One sampler per run, on rank 0: its metric names carry no rank, so two would mix their samples.
     with SystemMetrics(run_target if rank == 0 else None, enabled=train_cfg.system_metrics):
-        return _train(workload, train_cfg, run_target, device=device, resume=resume, report=report)
+        return _train(workload, train_cfg, run_target, device=device, resume=resume, report=report,
+                      report_evals=report_evals)
 
 
 def _train(
@@ -256,6 +261,7 @@ def _train(
     device: torch.device | None,
     resume: ResumeState | None,
     report: Reporter | None,
+    report_evals: bool = False,
 ) -> TrainSummary:
     """The body of `run_workload`."""
     started = time.perf_counter()
@@ -497,6 +503,11 @@ def _train(
                     # and a run resumed from it continues from there (optimizer moments, schedule, data).
                     best = _Best(step, _host_copy(parallel.module.state_dict()), _host_copy(optimizer.state_dict()),
                                  rng_state(), tokens_seen, last_loss, val_bpb)
+            checkpoints_now = stop or last_step or step % train_cfg.checkpoint_every == 0
+            if report_evals and report is not None and not checkpoints_now:
+                # Every rank reports (Ray Train's report is a barrier); a checkpoint's report carries these too.
+                report({"step": step, "val_loss": val_loss, "val_bpb": val_bpb, "loss": last_loss,
+                        "tokens_seen": tokens_seen}, None)
         if stop or (last_step and best is not None):
             # The run ends on the best evaluation's state: the final checkpoint holds its weights.
             if rank == 0 and stop:

@@ -40,9 +40,11 @@ def workload_from(config: dict[str, Any]) -> tuple[Workload, TrainConfig]:
 
 def ray_train_worker(config: dict[str, Any]) -> None:
     """Entry point of each Ray Train worker: `config` holds the two configs as dicts, `tokens_uri`
-    and an optional `run_target`, `resume_from` (a checkpoint to start from) and `seen_parts`, or a
-    fine-tune's entries. Resumes from Ray Train's latest checkpoint of this run when there is one,
+    and an optional `run_target`, `resume_from` (a checkpoint to start from), `seen_parts` and
+    `sweep_trial` (a Ray Tune trial: report every evaluation, and the worker group's placement group),
+    or a fine-tune's entries. Resumes from Ray Train's latest checkpoint of this run when there is one,
     else from `resume_from`."""
+    import ray
     import ray.train
     import ray.train.torch
 
@@ -69,4 +71,14 @@ def ray_train_worker(config: dict[str, Any]) -> None:
             resume = ResumeState.load(stack.enter_context(checkpoint.as_directory()))
         elif config.get("resume_from"):  # the first attempt of a run that continues an earlier one
             resume = ResumeState.load(config["resume_from"])
-        run_workload(workload, train_cfg, config.get("run_target"), device=device, resume=resume, report=_ray_report)
+        report = _ray_report
+        if config.get("sweep_trial"):
+            # Names the worker group's resources to the sweep, which frees them when the trial ends: the
+            # Train run of a trial that Tune stops cannot.
+            group = {"placement_group_id": ray.get_runtime_context().get_placement_group_id()}
+
+            def report(metrics: dict[str, Any], directory: str | None) -> None:
+                _ray_report({**metrics, **group}, directory)
+
+        run_workload(workload, train_cfg, config.get("run_target"), device=device, resume=resume, report=report,
+                     report_evals=bool(config.get("sweep_trial")))

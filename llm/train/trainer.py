@@ -104,23 +104,11 @@ def pretrain(
     checkpoint's `state.json` (`tokenizer`). Starts a local Ray only if none is running in this process.
     """
     started = time.perf_counter()
-    # Workers may run in other folders (or hosts): every local path must be absolute.
-    tokens_uri = storage.absolute(tokens_uri)
     output_uri = storage.absolute(output_uri)
-    model_cfg = resolve_vocab(model_cfg, tokens_uri)
-    check_parallel_fits(model_cfg, train_cfg)
-    final_uri = fit_on_ray(
-        {
-            "model": model_cfg.model_dump(mode="json"),
-            "train": train_cfg.model_dump(mode="json"),
-            "tokens_uri": tokens_uri,
-            "run_target": run_target,
-            "resume_from": storage.absolute(resume_from) if resume_from else None,
-            "seen_parts": sorted(seen_parts),
-            "tokenizer": tokenizer_record(tokenizer_uri) if tokenizer_uri else None,
-        },
-        train_cfg, run_name(model_cfg, train_cfg, tokens_uri), output_uri,
-    )
+    config = pretrain_loop_config(model_cfg, train_cfg, tokens_uri, run_target, resume_from, seen_parts,
+                                  tokenizer_uri)
+    model_cfg = ModelConfig.model_validate(config["model"])
+    final_uri = fit_on_ray(config, train_cfg, run_name(model_cfg, train_cfg, config["tokens_uri"]), output_uri)
     state = read_state(final_uri)
     if run_target is not None:
         # Observability after the fact: a failure here must not lose a finished training run.
@@ -146,11 +134,54 @@ def pretrain(
     )
 
 
+def pretrain_loop_config(
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    tokens_uri: str,
+    run_target: RunTarget | None = None,
+    resume_from: str | None = None,
+    seen_parts: frozenset[str] = frozenset(),
+    tokenizer_uri: str | None = None,
+) -> dict:
+    """What every Ray Train worker of a pretraining run is given (`ray_train_worker`'s `config`): the
+    configs with `vocab_size` resolved from the tokens, checked to fit the parallelism, absolute paths
+    (workers may run in other folders, or on other hosts) and the tokenizer's record for `state.json`."""
+    tokens_uri = storage.absolute(tokens_uri)
+    model_cfg = resolve_vocab(model_cfg, tokens_uri)
+    check_parallel_fits(model_cfg, train_cfg)
+    return {
+        "model": model_cfg.model_dump(mode="json"),
+        "train": train_cfg.model_dump(mode="json"),
+        "tokens_uri": tokens_uri,
+        "run_target": run_target,
+        "resume_from": storage.absolute(resume_from) if resume_from else None,
+        "seen_parts": sorted(seen_parts),
+        "tokenizer": tokenizer_record(tokenizer_uri) if tokenizer_uri else None,
+    }
+
+
 def fit_on_ray(loop_config: dict, train_cfg: TrainConfig, name: str, output_uri: str) -> str:
     """Run `ray_train_worker` on `train_cfg.num_workers` Ray Train workers with `loop_config` and copy
     the run's last checkpoint to `<output_uri>/final`; returns that URI. The Ray run `name` resumes
     from its latest checkpoint when it exists under `<output_uri>/ray`. Starts a local Ray only if
     none is running in this process."""
+    trainer = torch_trainer(loop_config, train_cfg, name, storage.join(output_uri, "ray"))
+    result = trainer.fit()
+    if result.error is not None:  # V1 returns the error; V2 raises it from fit()
+        raise result.error
+    if result.checkpoint is None:
+        raise RuntimeError("training finished without a checkpoint")
+
+    final_uri = storage.join(output_uri, "final")
+    with result.checkpoint.as_directory() as folder:
+        storage.replace_dir(folder, final_uri)
+    return final_uri
+
+
+def torch_trainer(loop_config: dict, train_cfg: TrainConfig, name: str, storage_path: str, callbacks: list = ()):
+    """The `TorchTrainer` of `ray_train_worker` on `train_cfg.num_workers` workers, its run `name` kept
+    under `storage_path`, with Ray Train run `callbacks` (a Tune trial's report callback). Starts a local
+    Ray only if none is running in this process."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -173,8 +204,7 @@ def fit_on_ray(loop_config: dict, train_cfg: TrainConfig, name: str, output_uri:
             log.warning("Ray was started without %s in its runtime_env: training workers on other nodes "
                         "will not see them (let llmpipe start or join Ray, or set them on every node)",
                         ", ".join(missing))
-
-    trainer = TorchTrainer(
+    return TorchTrainer(
         ray_train_worker,
         train_loop_config=loop_config,
         torch_config=torch_config,
@@ -185,20 +215,11 @@ def fit_on_ray(loop_config: dict, train_cfg: TrainConfig, name: str, output_uri:
         ),
         run_config=RunConfig(
             name=name,
-            storage_path=storage.join(output_uri, "ray"),
+            storage_path=storage_path,
             # Two: the latest, and the one before it in case the latest was being written when a
             # worker died.
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             failure_config=FailureConfig(max_failures=train_cfg.max_failures),
+            callbacks=list(callbacks) or None,
         ),
     )
-    result = trainer.fit()
-    if result.error is not None:  # V1 returns the error; V2 raises it from fit()
-        raise result.error
-    if result.checkpoint is None:
-        raise RuntimeError("training finished without a checkpoint")
-
-    final_uri = storage.join(output_uri, "final")
-    with result.checkpoint.as_directory() as folder:
-        storage.replace_dir(folder, final_uri)
-    return final_uri
