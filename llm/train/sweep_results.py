@@ -105,7 +105,9 @@ def record_sweep(parent: RunTarget, result: "SweepResult", trial_tag: str) -> No
         trial.run_id = run.info.run_id
         client.set_tag(run.info.run_id, "llmpipe.sweep.outcome", trial.outcome)
         client.log_metric(run.info.run_id, "sweep_steps", trial.steps)
-        if run.info.status == "RUNNING":  # stopped from outside: the trial never closed its run
+        # The sweep's outcome is what holds: a trial the scheduler stopped either never closed its run or
+        # closed it as failed when the stop interrupted it (which of the two depends on timing).
+        if run.info.status != _STATUS[trial.outcome]:
             client.set_terminated(run.info.run_id, _STATUS[trial.outcome])
 
     best = result.best
