@@ -27,8 +27,13 @@ DEFAULT_PATTERNS = ("*.tar.gz", "*.tgz", "*.tar", "*.gz", "*.tex")
 
 # arXiv identifiers as file names carry them: `2101.00001v2.tar.gz`, `arXiv-2101.00001.gz`, and the
 # old scheme with the archive's name before the number (`hep-th9901001`, `math.GT0309136`).
-_NEW_ID = re.compile(r"(?:arxiv[-_:.]?)?(\d{4}\.\d{4,5})(v\d+)?", re.I)
-_OLD_ID = re.compile(r"(?:arxiv[-_:.]?)?([a-z][a-z-]*(?:\.[A-Z]{2})?)[/_-]?(\d{7})(v\d+)?")
+_NEW_ID = re.compile(r"(?:arxiv[-_:.]?)?(\d{2}(?:0[1-9]|1[0-2])\.\d{4,5})(v\d+)?", re.I)
+# The archives of the old scheme (1991-2007), so that `paper1234567` is not taken for an id.
+_OLD_ARCHIVES = ("acc-phys adap-org alg-geom ao-sci astro-ph atom-ph bayes-an chao-dyn chem-ph cmp-lg comp-gas "
+                 "cond-mat cs dg-ga funct-an gr-qc hep-ex hep-lat hep-ph hep-th math math-ph mtrl-th nlin "
+                 "nucl-ex nucl-th patt-sol physics plasm-ph q-alg q-bio quant-ph solv-int supr-con").split()
+_OLD_ID = re.compile(r"(?:arxiv[-_:.]?)?(%s)(\.[A-Z]{2})?[/_-]?(\d{7})(v\d+)?"
+                     % "|".join(sorted(_OLD_ARCHIVES, key=len, reverse=True)))
 _BUNDLE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".gz", ".tex", ".pdf")
 
 
@@ -44,7 +49,7 @@ def arxiv_id(file_name: str) -> tuple[str, str | None] | None:
         return m.group(1), m.group(2)
     m = _OLD_ID.fullmatch(stem)
     if m:
-        return f"{m.group(1)}/{m.group(2)}", m.group(3)
+        return f"{m.group(1)}{m.group(2) or ''}/{m.group(3)}", m.group(4)
     return None
 
 

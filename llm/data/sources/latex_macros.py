@@ -19,6 +19,9 @@ from llm.data.sources.latex_scan import (find_unprotected, read_argument, read_g
 _NEWCOMMAND = re.compile(r"\\(newcommand|renewcommand|providecommand|DeclareRobustCommand)\*?(?![A-Za-z])")
 _DEF = re.compile(r"\\[gex]?def\s*\\([A-Za-z]+)((?:#[1-9])*)\s*(?=\{)")
 _CONTROL_WORD = re.compile(r"\\([A-Za-z]+)(?![A-Za-z])")
+# A use of a macro, or a control symbol (`\\\\`, `\\%`) matched only so that the letters after it are
+# not taken for a macro name (`\\\\where` is a line break, then the word "where").
+_CONTROL_SEQUENCE = re.compile(r"\\(?:([A-Za-z]+)(?![A-Za-z])|.)", re.S)
 _PARAM = re.compile(r"##|#([1-9])")
 _ENDS_IN_CONTROL_WORD = re.compile(r"\\[A-Za-z]+$")
 # Expansion stops once the text has grown past this factor of its size before (a macro that expands
@@ -128,7 +131,7 @@ def _call(macros: dict[str, Macro]):
     is) for an unknown macro or one whose arguments are not all there."""
 
     def rewrite(m: re.Match, text: str) -> tuple[str, int] | None:
-        macro = macros.get(m.group(1))
+        macro = macros.get(m.group(1)) if m.group(1) else None
         if macro is None:
             return None
         args, i = [], m.end()
@@ -162,7 +165,7 @@ def expand_macros(text: str, macros: dict[str, Macro], passes: int) -> str:
     limit = _MAX_GROWTH * len(text) + 4096
     rewrite = _call(macros)
     for _ in range(passes):
-        expanded = sub_unprotected(_CONTROL_WORD, rewrite, text)
+        expanded = sub_unprotected(_CONTROL_SEQUENCE, rewrite, text)
         if expanded == text or len(expanded) > limit:
             break
         text = expanded

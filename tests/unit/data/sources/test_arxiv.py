@@ -177,6 +177,7 @@ MACRO_MAIN = r"""\documentclass{article}
 \begin{document}
 \renewcommand{\where}{the field}
 We met \pair{Ann}{Bob} in \where.   % a comment that goes
+A break, then a word: end\\where.
 \greet{world} and \greet[Bye]{moon}; \pair x y.
 Math stays: $\pair{a}{b}$ and \[ \greet{z} \] and
 \begin{equation} \where = 1 \end{equation}
@@ -205,7 +206,7 @@ def test_macros_inputs_comments_on_a_built_bundle(tmp_path: Path) -> None:
                                              "sections/back.tex": BACK, "fig.png": b"\x89PNG\r\n\x1a\n"})
     text, meta = _docs(_read(folder))["2101.00001v2.tar.gz"]
     assert meta["arxiv_id"] == "2101.00001" and meta["arxiv_version"] == "v2" and meta["title"] == "On Project X"
-    assert "We met (Ann, Bob) in the field." in text
+    assert "We met (Ann, Bob) in the field." in text and "end\\\\where." in text
     assert "Hello, world! and Bye, moon!; (x, y)." in text
     assert "$\\pair{a}{b}$" in text and "\\[ \\greet{z} \\]" in text and "\\where = 1" in text
     assert "5\\% is literal, \\verb|% not a comment|" in text
@@ -233,6 +234,8 @@ def test_single_tex_files_gzipped_or_plain(tmp_path: Path) -> None:
     assert docs["hep-th9901001.gz"][1]["main_file"] == "hep-th9901001.tex"
     assert docs["paper.tex"][0] == docs["hep-th9901001.gz"][0]
     assert arxiv_id("apssamp.tar.gz") is None and arxiv_id("arXiv-2312.12345.tar.gz") == ("2312.12345", None)
+    assert arxiv_id("math.GT0309136v1.gz") == ("math.GT/0309136", "v1")
+    assert arxiv_id("paper1234567.tex") is None and arxiv_id("1234.5678.tar.gz") is None
 
 
 def test_corrupt_bundles_are_quarantined_and_counted(papers: Path, tmp_path: Path) -> None:
