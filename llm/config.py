@@ -97,10 +97,32 @@ class CrawlConfig(Section):
     )
 
 
+class ArxivOptions(Section):
+    """`arxiv` sources: LaTeX source bundles (a `.tar.gz`, a gzipped `.tex` or a plain `.tex`), each one
+    document made of its main file with its inputs inlined."""
+
+    keep_bibliography: bool = Field(
+        False, description="Keep the bibliography: `thebibliography` environments and, for `\\bibliography`, "
+        "the bundle's `.bbl` file inlined. Off: both are dropped (reference lists are repetitive, not prose)."
+    )
+    read_pdf: bool = Field(
+        False, description="Read a file that is a PDF (not LaTeX source) by its text layer; needs the `pypdf` "
+        "package. Off: such a file is quarantined as not read."
+    )
+    expand_macros: bool = Field(
+        True, description="Replace uses of the document's own macros (`\\newcommand`, `\\def`, with up to 9 "
+        "arguments) by their definitions; math and verbatim text are never touched."
+    )
+    macro_passes: int = Field(
+        3, ge=1, le=20, description="Expansion passes: a macro whose definition uses another needs two; the bound "
+        "stops a macro that expands to itself."
+    )
+
+
 class SourceConfig(Section):
     """One input of the ingest pass. Every source is read only through its reader."""
 
-    kind: Literal["warc", "code", "jsonl", "parquet", "crawl"] = Field(
+    kind: Literal["warc", "code", "jsonl", "parquet", "crawl", "arxiv"] = Field(
         description="Reader to use. `crawl` reads the WARC files written by the crawl stage."
     )
     name: PathSafeName = Field(
@@ -121,6 +143,7 @@ class SourceConfig(Section):
     files_per_shard: int = Field(
         64, ge=1, description="`code`: source files grouped into one ingest shard."
     )
+    arxiv: ArxivOptions = Field(default_factory=ArxivOptions, description="`arxiv`: how LaTeX bundles are read.")
 
 
 class ExtractConfig(Section):
