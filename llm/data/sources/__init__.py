@@ -1,0 +1,1 @@
+"""Readers for source kinds with a format of their own (one module per kind)."""
