@@ -3,7 +3,7 @@ cut, header fields parsed, encodings detected, EPUBs read in spine order and cor
 
 from __future__ import annotations
 
-import io
+import gzip
 import json
 import zipfile
 from pathlib import Path
@@ -50,7 +50,8 @@ def _licence_lines(books: Path) -> set[str]:
     lines = set()
     for block in (books / "boilerplate").glob("*.txt"):
         lines |= {ln for ln in _lines(block.read_text("utf-8")) if len(ln) > 30}
-    return lines | {ln for ln in _lines((books / "pg11_alice_in_wonderland_license_part.txt").read_text()) if len(ln) > 30}
+    alice_licence = (books / "pg11_alice_in_wonderland_license_part.txt").read_text()
+    return lines | {ln for ln in _lines(alice_licence) if len(ln) > 30}
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +75,8 @@ def test_real_books_lose_their_boilerplate_and_keep_their_header_fields(
 
 
 def test_the_original_alice_file_with_its_licence_gives_the_same_book(books, tmp_path) -> None:
-    whole = (books / "pg11_alice_in_wonderland.txt").read_bytes() + (books / "pg11_alice_in_wonderland_license_part.txt").read_bytes()
+    book, licence = "pg11_alice_in_wonderland.txt", "pg11_alice_in_wonderland_license_part.txt"
+    whole = (books / book).read_bytes() + (books / licence).read_bytes()
     (tmp_path / "11.txt").write_bytes(whole)
     assert _book(tmp_path / "11.txt")[0] == _book(books / "pg11_alice_in_wonderland.txt")[0]
 
@@ -91,6 +93,7 @@ def test_licence_files_without_a_book_leave_no_text(books) -> None:
 def _modernised(books: Path) -> str:
     """Alice in the 2020s layout: `THE` in the markers, lower-case `Release date`, `eBook #`."""
     text = (books / "pg11_alice_in_wonderland.txt").read_bytes().decode("utf-8-sig")  # CRLF kept
+    text = text.replace("Title: Alice's Adventures in Wonderland", "Title: Alice's Adventures\r\n       in Wonderland")
     text = text.replace("Posting Date: June 25, 2008 [EBook #11]\r\nRelease Date: March, 1994",
                         "Release date: June 25, 2008 [eBook #11]\r\n                Most recently updated: 2021")
     return text.replace("START OF THIS PROJECT", "START OF THE PROJECT").replace("END OF THIS PROJECT", "END OF THE PROJECT")
@@ -103,6 +106,7 @@ def test_current_markers_and_the_1990s_small_print_are_cut(books, tmp_path) -> N
     (tmp_path / "modern.txt").write_bytes(modern.encode("utf-8"))
     text, meta = _book(tmp_path / "modern.txt")
     assert text == alice and meta["release_date"] == "June 25, 2008" and meta["ebook_number"] == 11
+    assert meta["title"] == "Alice's Adventures in Wonderland"
 
     milton = _book(books / "pg1992_paradise_lost_plrabn12.txt")[0]
     small_print = (books / "boilerplate" / "small-print.txt").read_text("utf-8")
@@ -245,3 +249,11 @@ def test_ingest_accounts_for_every_book(books, tmp_path) -> None:
     licence = _licence_lines(books)
     for text in kept.column("text").to_pylist():
         assert not licence & set(_lines(text)) and "Project Gutenberg" not in text
+
+
+def test_a_binary_file_named_txt_is_quarantined_by_the_extract_step(books, tmp_path) -> None:
+    """Latin-1 decodes any bytes, so the reader cannot tell; the extract step's binary check does."""
+    (tmp_path / "book.txt").write_bytes(gzip.compress((books / "pg8868_botchan.txt").read_bytes()))
+    (record,) = _read(tmp_path / "book.txt")
+    out = ExtractStep(ExtractConfig()).apply(pa.Table.from_pylist([record], schema.RAW_SCHEMA))
+    assert out.kept.num_rows == 0 and "binary" in out.quarantined.column("error")[0].as_py()
