@@ -119,10 +119,28 @@ class ArxivOptions(Section):
     )
 
 
+class GutenbergOptions(Section):
+    """`gutenberg` sources: Project Gutenberg plain-text e-books (`*.txt`) and EPUB files (`*.epub`)."""
+
+    strip_boilerplate: bool = Field(
+        True, description="Cut the Project Gutenberg header, footer and licence text at their start and end "
+        "markers (every era's forms); the book's own text is what is kept."
+    )
+    max_strip_share: float = Field(
+        0.3, gt=0, le=1, description="Guard against markers found in the wrong place: where stripping would "
+        "remove more than this share of a book's characters, the book is kept whole and `meta.boilerplate` "
+        "says `kept_overcut`. Raise it for corpora of very short texts, whose licence alone is a large share."
+    )
+    default_encoding: Literal["latin-1", "cp1252"] = Field(
+        "latin-1", description="Encoding of a plain-text file that has no byte-order mark, declares no usable "
+        "`Character set encoding:` and is not valid UTF-8 (bytes 0x80-0x9F then read as cp1252 either way)."
+    )
+
+
 class SourceConfig(Section):
     """One input of the ingest pass. Every source is read only through its reader."""
 
-    kind: Literal["warc", "code", "jsonl", "parquet", "crawl", "arxiv"] = Field(
+    kind: Literal["warc", "code", "jsonl", "parquet", "crawl", "arxiv", "gutenberg"] = Field(
         description="Reader to use. `crawl` reads the WARC files written by the crawl stage."
     )
     name: PathSafeName = Field(
@@ -144,6 +162,9 @@ class SourceConfig(Section):
         64, ge=1, description="`code`: source files grouped into one ingest shard."
     )
     arxiv: ArxivOptions = Field(default_factory=ArxivOptions, description="`arxiv`: how LaTeX bundles are read.")
+    gutenberg: GutenbergOptions = Field(
+        default_factory=GutenbergOptions, description="`gutenberg`: boilerplate stripping and encoding options."
+    )
 
 
 class ExtractConfig(Section):

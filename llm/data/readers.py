@@ -18,7 +18,7 @@ from typing import Iterator
 from llm import storage
 from llm.config import SourceConfig
 from llm.data.raw_records import InputUnit, _describe, _file_size, _head, _quarantine, is_quarantine, printable
-from llm.data.sources import arxiv
+from llm.data.sources import arxiv, gutenberg
 from llm.data.text_readers import _read_code, _read_jsonl, _read_parquet, coding_cookie
 from llm.data.warc_reader import _read_warc
 from llm.errors import InputNotFound, UserError
@@ -34,6 +34,7 @@ DEFAULT_PATTERNS = {
     "parquet": ("*.parquet",),
     "code": ("*.py",),
     "arxiv": arxiv.DEFAULT_PATTERNS,
+    "gutenberg": gutenberg.DEFAULT_PATTERNS,
 }
 # Parts of the standard library left out of the default code source: `test`/`tests` are the test
 # suite (a large share of all stdlib lines, with deliberately broken files: bad encodings, syntax
@@ -144,7 +145,8 @@ def read_unit(unit: InputUnit) -> Iterator[dict]:
     (empty, or no record found in it), is one quarantine entry, so no input file vanishes from the
     counts."""
     reader = {"crawl": _read_warc, "warc": _read_warc, "code": _read_code, "jsonl": _read_jsonl,
-              "parquet": _read_parquet, "arxiv": arxiv.read_arxiv}[unit.source.kind]
+              "parquet": _read_parquet, "arxiv": arxiv.read_arxiv,
+              "gutenberg": gutenberg.read_gutenberg}[unit.source.kind]
     for uri in unit.files:
         yield from _read_file(unit, uri, reader)
 
