@@ -137,10 +137,29 @@ class GutenbergOptions(Section):
     )
 
 
+class GitOptions(Section):
+    """`git` sources: which commit of the repository is read, where a URL is cloned, and the thresholds
+    of The Stack (BigCode) that leave out files which are not hand-written code."""
+
+    ref: str = Field("HEAD", min_length=1, description="Branch, tag or commit whose files are read (resolved to "
+                     "one commit when the run is planned; the commit is stored on every document).")
+    clone_dir: str | None = Field(
+        None, description="Local folder that keeps bare clones of repositories given as URLs, updated with a "
+        "fetch on every run. Empty: `llmpipe-git` under the system temp folder."
+    )
+    max_file_bytes: int = Field(1 << 20, ge=1, description="Larger files are dropped (`file_too_large`), "
+                                "as The Stack drops files over 1 MB.")
+    max_line_length: int = Field(1000, ge=1, description="A file with a longer line is dropped (`max_line_length`).")
+    max_mean_line_length: float = Field(100.0, gt=0, description="A file whose mean line length is above this "
+                                        "is dropped (`mean_line_length`).")
+    min_alnum_fraction: float = Field(0.25, ge=0, le=1, description="A file with a smaller share of letters "
+                                      "and digits among its characters is dropped (`alnum_fraction`).")
+
+
 class SourceConfig(Section):
     """One input of the ingest pass. Every source is read only through its reader."""
 
-    kind: Literal["warc", "code", "jsonl", "parquet", "crawl", "arxiv", "gutenberg"] = Field(
+    kind: Literal["warc", "code", "jsonl", "parquet", "crawl", "arxiv", "gutenberg", "git"] = Field(
         description="Reader to use. `crawl` reads the WARC files written by the crawl stage."
     )
     name: PathSafeName = Field(
@@ -165,6 +184,9 @@ class SourceConfig(Section):
     gutenberg: GutenbergOptions = Field(
         default_factory=GutenbergOptions, description="`gutenberg`: boilerplate stripping and encoding options."
     )
+    git: GitOptions = Field(default_factory=GitOptions, description="`git`: `uri` is a repository (a folder "
+                            "with `.git`, a bare repository, or a URL `git clone` accepts); `glob` picks paths "
+                            "and `files_per_shard` groups its files into shards.")
 
 
 class ExtractConfig(Section):

@@ -325,6 +325,12 @@ def _trafilatura(html: str, cfg: ExtractConfig) -> str:
     return text or ""
 
 
+def _reader_drop(kind: str, meta: str | None) -> tuple[str, float | None, float | None, str | None]:
+    """(rule, value, threshold, detail) of a document its reader marked as dropped (`schema.READER_DROP`)."""
+    drop = json.loads(meta or "{}").get("drop") or {}
+    return kind[len(schema.READER_DROP):], drop.get("value"), drop.get("threshold"), drop.get("detail")
+
+
 def _http_status(meta: str | None) -> int | None:
     if not meta or '"status"' not in meta:
         return None
@@ -354,8 +360,13 @@ class ExtractStep:
         payloads = raw.column("payload")
         kinds = raw.column("content_type").to_pylist()
         charsets = raw.column("charset").to_pylist()
-        statuses = [_http_status(m) for m in raw.column("meta").to_pylist()]
+        metas = raw.column("meta").to_pylist()
+        statuses = [_http_status(m) for m in metas]
         for i, kind in enumerate(kinds):
+            if kind.startswith(schema.READER_DROP):  # the reader's own rule (a vendored or generated file)
+                drop_idx.append(i)
+                drops.append(("", *_reader_drop(kind, metas[i])))
+                continue
             payload = payloads[i].as_py()
             if statuses[i] is not None and not 200 <= statuses[i] < 300:
                 # Error pages and redirect stubs are the server's boilerplate, not the page's content.

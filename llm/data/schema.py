@@ -31,6 +31,10 @@ RAW_SCHEMA = pa.schema(
         pa.field("charset", pa.string()),  # declared charset, when the source says
     ]
 )
+# A reader that recognises input to leave out (a vendored or generated file in a repository) yields it
+# with content_type READER_DROP + rule and meta["drop"] = {value, threshold, detail}: extraction drops
+# it with that rule, so it is counted and listed in `rejected/` like any filter's drop.
+READER_DROP = "dropped:"
 
 REJECT_FIELDS = [
     pa.field("stage", pa.string(), nullable=False),  # stage/step that dropped it
