@@ -156,10 +156,29 @@ class GitOptions(Section):
                                       "and digits among its characters is dropped (`alnum_fraction`).")
 
 
+class CommonCrawlOptions(Section):
+    """`commoncrawl` sources: the WARC or WET files of a Common Crawl dump (or of a paths listing), or
+    single WARC records named by CDX index records, read with ranged GETs rather than downloaded whole."""
+
+    prefix: str = Field("s3://commoncrawl/", description="Where the crawl's `crawl-data/...` files lie: an "
+                        "s3:// bucket (or prefix) or a local folder; listed paths are relative to it.")
+    dump: str | None = Field(None, description="Dump to read, e.g. `CC-MAIN-2025-33`: its listing "
+                             "`crawl-data/<dump>/<kind>.paths.gz` under `prefix` names the files.")
+    paths: str | None = Field(None, description="A `warc.paths` / `wet.paths` listing (gzipped or not; local or "
+                              "s3://) naming the files instead of a dump's; one path relative to `prefix` a line.")
+    cdx: str | None = Field(None, description="A JSONL file of CDX index records (`filename`, `offset`, "
+                            "`length`): each record is read alone by its byte range, instead of whole files.")
+    kind: Literal["warc", "wet"] = Field("warc", description="`warc`: HTTP responses, HTML left to the extract "
+                                         "step. `wet`: Common Crawl's extracted plain text (`conversion` records).")
+    chunk_bytes: int = Field(8 << 20, ge=1 << 16, description="Bytes fetched by one ranged read: files are "
+                             "streamed in chunks of this size, never downloaded whole.")
+
+
 class SourceConfig(Section):
     """One input of the ingest pass. Every source is read only through its reader."""
 
-    kind: Literal["warc", "code", "jsonl", "parquet", "crawl", "arxiv", "gutenberg", "git"] = Field(
+    kind: Literal["warc", "code", "jsonl", "parquet", "crawl", "arxiv", "gutenberg", "git",
+                  "commoncrawl"] = Field(
         description="Reader to use. `crawl` reads the WARC files written by the crawl stage."
     )
     name: PathSafeName = Field(
@@ -187,6 +206,10 @@ class SourceConfig(Section):
     git: GitOptions = Field(default_factory=GitOptions, description="`git`: `uri` is a repository (a folder "
                             "with `.git`, a bare repository, or a URL `git clone` accepts); `glob` picks paths "
                             "and `files_per_shard` groups its files into shards.")
+    commoncrawl: CommonCrawlOptions = Field(
+        default_factory=CommonCrawlOptions, description="`commoncrawl`: which dump, listing or CDX records are "
+        "read, and how; `max_files` bounds the files taken from the listing, in its order."
+    )
 
 
 class ExtractConfig(Section):

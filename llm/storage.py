@@ -218,16 +218,18 @@ def open_read(uri: str) -> Iterator[io.BufferedIOBase]:
             yield fh
 
 
-class _S3Range(io.RawIOBase):
-    """A seekable read-only S3 object: each read is one ranged GET, so a Parquet reader fetches the
-    footer and the column chunks it needs, not the whole object."""
+class RangedFile(io.RawIOBase):
+    """Bytes [start, end) of a file (local or S3) as a seekable read-only binary file; offsets are
+    those of the whole file. Each fetch is one ranged read of at least `chunk` bytes, and the last one
+    is kept: a Parquet reader (chunk 0) fetches the footer and the column chunks it needs, not the
+    whole object; a WARC reader's many small reads and seeks inside one record cost no request."""
 
-    def __init__(self, uri: str):
-        self.uri = uri
-        self.bucket, self.key = _split_s3(uri)
-        self.client = _s3(uri)
-        self.length = size(uri)
-        self.pos = 0
+    def __init__(self, uri: str, start: int = 0, end: int | None = None, chunk: int = 0):
+        self.uri, self.start, self.chunk = uri, start, chunk
+        self.end = size(uri) if end is None else end
+        self.pos = start
+        self.window_at, self.window = start, b""
+        self.fetches = 0  # ranged reads made
 
     def readable(self) -> bool:
         return True
@@ -239,20 +241,42 @@ class _S3Range(io.RawIOBase):
         return self.pos
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.length}[whence]
-        self.pos = max(0, base + offset)
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.end}[whence]
+        self.pos = max(self.start, base + offset)
         return self.pos
 
     def readinto(self, buffer) -> int:
-        n = min(len(buffer), self.length - self.pos)
-        if n <= 0:
-            return 0
-        body = _s3_call(self.client.get_object, self.uri, Bucket=self.bucket, Key=self.key,
-                        Range=f"bytes={self.pos}-{self.pos + n - 1}")["Body"]
-        data = body.read()
-        buffer[:len(data)] = data
-        self.pos += len(data)
-        return len(data)
+        view = memoryview(buffer).cast("B")
+        done = 0
+        while done < len(view) and self.pos < self.end:
+            if not self.window_at <= self.pos < self.window_at + len(self.window):
+                want = min(max(self.chunk, len(view) - done), self.end - self.pos)
+                self.window_at, self.window = self.pos, read_range(self.uri, self.pos, want)
+                self.fetches += 1
+                if not self.window:  # the object is shorter than it said
+                    break
+            part = self.window[self.pos - self.window_at: self.pos - self.window_at + len(view) - done]
+            view[done: done + len(part)] = part
+            done += len(part)
+            self.pos += len(part)
+        return done
+
+
+def read_range(uri: str, start: int, length: int) -> bytes:
+    """`length` bytes from offset `start` (fewer at the end of the file): one ranged GET on S3."""
+    if length <= 0:
+        return b""
+    if is_s3(uri):
+        bucket, key = _split_s3(uri)
+        body = _s3_call(_s3(uri).get_object, uri, Bucket=bucket, Key=key,
+                        Range=f"bytes={start}-{start + length - 1}")["Body"]
+        try:
+            return body.read()
+        finally:
+            body.close()
+    with open(_local(uri), "rb") as fh:
+        fh.seek(start)
+        return fh.read(length)
 
 
 @contextmanager
@@ -266,7 +290,7 @@ def parquet_file(uri: str) -> Iterator[pq.ParquetFile]:
         finally:
             pf.close()
         return
-    with _S3Range(uri) as raw:
+    with RangedFile(uri) as raw:
         pf = pq.ParquetFile(raw)
         try:
             yield pf

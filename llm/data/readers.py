@@ -18,7 +18,7 @@ from typing import Iterator
 from llm import storage
 from llm.config import SourceConfig
 from llm.data.raw_records import InputUnit, _describe, _file_size, _head, _quarantine, is_quarantine, printable
-from llm.data.sources import arxiv, gutenberg
+from llm.data.sources import arxiv, commoncrawl, gutenberg
 from llm.data.sources.git import plan_repository, read_repository
 from llm.data.text_readers import _read_code, _read_jsonl, _read_parquet, coding_cookie
 from llm.data.warc_reader import _read_warc
@@ -62,6 +62,9 @@ def plan_inputs(sources: list[SourceConfig], crawl_uri: str, digest_cache: str |
     for source in sources:
         if source.kind == "git":  # a repository's files are listed from a commit, not a folder
             units += plan_repository(source)
+            continue
+        if source.kind == "commoncrawl":  # files named by a dump's paths listing or CDX records
+            units += commoncrawl.plan_commoncrawl(source)
             continue
         root, files = _source_files(source, crawl_uri)
         per_unit = source.files_per_shard if source.kind == "code" else 1
@@ -150,7 +153,8 @@ def read_unit(unit: InputUnit) -> Iterator[dict]:
     counts."""
     reader = {"crawl": _read_warc, "warc": _read_warc, "code": _read_code, "jsonl": _read_jsonl,
               "parquet": _read_parquet, "arxiv": arxiv.read_arxiv,
-              "gutenberg": gutenberg.read_gutenberg, "git": read_repository}[unit.source.kind]
+              "gutenberg": gutenberg.read_gutenberg, "git": read_repository,
+              "commoncrawl": commoncrawl.read_commoncrawl}[unit.source.kind]
     for uri in unit.files:
         yield from _read_file(unit, uri, reader)
 

@@ -38,24 +38,32 @@ def _read_warc(unit: InputUnit, uri: str) -> Iterator[dict]:
     a plain file). A plain ARC file has no reliable boundary marker, so reading stops there. A file
     that holds intact records but no response is one entry saying what it held.
     """
+    with storage.local_copy(uri) as path, open(path, "rb") as fh:
+        yield from read_archive(unit, uri, fh, os.fstat(fh.fileno()).st_size)
+
+
+def read_archive(unit: InputUnit, uri: str, fh, size: int, archive_type: type | None = None,
+                 start: int = 0) -> Iterator[dict]:
+    """The records of an open WARC/ARC file `fh` (any seekable binary file: a local file, or ranged
+    reads of an S3 object) from offset `start` up to `size`, as `_read_warc` describes; `archive_type`
+    (an `_Archive` subclass) reads another record type as the documents."""
     rel = unit.relative(uri)
     # ARC records get fresh random WARC-Record-IDs on conversion: useless as provenance, and they
     # would make meta differ between reruns.
     is_arc = bool(re.search(r"\.arc(\.gz)?$", uri))
-    with storage.local_copy(uri) as path, open(path, "rb") as fh:
-        size = os.fstat(fh.fileno()).st_size
-        if size == 0:
-            return  # `_read_file` reports the empty file
-        archive = _Archive(unit, uri, rel, fh, size, is_arc)
-        yielded = False
-        for entry in archive.read_members() if fh.read(2) == b"\x1f\x8b" else archive.read_plain():
-            yielded = True
-            yield entry
-        if not yielded and archive.other_types:
-            # A valid archive, but not of pages: say what it held rather than "no records found".
-            kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(archive.other_types.items()))
-            yield _quarantine(unit, uri, rel, "file", f"no response records (holds {kinds})", _head(uri),
-                              where="file", records_known=False, size=size)
+    if size <= start:
+        return  # `_read_file` reports the empty file
+    archive = (archive_type or _Archive)(unit, uri, rel, fh, size, is_arc)
+    fh.seek(start)
+    yielded = False
+    for entry in archive.read_members(start) if fh.read(2) == b"\x1f\x8b" else archive.read_plain(start):
+        yielded = True
+        yield entry
+    if not yielded and archive.other_types:
+        # A valid archive, but not of pages: say what it held rather than "no records found".
+        kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(archive.other_types.items()))
+        yield _quarantine(unit, uri, rel, "file", f"no {archive.document_type} records (holds {kinds})", _head(uri),
+                          where="file", records_known=False, size=size)
 
 
 class _Damaged(Exception):
@@ -65,16 +73,17 @@ class _Damaged(Exception):
 class _Archive:
     """One open WARC/ARC file: its records as documents, and an entry for every stretch that is not."""
 
+    document_type = "response"  # the WARC-Type whose records are documents
+
     def __init__(self, unit: InputUnit, uri: str, rel: str, fh, size: int, is_arc: bool):
         self.unit, self.uri, self.rel, self.fh, self.size, self.is_arc = unit, uri, rel, fh, size, is_arc
         self.other_types: dict[str, int] = {}  # intact records that are not documents, by type
 
     # ---------------------------------------------------------------- gzip: one member per record
 
-    def read_members(self) -> Iterator[dict]:
-        """Records of a gzip file, member by member. Members are decompressed here rather than by
-        warcio, which ends the file silently at a member that fails to decompress."""
-        pos = 0
+    def read_members(self, pos: int = 0) -> Iterator[dict]:
+        """Records of a gzip file, member by member from offset `pos`. Members are decompressed here
+        rather than by warcio, which ends the file silently at a member that fails to decompress."""
         while pos < self.size:
             try:
                 data, end = self._member(pos)
@@ -129,9 +138,10 @@ class _Archive:
 
     # ---------------------------------------------------------------------------- plain files
 
-    def read_plain(self) -> Iterator[dict]:
-        """Records of an uncompressed file, read by warcio, resuming after a damaged record."""
-        pos: int | None = 0
+    def read_plain(self, start: int = 0) -> Iterator[dict]:
+        """Records of an uncompressed file from offset `start`, read by warcio, resuming after a
+        damaged record."""
+        pos: int | None = start
         while pos is not None and pos < self.size:
             self.fh.seek(pos)
             records = self._iterator(self.fh)
@@ -179,7 +189,7 @@ class _Archive:
             yield _quarantine(self.unit, self.uri, self.rel, key, "truncated record: the header breaks off",
                               raw, size=size)
             return
-        if record.rec_type != "response":
+        if record.rec_type != self.document_type:
             missing = _drain(record)
             if missing:
                 raw, size = extent()
@@ -190,12 +200,16 @@ class _Archive:
                 kind = str(record.rec_type)
                 self.other_types[kind] = self.other_types.get(kind, 0) + 1
             return
-        doc = _warc_document(self.unit, self.uri, self.rel, record, key, self.is_arc)
+        doc = self.document(record, key)
         if is_quarantine(doc):
             raw, size = extent()
             doc["raw"] = doc["raw"] or raw[: schema.QUARANTINE_RAW_LIMIT]
             doc["size"] = size
         yield doc
+
+    def document(self, record, key: object) -> dict:
+        """The raw document (or quarantine entry) for one record of `document_type`."""
+        return _warc_document(self.unit, self.uri, self.rel, record, key, self.is_arc)
 
     def damaged(self, start: int, end: int, error: str) -> dict:
         """The entry for stored bytes [start, end) that hold no readable record: one record where a
