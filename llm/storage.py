@@ -220,16 +220,18 @@ def open_read(uri: str) -> Iterator[io.BufferedIOBase]:
 
 class RangedFile(io.RawIOBase):
     """Bytes [start, end) of a file (local or S3) as a seekable read-only binary file; offsets are
-    those of the whole file. Each fetch is one ranged read of at least `chunk` bytes, and the last one
-    is kept: a Parquet reader (chunk 0) fetches the footer and the column chunks it needs, not the
-    whole object; a WARC reader's many small reads and seeks inside one record cost no request."""
+    those of the whole file. Each fetch is one ranged read of at least `chunk` bytes. The last two
+    fetched are kept: a reader that reads ahead a little and seeks back to the next record boundary
+    (the WARC reader reads a gzip member in 1 MiB requests) then fetches every byte once, and a
+    Parquet reader (chunk 0) fetches the footer and the column chunks it needs, not the whole object."""
 
     def __init__(self, uri: str, start: int = 0, end: int | None = None, chunk: int = 0):
         self.uri, self.start, self.chunk = uri, start, chunk
         self.end = size(uri) if end is None else end
         self.pos = start
-        self.window_at, self.window = start, b""
+        self.windows: list[tuple[int, bytes]] = []  # (offset, bytes) of the last fetches, newest last
         self.fetches = 0  # ranged reads made
+        self.fetched = 0  # bytes they returned
 
     def readable(self) -> bool:
         return True
@@ -245,17 +247,25 @@ class RangedFile(io.RawIOBase):
         self.pos = max(self.start, base + offset)
         return self.pos
 
+    def _window(self, wanted: int) -> tuple[int, bytes]:
+        for at, data in self.windows:
+            if at <= self.pos < at + len(data):
+                return at, data
+        length = min(max(self.chunk, wanted), self.end - self.pos)
+        window = (self.pos, read_range(self.uri, self.pos, length))
+        self.fetches += 1
+        self.fetched += len(window[1])
+        self.windows = [*self.windows[-1:], window]
+        return window
+
     def readinto(self, buffer) -> int:
         view = memoryview(buffer).cast("B")
         done = 0
         while done < len(view) and self.pos < self.end:
-            if not self.window_at <= self.pos < self.window_at + len(self.window):
-                want = min(max(self.chunk, len(view) - done), self.end - self.pos)
-                self.window_at, self.window = self.pos, read_range(self.uri, self.pos, want)
-                self.fetches += 1
-                if not self.window:  # the object is shorter than it said
-                    break
-            part = self.window[self.pos - self.window_at: self.pos - self.window_at + len(view) - done]
+            at, data = self._window(len(view) - done)
+            part = data[self.pos - at: self.pos - at + len(view) - done]
+            if not part:  # the object is shorter than it said
+                break
             view[done: done + len(part)] = part
             done += len(part)
             self.pos += len(part)

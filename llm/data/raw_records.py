@@ -121,9 +121,8 @@ def _quarantine(unit: InputUnit, uri: str, rel: str, pos: object, error: str, ra
 
 def _head(uri: str) -> bytes:
     """The first bytes of a file, for a quarantine entry about the whole file."""
-    try:
-        with storage.open_read(uri) as fh:
-            return fh.read(schema.QUARANTINE_RAW_LIMIT)
+    try:  # a ranged read: on S3 the rest of a multi-gigabyte object is not requested
+        return storage.read_range(uri, 0, schema.QUARANTINE_RAW_LIMIT)
     except OSError:
         return b""
 

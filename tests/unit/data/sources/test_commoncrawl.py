@@ -143,3 +143,23 @@ def test_ingest_stage_runs_a_wet_source_end_to_end(crawl, tmp_path: Path) -> Non
     assert counts["read"] == len(info["wet"])
     assert counts["read"] == counts["kept"] + sum(counts["dropped"].values()) + counts["quarantined"]
     assert counts["kept"] >= 1
+
+
+def test_a_file_of_many_members_is_fetched_once_in_chunks(crawl, tmp_path: Path, monkeypatch) -> None:
+    from llm import storage
+
+    root, info = crawl
+    warc = (root / cc.WARC).read_bytes()
+    big = tmp_path / cc.WARC
+    big.parent.mkdir(parents=True)
+    big.write_bytes(warc * 100)  # 300 records, 0.9 MB
+    (tmp_path / "warc.paths").write_text(cc.WARC + "\n")
+    fetched: list[int] = []
+    read_range = storage.read_range
+    monkeypatch.setattr(storage, "read_range", lambda uri, start, n: fetched.append(n) or read_range(uri, start, n))
+    source = SourceConfig(kind="commoncrawl", name="cc", commoncrawl={
+        "prefix": str(tmp_path), "paths": str(tmp_path / "warc.paths"), "chunk_bytes": 1 << 16})
+    docs, quarantined = _read(source)
+    assert len(docs) == 300 and not quarantined
+    chunks = -(-len(warc) * 100 // (1 << 16))
+    assert sum(fetched) == len(warc) * 100 and len(fetched) <= chunks + 1  # every byte once, 64 KiB at a time
