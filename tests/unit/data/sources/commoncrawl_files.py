@@ -1,8 +1,8 @@
-"""A folder laid out like Common Crawl's bucket, built from the real records in the shared data.
+"""A folder laid out like Common Crawl's bucket, built from the real records in the development data.
 
 `crawl-data/CC-MAIN-2025-33/` gets `warc.paths.gz` and `wet.paths.gz`; one WARC file holds the three real
 gzip members (as Common Crawl served them) concatenated, a second one the same with a corrupt member in
-the middle, and a WET file is built here with warcio from the responses' text (the shared data has no
+the middle, and a WET file is built here with warcio from the responses' text (the development data has no
 WET file). `cdx.jsonl` holds the real CDX records of the three records, their offsets moved to where
 the members lie in the concatenated file.
 """
@@ -23,7 +23,7 @@ WET = f"{SEGMENT}/wet/CC-MAIN-20250804083340-20250804113340-00340.warc.wet.gz"
 
 
 def real_members(shared: Path) -> list[tuple[str, bytes, dict]]:
-    """(name, gzip member, its real CDX record) of each Common Crawl record in the shared data."""
+    """(name, gzip member, its real CDX record) of each Common Crawl record in the development data."""
     cdx = [json.loads(line) for line in (shared / "commoncrawl" / "cdx_records.jsonl").read_text().splitlines()]
     out = []
     for path in sorted((shared / "commoncrawl" / "warc").glob("*.warc.gz")):
