@@ -12,7 +12,8 @@ Reading a capture yields each fetched page as HTML for the extract step (as the 
 meta: feed_url, feed_title, entry_id, entry_title, entry_link, published (ISO 8601), body (`page`, or
 `entry_content` when the page could not be fetched and `feed.fallback_to_content` used the entry's own
 HTML). An entry with neither is quarantined with the fetch error, and so is a malformed feed, with the
-parser's reason. An entry left unfetched is not marked seen: the next refresh tries it again.
+parser's reason, and a feed that cannot be fetched. An entry left unfetched stays pending in the state:
+every refresh tries it again (a new quarantine entry each time it fails), even when the feed is unchanged.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import base64
 import gzip
 import hashlib
 import json
+from dataclasses import asdict
 from typing import Iterator
 from urllib.parse import urlsplit
 
@@ -46,6 +48,9 @@ def capture_feeds(source: SourceConfig, crawl_uri: str) -> str:
 
     if not source.uri:
         raise UserError(f"source {source.name!r} (feed): `uri` is required: a feed URL or a folder of feed files")
+    if _is_url(source.uri) and (urlsplit(source.uri).username or urlsplit(source.uri).password):
+        # The feed URL is stored on every document and in the state file: no credentials in it.
+        raise UserError(f"source {source.name!r} (feed): `uri` must not hold a user name or password")
     opts = source.feed
     cfg = CrawlConfig(rate_limit_per_s=opts.rate_limit_per_s, timeout_s=opts.timeout_s, user_agent=opts.user_agent)
     fetcher = _Fetcher(cfg, TokenBucket(cfg.rate_limit_per_s))
@@ -91,48 +96,68 @@ def _capture_one(location: str, source: SourceConfig, store: str, fetcher, robot
     digest = hashlib.sha256(location.encode()).hexdigest()[:16]
     state_uri = storage.join(store, f"{digest}.json")
     state = json.loads(storage.read_text(state_uri)) if storage.exists(state_uri) else {"seen": []}
-    data = _read_feed(location, state, fetcher)
-    if data is None:
-        return  # 304 Not Modified, or a local file unchanged since the last capture
-    content_digest = hashlib.sha256(data).hexdigest()
-    if content_digest == state.get("sha256"):
+    data, error = _read_feed(location, state, fetcher)
+    if error is not None:
+        _write_capture(store, digest, [{"type": "feed_error", "feed_url": location, "error": error, "raw": ""}])
         return
     records: list[dict] = []
     seen = set(state["seen"])
-    try:
-        feed = parse_feed(data)
-    except FeedError as exc:
-        records.append({"type": "feed_error", "feed_url": location, "error": str(exc),
-                        "raw": base64.b64encode(data[:4096]).decode()})
-    else:
-        for entry in feed.entries:
-            if entry.id in seen:
-                continue
-            record = _entry_record(location, feed, entry, source, fetcher, robots)
-            records.append(record)
-            if record["type"] == "entry":
-                seen.add(entry.id)
-    if records:
-        n = len(storage.list_files(store, ".jsonl.gz", recursive=False)) if storage.exists(store) else 0
-        lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
-        storage.write_bytes(storage.join(store, f"{digest}-{n:05d}.jsonl.gz"), gzip.compress(lines.encode(), mtime=0))
-    state.update(feed_url=location, sha256=content_digest, seen=sorted(seen))
+    pending = [Entry(**e) for e in state.get("pending", [])]
+    feed = Feed(state.get("feed_format", ""), state.get("feed_title", ""), [])
+    content_digest = hashlib.sha256(data).hexdigest() if data is not None else None
+    # None: 304 Not Modified; the same digest: the same bytes as last time (a local file, or a server
+    # without validators). Either way only the entries still pending are tried again.
+    if content_digest is not None and content_digest != state.get("sha256"):
+        state["sha256"] = content_digest
+        try:
+            feed = parse_feed(data)
+        except FeedError as exc:
+            records.append({"type": "feed_error", "feed_url": location, "error": f"malformed feed: {exc}",
+                            "raw": base64.b64encode(data[:4096]).decode()})
+        else:
+            waiting = {e.id for e in pending}
+            pending += [e for e in feed.entries if e.id not in seen and e.id not in waiting]
+    still_pending = []
+    for entry in pending:
+        record = _entry_record(location, feed, entry, source, fetcher, robots)
+        records.append(record)
+        if record["type"] == "entry":
+            seen.add(entry.id)
+        else:
+            still_pending.append(asdict(entry))
+    _write_capture(store, digest, records)
+    # Written after the capture: a run killed in between fetches those entries again, never loses them.
+    state.update(feed_url=location, feed_title=feed.title, feed_format=feed.format, seen=sorted(seen),
+                 pending=still_pending)
     storage.write_text(state_uri, json.dumps(state, indent=1, sort_keys=True))
 
 
-def _read_feed(location: str, state: dict, fetcher) -> bytes | None:
-    """The feed's bytes; None when a conditional GET says it has not changed."""
+def _write_capture(store: str, digest: str, records: list[dict]) -> None:
+    """One new capture file of the feed named by `digest`; nothing when there is nothing new."""
+    if not records:
+        return
+    n = len(storage.list_files(store, ".jsonl.gz", recursive=False)) if storage.exists(store) else 0
+    lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
+    storage.write_bytes(storage.join(store, f"{digest}-{n:05d}.jsonl.gz"), gzip.compress(lines.encode(), mtime=0))
+
+
+def _read_feed(location: str, state: dict, fetcher) -> tuple[bytes | None, str | None]:
+    """(the feed's bytes, None); (None, None) when a conditional GET says it has not changed; (None,
+    reason) when it could not be fetched (retried on the next refresh: the state is left as it was)."""
     if not _is_url(location):
-        return storage.read_bytes(location)
+        return storage.read_bytes(location), None
     from llm.data.crawl import _conditional_headers, _decode
 
     fetch = fetcher.fetch(location, _conditional_headers(state))
     if fetch.status == 304:
-        return None
-    if fetch.status is None or fetch.status >= 400:
-        raise UserError(f"feed {location}: {fetch.error or f'HTTP {fetch.status}'}")
+        return None, None
+    if fetch.status is None or not 200 <= fetch.status < 300:
+        return None, f"feed not fetched: {fetch.error or f'HTTP {fetch.status}'}"
+    body = _decode(fetch)
+    if body is None:
+        return None, f"feed not fetched: undecodable Content-Encoding {fetch.header('Content-Encoding')!r}"
     state.update(etag=fetch.header("ETag"), last_modified=fetch.header("Last-Modified"))
-    return _decode(fetch) or b""
+    return body, None
 
 
 def _entry_record(location: str, feed: Feed, entry: Entry, source: SourceConfig, fetcher, robots: dict) -> dict:
@@ -142,8 +167,9 @@ def _entry_record(location: str, feed: Feed, entry: Entry, source: SourceConfig,
     if page is not None:
         return {"type": "entry", "meta": {**meta, "body": "page"}, **page}
     if source.feed.fallback_to_content and entry.content_html:
+        body = base64.b64encode(entry.content_html.encode()).decode()
         return {"type": "entry", "meta": {**meta, "body": "entry_content", "page_error": error},
-                "url": entry.link, "charset": "utf-8", "body_b64": base64.b64encode(entry.content_html.encode()).decode()}
+                "url": entry.link, "charset": "utf-8", "body_b64": body}
     return {"type": "entry_error", "meta": meta, "url": entry.link, "error": error}
 
 
@@ -181,7 +207,7 @@ def read_capture(unit: InputUnit, uri: str) -> Iterator[dict]:
                                   where="line")
                 continue
             if record["type"] == "feed_error":
-                yield _quarantine(unit, record["feed_url"], rel, n, f"malformed feed: {record['error']}",
+                yield _quarantine(unit, record["feed_url"], rel, n, record["error"],
                                   base64.b64decode(record["raw"]), where="line")
             elif record["type"] == "entry_error":
                 meta = record["meta"]

@@ -13,6 +13,7 @@ import pytest
 from llm.config import ExtractConfig, SourceConfig
 from llm.data.extract import decode_payload, extract_html
 from llm.data.readers import is_quarantine, plan_inputs, read_unit
+from llm.errors import UserError
 from tests.http_site import serve
 
 SITE_ROOT = "http://blog.notmyidea.org/"
@@ -24,12 +25,17 @@ def _records(units) -> list[dict]:
 
 @pytest.fixture()
 def blog(shared_data):
-    """The blog served on a free loopback port; yields (root URL, list of requested paths)."""
+    """The blog served on a free loopback port; yields (root URL, list of requested paths, paths to
+    answer 404 for)."""
     requests: list[str] = []
+    hidden: set[str] = set()
 
     class Handler(SimpleHTTPRequestHandler):
         def do_GET(self):
             requests.append(self.path)
+            if self.path in hidden:
+                self.send_error(404)
+                return
             super().do_GET()
 
         def log_message(self, *args):
@@ -37,7 +43,7 @@ def blog(shared_data):
 
     handler = functools.partial(Handler, directory=str(shared_data / "news" / "blog"))
     with serve(handler) as url:
-        yield url, requests
+        yield url, requests, hidden
 
 
 def _source(uri: str, tmp_path, **feed) -> SourceConfig:
@@ -46,7 +52,7 @@ def _source(uri: str, tmp_path, **feed) -> SourceConfig:
 
 
 def test_atom_feed_over_http_is_followed_to_pages_and_refresh_fetches_nothing(blog, shared_data, tmp_path):
-    url, requests = blog
+    url, requests, _ = blog
     source = _source(f"{url}feeds/all.atom.xml", tmp_path, url_rewrites={SITE_ROOT: url})
     units = plan_inputs([source], str(tmp_path / "raw" / "crawl"))
     docs = _records(units)
@@ -75,8 +81,8 @@ def test_atom_feed_over_http_is_followed_to_pages_and_refresh_fetches_nothing(bl
     assert [u.shard for u in again] == [u.shard for u in units]  # the same shards, reused
 
 
-def test_local_rss_feeds_fetch_each_entry_once_and_fall_back_or_quarantine(blog, shared_data, tmp_path):
-    url, requests = blog
+def test_local_rss_feeds_are_followed_and_unchanged_feeds_fetch_nothing(blog, shared_data, tmp_path):
+    url, requests, _ = blog
     feeds = shared_data / "news" / "blog" / "feeds"
     source = _source(str(feeds), tmp_path, url_rewrites={SITE_ROOT: url}, fallback_to_content=False)
     source = source.model_copy(update={"glob": "*.rss.xml"})
@@ -85,8 +91,7 @@ def test_local_rss_feeds_fetch_each_entry_once_and_fall_back_or_quarantine(blog,
     expected = sum(p.read_text("utf-8").count("<item>") for p in feeds.glob("*.rss.xml"))
     assert len(records) == expected and docs
     assert {json.loads(d["meta"])["feed_title"] for d in docs} >= {"Alexis' log"}
-    for bad in (r for r in records if is_quarantine(r)):  # links the site does not hold
-        assert "page not fetched: HTTP 404" in bad["error"]
+    assert not any(is_quarantine(r) for r in records)  # every link is a page of the site
     state = json.loads(next((tmp_path / "store").glob("*.json")).read_text())
     assert state["seen"] and state["sha256"]
 
@@ -115,10 +120,11 @@ def test_ingest_stage_reads_the_feed_and_a_refresh_reuses_every_shard(blog, shar
     from llm.data.ingest import run_ingest
     from llm.executor import LocalExecutor
 
-    url, requests = blog
+    url, requests, _ = blog
     store = tmp_path / "store"
-    cfg = build_config({}, [f"data.sources=[{{kind: feed, name: news, uri: '{url}feeds/all.rss.xml', feed: "
-                            f"{{store_dir: '{store}', rate_limit_per_s: 1000, url_rewrites: {{'{SITE_ROOT}': '{url}'}}}}}}]"])
+    options = f"{{store_dir: '{store}', rate_limit_per_s: 1000, url_rewrites: {{'{SITE_ROOT}': '{url}'}}}}"
+    feed = f"{{kind: feed, name: news, uri: '{url}feeds/all.rss.xml', feed: {options}}}"
+    cfg = build_config({}, [f"data.sources=[{feed}]"])
     first = run_ingest(cfg, str(tmp_path / "raw" / "crawl"), str(tmp_path / "docs"), LocalExecutor())
     counts, steps = first["totals"]["counts"], first["totals"]["steps"]
     items = (shared_data / "news" / "blog" / "feeds" / "all.rss.xml").read_text("utf-8").count("<item>")
@@ -128,3 +134,51 @@ def test_ingest_stage_reads_the_feed_and_a_refresh_reuses_every_shard(blog, shar
     requests.clear()
     second = run_ingest(cfg, str(tmp_path / "raw" / "crawl"), str(tmp_path / "docs"), LocalExecutor())
     assert requests == ["/feeds/all.rss.xml"] and second["version"] == first["version"]
+
+
+@pytest.mark.parametrize("fallback", [True, False])
+def test_an_unfetchable_page_falls_back_to_the_entry_content_or_is_quarantined(blog, tmp_path, fallback):
+    url, requests, hidden = blog
+    hidden.add("/second-article.html")
+    source = _source(f"{url}feeds/all.atom.xml", tmp_path, url_rewrites={SITE_ROOT: url},
+                     fallback_to_content=fallback)
+    records = _records(plan_inputs([source], str(tmp_path / "raw" / "crawl")))
+    link = SITE_ROOT + "second-article.html"
+    (entry,) = [r for r in records if r.get("url") == link or r.get("location", "").startswith(link)]
+    if fallback:
+        meta = json.loads(entry["meta"])
+        assert meta["body"] == "entry_content" and "HTTP 404" in meta["page_error"]
+        assert entry["payload"] == b"<p>This is some article, in english</p>"
+    else:
+        assert is_quarantine(entry) and "page not fetched: HTTP 404" in entry["error"]
+    hidden.clear()
+    requests.clear()
+    again = _records(plan_inputs([source], str(tmp_path / "raw" / "crawl")))
+    # The feed is unchanged (304): only an entry left unfetched is tried again, and now its page is there.
+    fetched = [p for p in requests if p != "/robots.txt"]  # robots.txt is read again on every run
+    assert fetched == ["/feeds/all.atom.xml"] + ([] if fallback else ["/second-article.html"])
+    retried = [r for r in again if r.get("url") == link]
+    assert len(retried) == 1 and sum(map(is_quarantine, again)) == (0 if fallback else 1)  # the first attempt's
+    assert json.loads(retried[0]["meta"])["body"] == ("entry_content" if fallback else "page")
+
+
+def test_a_feed_url_with_credentials_is_refused_before_anything_is_fetched(tmp_path):
+    source = _source("https://reader:s3cret@feeds.example.org/rss", tmp_path)
+    with pytest.raises(UserError, match="must not hold a user name or password") as err:
+        plan_inputs([source], str(tmp_path / "raw" / "crawl"))
+    assert "s3cret" not in str(err.value) and not (tmp_path / "store").exists()
+
+
+def test_real_podcast_feeds_fall_back_to_their_show_notes_when_pages_are_out_of_reach(shared_data, tmp_path):
+    folder = shared_data / "news" / "feeds" / "real"
+    # The episode pages are on the internet: send every link to a closed loopback port.
+    source = _source(str(folder), tmp_path, url_rewrites={"http": "http://127.0.0.1:9/"})
+    records = _records(plan_inputs([source], str(tmp_path / "raw" / "crawl")))
+    items = sum(p.read_text("utf-8").count("<item>") for p in folder.glob("*.rss"))
+    assert len(records) == items and not any(is_quarantine(r) for r in records)
+    metas = [json.loads(r["meta"]) for r in records]
+    assert {m["feed_title"] for m in metas} == {"All Things Chemical", "Reply All"}
+    # robots.txt unreachable means keep out (RFC 9309); some episodes have only an enclosure, no link.
+    assert {m["page_error"] for m in metas} == {"disallowed by robots.txt", "entry has no link"}
+    assert all(m["body"] == "entry_content" for m in metas)
+    assert all(m["published"] and m["published"].endswith("+00:00") for m in metas)
