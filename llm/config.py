@@ -174,11 +174,32 @@ class CommonCrawlOptions(Section):
                              "streamed in chunks of this size, never downloaded whole.")
 
 
+class FeedOptions(Section):
+    """`feed` sources: `uri` is an RSS 2.0 / Atom feed URL or a folder (or file) of feed XML; entries are
+    followed to their article pages with the crawler's fetcher, and only new entries are fetched."""
+
+    store_dir: str | None = Field(
+        None, description="Folder of the captured pages and per-feed state (ETag, Last-Modified, seen entry "
+        "ids). Empty: `raw/feeds/<source name>` under the work dir, beside the crawl."
+    )
+    fallback_to_content: bool = Field(
+        True, description="When an entry's page cannot be fetched, use the entry's own content or summary "
+        "HTML (`meta.body` says `entry_content`). Off, or with none: the entry is quarantined with the reason."
+    )
+    url_rewrites: dict[str, str] = Field(
+        default_factory=dict, description="URL prefix -> replacement applied to entry links before fetching "
+        "(a mirror of the site); `meta.entry_link` and the document URL keep the link as the feed gives it."
+    )
+    rate_limit_per_s: float = Field(5.0, gt=0, description="Upper bound on page requests started per second.")
+    timeout_s: float = Field(10.0, gt=0, description="Per-request timeout in seconds (feed and pages).")
+    user_agent: str = Field("llmpipe-crawler/0.1", description="User-Agent header and robots.txt agent.")
+
+
 class SourceConfig(Section):
     """One input of the ingest pass. Every source is read only through its reader."""
 
     kind: Literal["warc", "code", "jsonl", "parquet", "crawl", "arxiv", "gutenberg", "git",
-                  "commoncrawl"] = Field(
+                  "commoncrawl", "feed"] = Field(
         description="Reader to use. `crawl` reads the WARC files written by the crawl stage."
     )
     name: PathSafeName = Field(
@@ -210,6 +231,8 @@ class SourceConfig(Section):
         default_factory=CommonCrawlOptions, description="`commoncrawl`: which dump, listing or CDX records are "
         "read, and how; `max_files` bounds the files taken from the listing, in its order."
     )
+    feed: FeedOptions = Field(default_factory=FeedOptions, description="`feed`: where captures and feed "
+                              "state are kept, fallback to entry content, link rewrites, politeness.")
 
 
 class ExtractConfig(Section):

@@ -18,7 +18,7 @@ from typing import Iterator
 from llm import storage
 from llm.config import SourceConfig
 from llm.data.raw_records import InputUnit, _describe, _file_size, _head, _quarantine, is_quarantine, printable
-from llm.data.sources import arxiv, commoncrawl, gutenberg
+from llm.data.sources import arxiv, commoncrawl, feed, gutenberg
 from llm.data.sources.git import plan_repository, read_repository
 from llm.data.text_readers import _read_code, _read_jsonl, _read_parquet, coding_cookie
 from llm.data.warc_reader import _read_warc
@@ -36,6 +36,7 @@ DEFAULT_PATTERNS = {
     "code": ("*.py",),
     "arxiv": arxiv.DEFAULT_PATTERNS,
     "gutenberg": gutenberg.DEFAULT_PATTERNS,
+    "feed": feed.DEFAULT_PATTERNS,
 }
 # Parts of the standard library left out of the default code source: `test`/`tests` are the test
 # suite (a large share of all stdlib lines, with deliberately broken files: bad encodings, syntax
@@ -66,7 +67,11 @@ def plan_inputs(sources: list[SourceConfig], crawl_uri: str, digest_cache: str |
         if source.kind == "commoncrawl":  # files named by a dump's paths listing or CDX records
             units += commoncrawl.plan_commoncrawl(source)
             continue
-        root, files = _source_files(source, crawl_uri)
+        # A feed's new entries are first fetched into capture files, which are then its input files.
+        if source.kind == "feed":
+            root, files = feed.plan_captures(source, crawl_uri)
+        else:
+            root, files = _source_files(source, crawl_uri)
         per_unit = source.files_per_shard if source.kind == "code" else 1
         for group in content_groups(describe(files, root, cache), per_unit):
             units.append(InputUnit(group_name(source.name, group), source, tuple(f.uri for f in group), root,
@@ -154,7 +159,8 @@ def read_unit(unit: InputUnit) -> Iterator[dict]:
     reader = {"crawl": _read_warc, "warc": _read_warc, "code": _read_code, "jsonl": _read_jsonl,
               "parquet": _read_parquet, "arxiv": arxiv.read_arxiv,
               "gutenberg": gutenberg.read_gutenberg, "git": read_repository,
-              "commoncrawl": commoncrawl.read_commoncrawl}[unit.source.kind]
+              "commoncrawl": commoncrawl.read_commoncrawl,
+              "feed": feed.read_capture}[unit.source.kind]
     for uri in unit.files:
         yield from _read_file(unit, uri, reader)
 
