@@ -4,7 +4,10 @@ The reference pages are real pages with their text written independently of any 
 - `docs`: the development set's Python documentation pages (`html_dev.jsonl`), each scored against the
   reStructuredText source it was built from, with the reST role and directive markup taken out;
 - `news`: real news pages (`news/articles/html/`) with the article text their publisher's page holds
-  (`news/articles/txt/`), in a dozen languages.
+  (`news/articles/txt/`), in a dozen languages;
+- `feed`: the article pages a real blog's Atom feed links to (`news/blog/`), each scored against the
+  text of its feed entry's `<content>`: the article body as its author wrote it, which the feed carries
+  apart from the page's layout.
 
 Scores compare bags of lower-cased word tokens (runs of letters and digits, any script): precision is
 the share of extracted words that are in the reference, recall the share of reference words
@@ -19,8 +22,10 @@ import json
 import re
 from collections import Counter
 from dataclasses import dataclass
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Callable
+from xml.etree import ElementTree
 
 _WORD = re.compile(r"\w+")
 # `:class:`, `.. function::`, `:synopsis:` and the like: reST markup, not text a reader sees.
@@ -31,7 +36,7 @@ _REST_MARKUP = re.compile(r":[a-z:]+:`|^\s*\.\. [a-z:-]+::|^\s*:[a-z]+:", re.M)
 class ReferencePage:
     """A page and the text an extractor should find in it."""
 
-    kind: str  # `docs` or `news`
+    kind: str  # `docs`, `news` or `feed`
     name: str
     html: str
     reference: str
@@ -51,7 +56,44 @@ def reference_pages(data_dir: str | Path) -> list[ReferencePage]:
         if txt.exists():
             pages.append(ReferencePage("news", html.stem, html.read_text(encoding="utf-8", errors="replace"),
                                        txt.read_text(encoding="utf-8", errors="replace")))
+    pages += feed_article_pages(data / "news" / "blog")
     return pages
+
+
+_ATOM = "{http://www.w3.org/2005/Atom}"
+
+
+def feed_article_pages(site: Path, feed: str = "feeds/all.atom.xml",
+                       root: str = "http://blog.notmyidea.org/") -> list[ReferencePage]:
+    """The pages of a saved site that its Atom feed's entries link to, each with the visible text of the
+    entry's `<content>` as reference; entries without content or whose page is not saved are skipped."""
+    if not (site / feed).exists():
+        return []
+    pages = []
+    for entry in ElementTree.parse(site / feed).getroot().iter(f"{_ATOM}entry"):
+        link, content = entry.find(f"{_ATOM}link"), entry.find(f"{_ATOM}content")
+        href = link.get("href", "") if link is not None else ""
+        path = site / href[len(root):] if href.startswith(root) else None
+        if content is None or not (content.text or "").strip() or path is None or not path.is_file():
+            continue
+        pages.append(ReferencePage("feed", path.stem, path.read_text(encoding="utf-8", errors="replace"),
+                                   _visible_text(content.text)))
+    return pages
+
+
+class _TextOf(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.parts: list[str] = []
+
+    def handle_data(self, data: str) -> None:
+        self.parts.append(data)
+
+
+def _visible_text(html: str) -> str:
+    parser = _TextOf()
+    parser.feed(html)
+    return " ".join(parser.parts)
 
 
 def word_scores(extracted: str, reference: str) -> tuple[float, float, float]:

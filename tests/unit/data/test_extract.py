@@ -358,3 +358,23 @@ def test_two_tiers_match_trafilatura_on_the_reference_pages() -> None:
     assert two_tier["docs"][2] >= trafilatura_only["docs"][2]
     assert two_tier["news"][2] >= trafilatura_only["news"][2] - 0.02
     assert used.count("trafilatura") < len(pages) / 2
+
+
+def test_feed_articles_are_paired_with_their_entries_content() -> None:
+    """The feed reference set pairs each saved article page with its own Atom entry: the entry's words
+    are (nearly all) on the page it links to, and not on another entry's page."""
+    from pathlib import Path
+
+    from llm.data.extract_eval import _visible_text, feed_article_pages, word_scores
+
+    site = SHARED / "news" / "blog"
+    if not site.exists():
+        pytest.skip("development blog not present")
+    pages = feed_article_pages(Path(site))
+    assert len(pages) == 12 and len({p.name for p in pages}) == 12
+    recall_own = [word_scores(_visible_text(p.html), p.reference)[1] for p in pages]
+    assert min(recall_own) >= 0.95
+    longest = max(pages, key=lambda p: len(p.reference))
+    others = [word_scores(_visible_text(p.html), longest.reference)[1] for p in pages if p is not longest]
+    assert max(others) < 0.5
+    assert feed_article_pages(Path(site) / "missing") == []
