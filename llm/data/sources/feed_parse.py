@@ -7,10 +7,11 @@ is neither RSS 2.0 nor Atom, or is an RSS document without its `<channel>`.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
-from xml.etree.ElementTree import Element, ParseError
+from xml.etree.ElementTree import Element, ParseError, tostring
 
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring
@@ -61,6 +62,12 @@ def parse_feed(data: bytes) -> Feed:
     raise FeedError(f"not an RSS 2.0 or Atom feed: root element <{root.tag}>")
 
 
+def _content_id(el: Element) -> str:
+    """An id for an entry that gives neither id nor link: a digest of its markup, the same on every
+    refresh while the entry is unchanged, so it is still counted (and fetched from its own content)."""
+    return "sha256:" + hashlib.sha256(tostring(el)).hexdigest()
+
+
 def _text(el: Element | None) -> str:
     return "".join(el.itertext()).strip() if el is not None else ""
 
@@ -72,9 +79,7 @@ def _rss(root: Element) -> Feed:
     entries = []
     for item in channel.findall("item"):
         link = _text(item.find("link")) or None
-        guid = _text(item.find("guid")) or link
-        if not guid:
-            continue  # nothing to follow and nothing to remember it by
+        guid = _text(item.find("guid")) or link or _content_id(item)
         content = _text(item.find(_CONTENT)) or _text(item.find("description"))
         entries.append(Entry(guid, _text(item.find("title")), link, _rfc822(_text(item.find("pubDate"))), content))
     return Feed("rss", _text(channel.find("title")), entries)
@@ -84,9 +89,7 @@ def _atom(root: Element) -> Feed:
     entries = []
     for entry in root.findall(f"{_ATOM}entry"):
         link = _atom_link(entry)
-        entry_id = _text(entry.find(f"{_ATOM}id")) or link
-        if not entry_id:
-            continue
+        entry_id = _text(entry.find(f"{_ATOM}id")) or link or _content_id(entry)
         published = _text(entry.find(f"{_ATOM}published")) or _text(entry.find(f"{_ATOM}updated"))
         content = _text(entry.find(f"{_ATOM}content")) or _text(entry.find(f"{_ATOM}summary"))
         entries.append(Entry(entry_id, _text(entry.find(f"{_ATOM}title")), link, _iso(published), content))

@@ -182,3 +182,25 @@ def test_real_podcast_feeds_fall_back_to_their_show_notes_when_pages_are_out_of_
     assert {m["page_error"] for m in metas} == {"disallowed by robots.txt", "entry has no link"}
     assert all(m["body"] == "entry_content" for m in metas)
     assert all(m["published"] and m["published"].endswith("+00:00") for m in metas)
+
+
+def test_entries_without_id_or_link_are_counted_and_read_from_their_content(tmp_path):
+    """An RSS item with neither guid nor link still becomes a document (its own content), under an id
+    that stays the same on a refresh, so nothing in a feed goes uncounted and nothing is read twice."""
+    feed = tmp_path / "feeds" / "bare.rss"
+    feed.parent.mkdir()
+    items = "".join(f"<item><title>note {i}</title><description>&lt;p&gt;text of note {i}&lt;/p&gt;</description></item>"
+                    for i in range(3))
+    feed.write_text(f'<?xml version="1.0"?><rss version="2.0"><channel><title>Bare</title>{items}</channel></rss>',
+                    encoding="utf-8")
+    source = _source(str(feed.parent), tmp_path)
+    records = _records(plan_inputs([source], str(tmp_path / "raw" / "crawl")))
+    metas = [json.loads(r["meta"]) for r in records]
+    assert len(records) == 3 and not any(is_quarantine(r) for r in records)
+    assert len({m["entry_id"] for m in metas}) == 3 and all(m["entry_id"].startswith("sha256:") for m in metas)
+    assert sorted(r["payload"] for r in records) == [f"<p>text of note {i}</p>".encode() for i in range(3)]
+    feed.write_text(feed.read_text("utf-8").replace("</channel>", "<item><title>late</title>"
+                                                     "<description>new</description></item></channel>"), "utf-8")
+    again = _records(plan_inputs([source], str(tmp_path / "raw" / "crawl")))
+    new = [json.loads(r["meta"])["entry_title"] for r in again]
+    assert sorted(new).count("late") == 1 and len(again) == 4  # old capture reread + one new entry
