@@ -18,7 +18,7 @@ import torch
 from llm import storage
 from llm.config import ChatTemplateConfig
 from llm.errors import InputNotFound, UserError
-from llm.train.checkpoint import MODEL_FILE, STATE_FILE, read_state
+from llm.train.checkpoint import MODEL_FILE, STATE_FILE, checkpoint_tokenizer, read_state
 
 
 @dataclass(frozen=True)
@@ -59,19 +59,6 @@ def resolve_model(ref: str, setting: str, tracking_uri: str, fetch_root: str) ->
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:40] or "model"
-
-
-def checkpoint_tokenizer(state: dict[str, Any], override: str | None, setting: str = "model") -> str:
-    """The tokenizer model to use with a checkpoint: `override` (--tokenizer) when given, else the one its
-    `state.json` records (`tokenizer.uri`); a `UserError` naming `setting` when neither is there."""
-    if override:
-        return override
-    recorded = state.get("tokenizer")
-    uri = recorded.get("uri") if isinstance(recorded, dict) else None
-    if not uri:
-        raise UserError(f"{setting}: its checkpoint does not record its tokenizer (state.json has no tokenizer.uri): "
-                        "pass --tokenizer PATH to the tokenizer's .model file")
-    return uri
 
 
 def chat_template(state: dict[str, Any]) -> ChatTemplateConfig | None:

@@ -30,6 +30,7 @@ import numpy as np
 from llm import storage
 from llm.errors import UserError
 from llm.eval.loglikelihood import LogLikelihoodScorer
+from llm.train.checkpoint import checkpoint_tokenizer  # noqa: F401  (also the commands' resolver)
 from llm.eval.task_files import CLOZE, TARGET_DELIMITER, ChoiceExample, ClozeExample, TaskData, read_task, task_files
 
 RESULTS_JSON, RESULTS_TABLE = "results.json", "results.txt"
@@ -99,21 +100,6 @@ def task_metrics(results: list[TaskResult]) -> dict[str, float]:
             if value is not None:
                 metrics[f"{r.task}.{key}"] = float(value)
     return metrics
-
-
-def checkpoint_tokenizer(state: dict[str, Any], override: str | None) -> str:
-    """The tokenizer a checkpoint's text is encoded with: `override` (a `.model` file, or a tokenizer
-    stage's folder, whose current version is taken) when given, else the `tokenizer.uri` the checkpoint's
-    `state.json` records."""
-    uri = override or (state.get("tokenizer") or {}).get("uri")
-    if not uri:
-        raise UserError("the checkpoint's state.json records no tokenizer (made before checkpoints recorded "
-                        "one): pass --tokenizer PATH (the .model file, or the work directory's tokenizer/ folder)")
-    if storage.exists(storage.join(uri, "_manifest.json")):
-        from llm.tokenizer.stage import tokenizer_uri
-
-        return tokenizer_uri(uri)
-    return uri
 
 
 def load_scorer(checkpoint: str, tokenizer: str | None = None, device: str | None = None,

@@ -24,7 +24,7 @@ import torch.nn as nn
 
 from llm import storage
 from llm.config import ModelConfig, TrainConfig
-from llm.errors import InputNotFound
+from llm.errors import InputNotFound, UserError
 from llm.model.gpt import GPT
 
 MODEL_FILE, OPTIMIZER_FILE, STATE_FILE = "model.pt", "optimizer.pt", "state.json"
@@ -38,6 +38,23 @@ def tokenizer_record(uri: str, model_proto: bytes | None = None) -> dict[str, st
     already read), so an export finds it and can tell whether it changed since."""
     data = storage.read_bytes(uri) if model_proto is None else model_proto
     return {"uri": storage.absolute(uri), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def checkpoint_tokenizer(state: dict[str, Any], override: str | None, setting: str = "the checkpoint") -> str:
+    """The tokenizer a checkpoint's ids belong to: `override` (`--tokenizer`) when given, else the
+    `tokenizer.uri` its `state.json` records. Either may be a tokenizer stage's folder, whose current
+    version is taken. A `UserError` naming `setting` when neither is there (checkpoints made before the
+    record existed)."""
+    recorded = state.get("tokenizer")
+    uri = override or (recorded.get("uri") if isinstance(recorded, dict) else None)
+    if not uri:
+        raise UserError(f"{setting}: its state.json records no tokenizer (made before checkpoints recorded one): "
+                        "pass --tokenizer PATH (the .model file, or the work directory's tokenizer/ folder)")
+    if storage.exists(storage.join(uri, "_manifest.json")):
+        from llm.tokenizer.stage import tokenizer_uri
+
+        return tokenizer_uri(uri)
+    return uri
 
 
 def _encode_tensor(t: torch.Tensor) -> str:
