@@ -14,15 +14,19 @@ import sentencepiece as spm
 
 from llm import storage
 from llm.errors import UserError
+from llm.tokenizer.base import token_dtype
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 
 
 class SentencePieceTokenizer:
-    """A loaded SentencePiece model with the project's fixed special ids."""
+    """A loaded SentencePiece model (`llm.tokenizer.base.Tokenizer`)."""
+
+    library = "sentencepiece"
 
     def __init__(self, model_proto: bytes):
         self.model_proto = model_proto
+        self.model_bytes = model_proto
         self.sp = spm.SentencePieceProcessor(model_proto=model_proto)
 
     @classmethod
@@ -40,6 +44,28 @@ class SentencePieceTokenizer:
         pid = self.sp.piece_to_id(piece)
         return None if pid == self.unk_id and piece != "<unk>" else int(pid)
 
+    def id_to_piece(self, token_id: int) -> str:
+        return self.sp.id_to_piece(int(token_id))
+
+    def special_ids(self) -> dict[str, int]:
+        """Control and user-defined pieces (never split) by their text."""
+        return {self.sp.id_to_piece(i): i for i in range(self.vocab_size)
+                if self.sp.is_control(i) or self.sp.is_unknown(i) or self._user_defined(i)}
+
+    def _user_defined(self, i: int) -> bool:
+        # The processor answers is_control/is_byte but not "user defined"; the proto records it.
+        if not hasattr(self, "_user_ids"):
+            from sentencepiece import sentencepiece_model_pb2 as model_pb2
+
+            proto = model_pb2.ModelProto()
+            proto.ParseFromString(self.model_proto)
+            user = model_pb2.ModelProto.SentencePiece.USER_DEFINED
+            self._user_ids = {i for i, p in enumerate(proto.pieces) if p.type == user}
+        return i in self._user_ids
+
+    def byte_fallback_ids(self) -> np.ndarray:
+        return np.array([i for i in range(self.vocab_size) if self.sp.is_byte(i)], dtype=np.int64)
+
     def encode(self, text: str) -> list[int]:
         return self.sp.encode(text, out_type=int)
 
@@ -51,7 +77,7 @@ class SentencePieceTokenizer:
 
     def token_dtype(self) -> np.dtype:
         """uint16 when every id fits, else uint32 (what the token files store)."""
-        return np.dtype(np.uint16) if self.vocab_size <= 65536 else np.dtype(np.uint32)
+        return token_dtype(self.vocab_size)
 
 
 def _lines(docs: Iterable[str], max_len: int) -> Iterator[str]:
