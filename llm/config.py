@@ -361,29 +361,73 @@ class ShardConfig(Section):
 #: Role and end-of-turn markers of the default chat template, trained into the tokenizer as single pieces.
 CHAT_SPECIAL_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
 
+#: Model types each `tokenizer.library` trains.
+TOKENIZER_MODEL_TYPES = {"sentencepiece": ("bpe", "unigram", "char"), "hf": ("bpe", "wordpiece", "unigram")}
+#: The text the trainers give each role: `<s>`-style, and BERT's for hf wordpiece (which also adds [MASK]).
+ROLE_TEXTS = {"angle": {"pad": "<pad>", "unk": "<unk>", "bos": "<s>", "eos": "</s>"},
+              "bert": {"pad": "[PAD]", "unk": "[UNK]", "bos": "[CLS]", "eos": "[SEP]"}}
+_Token = Annotated[str, Field(min_length=1, max_length=64)]
+
 
 class TokenizerConfig(Section):
-    """SentencePiece tokenizer training on a sample of the shards."""
+    """Tokenizer training on a sample of the shards, with SentencePiece or Hugging Face tokenizers."""
 
+    library: Literal["sentencepiece", "hf"] = Field(
+        "sentencepiece", description="Library that trains the tokenizer: `sentencepiece` (a .model proto) or `hf`, "
+        "Hugging Face tokenizers (a tokenizer.json).")
     vocab_size: int = Field(4096, ge=64, le=1_000_000, description="Vocabulary size, special tokens included.")
-    model_type: Literal["bpe", "unigram"] = Field("bpe", description="SentencePiece model type.")
+    model_type: Literal["bpe", "unigram", "char", "wordpiece"] = Field(
+        "bpe", description="sentencepiece: bpe | unigram | char. hf: bpe (byte-level, GPT-2 style: every text "
+        "encodes, no unknowns) | wordpiece (BERT style: [PAD] [UNK] [CLS] [SEP] [MASK], `##` continuations) | "
+        "unigram.")
     sample_bytes: int = Field(
         20_000_000, ge=1000, description="Text bytes sampled from the shards for training."
     )
-    character_coverage: float = Field(0.9995, gt=0, le=1, description="Share of characters covered.")
-    byte_fallback: bool = Field(True, description="Unknown characters become byte tokens, never <unk>.")
-    max_sentence_length: int = Field(16384, ge=64, description="Longer training lines are split.")
+    character_coverage: float = Field(0.9995, gt=0, le=1, description="Share of characters covered (sentencepiece).")
+    byte_fallback: bool = Field(True, description="Unknown characters become byte tokens, never <unk> (sentencepiece).")
+    max_sentence_length: int = Field(16384, ge=64, description="Longer training lines are split (sentencepiece).")
     seed: int = Field(0, description="Seed for sampling and training.")
-    special_tokens: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+    pad_id: int = Field(0, ge=0, description="Id of the padding token (<pad>, wordpiece [PAD]).")
+    unk_id: int = Field(1, ge=0, description="Id of the unknown token (<unk>, wordpiece [UNK]).")
+    bos_id: int = Field(2, ge=0, description="Id of the begin-of-document token (<s>, wordpiece [CLS]).")
+    eos_id: int = Field(3, ge=0, description="Id of the end-of-document token (</s>, wordpiece [SEP]).")
+    special_tokens: list[_Token] = Field(
         default_factory=lambda: list(CHAT_SPECIAL_TOKENS),
-        description="Pieces kept whole (one id each, after pad/unk/bos/eos): the chat template's role and "
+        description="Tokens kept whole (one id each, after pad/unk/bos/eos): the chat template's role and "
         "end-of-turn markers (finetune.template).",
     )
+    user_tokens: list[_Token] = Field(
+        default_factory=list, description="More tokens kept whole, after special_tokens ([CLS], [MASK], ...): "
+        "one id each, never split where they occur in text, decoded back unchanged.")
+
+    def role_pieces(self) -> dict[str, str]:
+        """The text of the pad, unk, bos and eos tokens this config trains."""
+        return ROLE_TEXTS["bert" if (self.library, self.model_type) == ("hf", "wordpiece") else "angle"]
+
+    def special_ids(self) -> dict[str, int]:
+        """The configured id of each role."""
+        return {"pad": self.pad_id, "unk": self.unk_id, "bos": self.bos_id, "eos": self.eos_id}
+
     @model_validator(mode="after")
-    def _special_tokens_distinct(self) -> "TokenizerConfig":
-        reserved = {"<pad>", "<unk>", "<s>", "</s>"}
-        if len(set(self.special_tokens)) != len(self.special_tokens) or reserved & set(self.special_tokens):
-            raise ValueError(f"special_tokens must be distinct and none of {sorted(reserved)}, got {self.special_tokens}")
+    def _valid_tokenizer(self) -> "TokenizerConfig":
+        allowed = TOKENIZER_MODEL_TYPES[self.library]
+        if self.model_type not in allowed:
+            raise ValueError(f"model_type {self.model_type!r} is not a model type of library {self.library!r} "
+                             f"(one of {', '.join(allowed)})")
+        ids = self.special_ids()
+        if len(set(ids.values())) != len(ids):
+            raise ValueError(f"pad_id, unk_id, bos_id and eos_id must be distinct, got {ids}")
+        if self.library == "hf" and sorted(ids.values()) != [0, 1, 2, 3]:
+            # The hf trainers give special tokens ids in the order they are listed, from 0.
+            raise ValueError(f"with library 'hf', pad_id, unk_id, bos_id and eos_id must be 0, 1, 2 and 3 in some "
+                             f"order (special tokens take the first ids), got {ids}")
+        if max(ids.values()) >= self.vocab_size:
+            raise ValueError(f"pad_id, unk_id, bos_id and eos_id must be below vocab_size={self.vocab_size}, got {ids}")
+        tokens = [*self.special_tokens, *self.user_tokens]
+        taken = set(self.role_pieces().values())
+        if len(set(tokens)) != len(tokens) or taken & set(tokens):
+            raise ValueError(f"special_tokens and user_tokens must be distinct and none of {sorted(taken)} (the "
+                             f"role tokens), got special_tokens={self.special_tokens}, user_tokens={self.user_tokens}")
         return self
 
     on_new_data: Literal["keep", "retrain"] = Field(

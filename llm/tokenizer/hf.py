@@ -8,11 +8,14 @@ two conventions users meet (`<s>`-style and BERT's `[CLS]`-style).
 
 from __future__ import annotations
 
+import json
 from typing import Iterable
 
 import numpy as np
+from tokenizers import AddedToken, decoders, models, normalizers, pre_tokenizers, trainers
 from tokenizers import Tokenizer as _RustTokenizer
 
+from llm.errors import UserError
 from llm.tokenizer.base import token_dtype
 
 #: For each role, the texts a special token of that role may have, first match wins.
@@ -69,3 +72,127 @@ class HFTokenizer:
 
     def token_dtype(self) -> np.dtype:
         return token_dtype(self.vocab_size)
+
+
+#: What `train_hf` names each role, by model type (wordpiece follows BERT); all are in ROLE_PIECES.
+TRAINED_ROLE_PIECES = {
+    "bpe": {"pad": "<pad>", "unk": "<unk>", "bos": "<s>", "eos": "</s>"},
+    "unigram": {"pad": "<pad>", "unk": "<unk>", "bos": "<s>", "eos": "</s>"},
+    "wordpiece": {"pad": "[PAD]", "unk": "[UNK]", "bos": "[CLS]", "eos": "[SEP]"},
+}
+#: BERT's fifth special token, which every wordpiece tokenizer gets (after the roles).
+MASK = "[MASK]"
+DEFAULT_SPECIAL_IDS = {"pad": 0, "unk": 1, "bos": 2, "eos": 3}
+
+
+def train_hf(docs: Iterable[str], vocab_size: int, model_type: str = "bpe", special_ids: dict[str, int] | None = None,
+             special_tokens: Iterable[str] = ()) -> bytes:
+    """Train a Hugging Face tokenizer and return its tokenizer.json (bytes), the same bytes for the
+    same input.
+
+    - `bpe`: byte-level BPE as GPT-2 (ByteLevel pre-tokenizer and decoder, all 256 bytes in the initial
+      alphabet): every text encodes, and decodes back exactly.
+    - `wordpiece`: BERT's (BertNormalizer without lowercasing or accent stripping, BertPreTokenizer,
+      `##` continuations, WordPiece decoder). It normalises away: control characters, every run of
+      whitespace (words are decoded joined by one space, tabs and newlines included), the space before
+      punctuation and around CJK characters (each CJK character is its own word); a word with a
+      character the vocabulary lacks becomes [UNK] whole. [MASK] is added after the roles.
+    - `unigram`: SentencePiece-style Unigram over Metaspace words ('▁' for the space, no dummy prefix,
+      nothing normalised): text decodes back exactly except characters the sample lacked, which become
+      <unk>.
+
+    `special_ids`: the id of each of pad/unk/bos/eos, a permutation of 0-3 (the trainer gives special
+    tokens ids in the order it is given them). `special_tokens` follow at 4, 5, ...: one id each, never
+    split, decoded unchanged.
+    """
+    ids = {**DEFAULT_SPECIAL_IDS, **(special_ids or {})}
+    if sorted(ids.values()) != [0, 1, 2, 3]:
+        raise ValueError(f"special ids must be 0, 1, 2 and 3 in some order, got {ids}")
+    roles = TRAINED_ROLE_PIECES[model_type]
+    extra = list(dict.fromkeys([*([MASK] if model_type == "wordpiece" else []), *special_tokens]))
+    specials = [roles[r] for r in sorted(ids, key=ids.get)] + [t for t in extra if t not in roles.values()]
+    if model_type == "bpe":
+        tk = _RustTokenizer(models.BPE(unk_token=roles["unk"]))
+        tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        tk.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        tk.train_from_iterator(docs, trainer=trainer)
+    elif model_type == "wordpiece":
+        tk = _train_wordpiece(docs, vocab_size, specials, roles["unk"])
+    elif model_type == "unigram":
+        tk = _train_unigram(docs, vocab_size, specials, ids["unk"])
+    else:
+        raise ValueError(f"model_type must be bpe, wordpiece or unigram, got {model_type!r}")
+    model = tk.to_str().encode("utf-8")
+    loaded = HFTokenizer(model)
+    found = {"pad": loaded.pad_id, "unk": loaded.unk_id, "bos": loaded.bos_id, "eos": loaded.eos_id}
+    if found != ids:
+        # A user token spelled like another convention's role token (`<s>` in a wordpiece tokenizer).
+        raise UserError(f"tokenizer: the trained roles {found} are not the configured {ids}: a token of "
+                        "special_tokens/user_tokens is read as a role token, rename it")
+    return model
+
+
+#: Marks a word's first piece while training wordpiece (a private-use character, removed from the text).
+_WORD_START = "\ue000"
+
+
+def _train_wordpiece(docs: Iterable[str], vocab_size: int, specials: list[str], unk: str) -> _RustTokenizer:
+    # tokenizers' WordPieceTrainer numbers the `##` pieces in the order it meets them in a randomly
+    # seeded hash map, and ties between equally frequent merges follow those numbers, so two trainings
+    # differ. Plain BPE numbers its alphabet in sorted order and is deterministic, so it is trained on
+    # the BERT-normalised words with the first character marked: a piece with the mark starts a word,
+    # one without is a `##` continuation, which is WordPiece's vocabulary.
+    normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=False,
+                                            lowercase=False)
+    pre = pre_tokenizers.BertPreTokenizer()
+
+    def marked(doc: str) -> str:
+        words = pre.pre_tokenize_str(normalizer.normalize_str(doc))
+        return " ".join(_WORD_START + w.replace(_WORD_START, "") for w, _ in words)
+
+    bpe = _RustTokenizer(models.BPE(unk_token=unk))
+    bpe.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    bpe.train_from_iterator((marked(d) for d in docs),
+                            trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False))
+    learned = sorted(bpe.get_vocab().items(), key=lambda kv: kv[1])[len(specials):]
+    vocab = dict.fromkeys(specials)
+    for piece, _ in learned:  # the alphabet first: every character both starts and continues a word
+        if len(piece) == 1 and piece != _WORD_START:
+            vocab.update(dict.fromkeys((piece, "##" + piece)))
+    for piece, _ in learned:
+        if piece != _WORD_START:
+            vocab.setdefault(piece[1:] if piece.startswith(_WORD_START) else "##" + piece)
+    tk = _RustTokenizer(models.WordPiece({p: i for i, p in enumerate(list(vocab)[:vocab_size])}, unk_token=unk))
+    tk.normalizer = normalizer
+    tk.pre_tokenizer = pre
+    tk.decoder = decoders.WordPiece()
+    tk.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
+    return tk
+
+
+#: Decimals unigram scores keep (see `_train_unigram`).
+_SCORE_DECIMALS = 8
+
+
+def _train_unigram(docs: Iterable[str], vocab_size: int, specials: list[str], unk_id: int) -> _RustTokenizer:
+    # tokenizers' UnigramTrainer sums over its words in the order of a randomly seeded hash map, so two
+    # trainings find the same pieces with scores that differ in the last bits (measured: ~1e-15), and
+    # it appends the characters no piece covers with made-up scores (each 1e-4 below the last) in that
+    # map's order. The scores are rounded, the pieces ordered by (score, text), and the appended
+    # characters (the tail of single characters) given their scores in the order of their text.
+    tk = _RustTokenizer(models.Unigram())
+    tk.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="never")
+    tk.decoder = decoders.Metaspace(prepend_scheme="never")
+    tk.train_from_iterator(docs, trainers.UnigramTrainer(
+        vocab_size=vocab_size, special_tokens=specials, unk_token=specials[unk_id], show_progress=False))
+    trained = json.loads(tk.to_str())["model"]["vocab"]
+    head = [(p, 0.0) for p in specials]
+    rest = sorted(((p, round(s, _SCORE_DECIMALS)) for p, s in trained[len(specials):]), key=lambda ps: (-ps[1], ps[0]))
+    tail = len(rest)
+    while tail and len(rest[tail - 1][0]) == 1:
+        tail -= 1
+    rest[tail:] = zip(sorted(p for p, _ in rest[tail:]), [s for _, s in rest[tail:]])
+    tk.model = models.Unigram(head + rest, unk_id=unk_id, byte_fallback=False)
+    return tk

@@ -1,6 +1,7 @@
 """SentencePiece tokenizer: training from an iterator of documents, loading from any URI.
 
-Special ids are fixed so every consumer agrees without reading the model: pad=0, unk=1, bos=2, eos=3.
+The special ids are the trainer's to choose (pad=0, unk=1, bos=2, eos=3 unless configured) and are
+recorded in the model, which is where a loaded tokenizer reads them from.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from llm import storage
 from llm.errors import UserError
 from llm.tokenizer.base import token_dtype
 
-PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+#: The default special ids (`tokenizer.pad_id` ...).
+DEFAULT_SPECIAL_IDS = {"pad": 0, "unk": 1, "bos": 2, "eos": 3}
 
 
 class SentencePieceTokenizer:
@@ -28,6 +30,8 @@ class SentencePieceTokenizer:
         self.model_proto = model_proto
         self.model_bytes = model_proto
         self.sp = spm.SentencePieceProcessor(model_proto=model_proto)
+        self.pad_id, self.unk_id = self.sp.pad_id(), self.sp.unk_id()
+        self.bos_id, self.eos_id = self.sp.bos_id(), self.sp.eos_id()
 
     @classmethod
     def load(cls, uri: str) -> "SentencePieceTokenizer":
@@ -36,8 +40,6 @@ class SentencePieceTokenizer:
     @property
     def vocab_size(self) -> int:
         return self.sp.get_piece_size()
-
-    pad_id, unk_id, bos_id, eos_id = PAD_ID, UNK_ID, BOS_ID, EOS_ID
 
     def piece_id(self, piece: str) -> int | None:
         """The id of `piece` when the vocabulary holds it as one token (a special token), else None."""
@@ -100,15 +102,18 @@ def train_sentencepiece(
     max_sentence_length: int = 16384,
     num_threads: int = 1,
     special_tokens: Iterable[str] = (),
+    special_ids: dict[str, int] | None = None,
 ) -> bytes:
     """Train a model and return its serialized proto (bytes), deterministic for the same input.
 
-    `special_tokens` become single pieces (ids 4, 5, ... after pad/unk/bos/eos) wherever they occur:
-    the chat template's role markers."""
+    `special_tokens` become single pieces (the first free ids after pad/unk/bos/eos) wherever they
+    occur: the chat template's role markers and any user tokens. `special_ids`: the id of each of
+    pad/unk/bos/eos (`DEFAULT_SPECIAL_IDS` by default)."""
     model = io.BytesIO()
+    ids = {**DEFAULT_SPECIAL_IDS, **(special_ids or {})}
     try:
         _train(docs, model, vocab_size, model_type, character_coverage, byte_fallback, max_sentence_length,
-               num_threads, list(special_tokens))
+               num_threads, list(special_tokens), ids)
     except RuntimeError as exc:
         match = re.search(r"Vocabulary size is smaller than required_chars\. (\d+) vs (\d+)", str(exc))
         if match:
@@ -121,7 +126,7 @@ def train_sentencepiece(
 
 
 def _train(docs, model, vocab_size, model_type, character_coverage, byte_fallback, max_sentence_length,
-           num_threads, special_tokens) -> None:
+           num_threads, special_tokens, ids) -> None:
     spm.SentencePieceTrainer.train(
         sentence_iterator=_lines(docs, max_sentence_length),
         model_writer=model,
@@ -130,10 +135,10 @@ def _train(docs, model, vocab_size, model_type, character_coverage, byte_fallbac
         character_coverage=character_coverage,
         byte_fallback=byte_fallback,
         max_sentence_length=max_sentence_length,
-        pad_id=PAD_ID,
-        unk_id=UNK_ID,
-        bos_id=BOS_ID,
-        eos_id=EOS_ID,
+        pad_id=ids["pad"],
+        unk_id=ids["unk"],
+        bos_id=ids["bos"],
+        eos_id=ids["eos"],
         pad_piece="<pad>",
         unk_piece="<unk>",
         bos_piece="<s>",
@@ -149,3 +154,8 @@ def _train(docs, model, vocab_size, model_type, character_coverage, byte_fallbac
         minloglevel=2,
         hard_vocab_limit=False,
     )
+
+
+def vocab_text(tok: SentencePieceTokenizer) -> str:
+    """The `.vocab` file beside a model: each piece and its score, one a line, in id order."""
+    return "".join(f"{tok.sp.id_to_piece(i)}\t{tok.sp.get_score(i)}\n" for i in range(tok.vocab_size))
