@@ -28,7 +28,7 @@ from llm.data import schema
 from llm import versions
 from llm.data.dataset import Counts, ShardRecord, ShardTask, read_manifest, run_shard_stage, shard_identity
 from llm.lineage import identity, of_input
-from llm.tokenizer.spm import SentencePieceTokenizer
+from llm.tokenizer.base import Tokenizer, tokenizer_from_bytes
 from llm.tokenizer.token_bytes import BYTES_DTYPE, TokenByteCounter
 
 SPLITS = ("train", "val", "test")
@@ -58,7 +58,7 @@ class SplitDocuments:
     token_bytes: list[np.ndarray] | None = None
 
 
-def encode_by_split(tok: SentencePieceTokenizer, texts: list[str], cfg: TokenizeConfig,
+def encode_by_split(tok: Tokenizer, texts: list[str], cfg: TokenizeConfig,
                     counter: TokenByteCounter | None = None) -> dict[str, SplitDocuments]:
     """The texts encoded and sent to their splits; bytes per token are counted for the scored splits
     only (counting them for every document would add about a fifth to encoding's time)."""
@@ -118,11 +118,11 @@ def run_tokenize(shards_uri: str, tokenizer_dir: str, out_uri: str, cfg: Tokeniz
     if reused is not None:
         return reused
     model = storage.read_bytes(tokenizer_uri(versions.pinned(versions.split(tokenizer_dir)[0], tok_version)))
-    tok = SentencePieceTokenizer(model)
+    tok = tokenizer_from_bytes(model)
     dtype = tok.token_dtype()
 
     def make_shard(task: ShardTask) -> ShardRecord:
-        local_tok = SentencePieceTokenizer(model)
+        local_tok = tokenizer_from_bytes(model)
         table = storage.read_parquet(storage.join(shards_root, task.payload), columns=["text"])
         texts = table.column("text").to_pylist()
         by_split = encode_by_split(local_tok, texts, cfg)

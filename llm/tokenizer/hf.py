@@ -35,6 +35,9 @@ class HFTokenizer:
     def __init__(self, model_bytes: bytes):
         self.model_bytes = model_bytes
         self.tk = _RustTokenizer.from_str(model_bytes.decode("utf-8"))
+        # `<s>` or `[CLS]` typed in a text is text, as SentencePiece reads it: the roles are added by id.
+        # User and chat tokens are added as non-special tokens, so they are still matched whole.
+        self.tk.encode_special_tokens = True
         self._special = {t.content: i for i, t in self.tk.get_added_tokens_decoder().items() if t.special}
         roles = {}
         for role, names in ROLE_PIECES.items():
@@ -66,6 +69,43 @@ class HFTokenizer:
 
     def special_ids(self) -> dict[str, int]:
         return {t.content: i for i, t in sorted(self.tk.get_added_tokens_decoder().items())}
+
+    @property
+    def byte_level(self) -> bool:
+        """Whether every token is bytes (byte-level BPE: its pieces spell bytes in GPT-2's alphabet)."""
+        return type(self.tk.pre_tokenizer).__name__ == "ByteLevel"
+
+    def piece_byte_lengths(self) -> np.ndarray | None:
+        """Bytes of text each id stands for (roles 0), for byte-level BPE; None for other models, whose
+        normalizer changes the text (`byte_spans` counts those)."""
+        if not self.byte_level:
+            return None
+        byte_of = {c: b for b, c in _gpt2_byte_chars().items()}
+        lengths = np.zeros(self.vocab_size, dtype=np.int64)
+        for piece, i in self.tk.get_vocab(with_added_tokens=False).items():
+            lengths[i] = sum(1 for c in piece if c in byte_of)
+        for i, token in self.tk.get_added_tokens_decoder().items():
+            lengths[i] = 0 if token.special else len(token.content.encode("utf-8"))
+        return lengths
+
+    def byte_spans(self, texts: list[str], ids: list[list[int]]) -> list[np.ndarray]:
+        """Bytes of each text each of its ids covers, from the encoding's character offsets: every byte
+        goes to exactly one token (the first token whose span starts at or before it; bytes the
+        normalizer dropped, such as whitespace, go to the token before them), so a text's counts sum to
+        its UTF-8 length whenever it has a token."""
+        out = []
+        for text, want, enc in zip(texts, ids, self.tk.encode_batch(texts, add_special_tokens=False)):
+            if enc.ids != list(want):
+                raise ValueError("the ids are not this tokenizer's encoding of the text")
+            if not enc.ids:
+                out.append(np.zeros(0, dtype=np.int64))
+                continue
+            char_bytes = np.fromiter((len(c.encode("utf-8")) for c in text), dtype=np.int64, count=len(text))
+            byte_at = np.concatenate([[0], np.cumsum(char_bytes)])  # byte offset of each character offset
+            starts = np.maximum.accumulate(byte_at[[s for s, _ in enc.offsets]])
+            starts[0] = 0
+            out.append(np.diff(np.append(starts, byte_at[-1])))
+        return out
 
     def byte_fallback_ids(self) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
@@ -124,7 +164,7 @@ def train_hf(docs: Iterable[str], vocab_size: int, model_type: str = "bpe", spec
         tk = _train_unigram(docs, vocab_size, specials, ids["unk"])
     else:
         raise ValueError(f"model_type must be bpe, wordpiece or unigram, got {model_type!r}")
-    model = tk.to_str().encode("utf-8")
+    model = _user_tokens_not_special(tk.to_str(), len(TRAINED_ROLE_PIECES[model_type]))
     loaded = HFTokenizer(model)
     found = {"pad": loaded.pad_id, "unk": loaded.unk_id, "bos": loaded.bos_id, "eos": loaded.eos_id}
     if found != ids:
@@ -174,6 +214,7 @@ def _train_wordpiece(docs: Iterable[str], vocab_size: int, specials: list[str], 
 
 #: Decimals unigram scores keep (see `_train_unigram`).
 _SCORE_DECIMALS = 8
+_NEVER = -1e6
 
 
 def _train_unigram(docs: Iterable[str], vocab_size: int, specials: list[str], unk_id: int) -> _RustTokenizer:
@@ -188,7 +229,9 @@ def _train_unigram(docs: Iterable[str], vocab_size: int, specials: list[str], un
     tk.train_from_iterator(docs, trainers.UnigramTrainer(
         vocab_size=vocab_size, special_tokens=specials, unk_token=specials[unk_id], show_progress=False))
     trained = json.loads(tk.to_str())["model"]["vocab"]
-    head = [(p, 0.0) for p in specials]
+    # The special tokens are in the model's vocabulary too: a score no segmentation picks keeps `<s>`
+    # typed in a text from becoming one piece (it is text, as the roles are added by id).
+    head = [(p, _NEVER) for p in specials]
     rest = sorted(((p, round(s, _SCORE_DECIMALS)) for p, s in trained[len(specials):]), key=lambda ps: (-ps[1], ps[0]))
     tail = len(rest)
     while tail and len(rest[tail - 1][0]) == 1:
@@ -196,3 +239,26 @@ def _train_unigram(docs: Iterable[str], vocab_size: int, specials: list[str], un
     rest[tail:] = zip(sorted(p for p, _ in rest[tail:]), [s for _, s in rest[tail:]])
     tk.model = models.Unigram(head + rest, unk_id=unk_id, byte_fallback=False)
     return tk
+
+
+def _user_tokens_not_special(tokenizer_json: str, roles: int) -> bytes:
+    # The trainer adds every token it is given as special; past the roles they are plain added tokens,
+    # matched whole in text while the roles, read as text (`encode_special_tokens`), never are.
+    data = json.loads(tokenizer_json)
+    for token in data["added_tokens"]:
+        if token["id"] >= roles and token["content"] != MASK:
+            token["special"] = False
+    return json.dumps(data, ensure_ascii=False).encode("utf-8")
+
+
+def _gpt2_byte_chars() -> dict[int, str]:
+    """GPT-2's table of the printable character that stands for each byte (what ByteLevel writes)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            chars[b] = chr(b)
+        else:
+            chars[b] = chr(256 + extra)
+            extra += 1
+    return chars

@@ -68,6 +68,24 @@ class SentencePieceTokenizer:
     def byte_fallback_ids(self) -> np.ndarray:
         return np.array([i for i in range(self.vocab_size) if self.sp.is_byte(i)], dtype=np.int64)
 
+    def piece_byte_lengths(self) -> np.ndarray:
+        """Bytes of text each id stands for ('▁' as the space it replaced; control pieces and `<unk>` 0)."""
+        sp = self.sp
+        lengths = np.zeros(self.vocab_size, dtype=np.int64)
+        for i in range(self.vocab_size):
+            if sp.is_byte(i):
+                lengths[i] = 1
+            elif not (sp.is_control(i) or sp.is_unknown(i) or sp.is_unused(i)):
+                lengths[i] = len(sp.id_to_piece(i).replace("\u2581", " ").encode("utf-8"))
+        return lengths
+
+    def surface_byte_counts(self, text: str, ids: list[int]) -> np.ndarray:
+        """Bytes of `text` each of `ids` covers, from the encoder's spans (exact for `<unk>` too)."""
+        pieces = self.sp.encode(text, return_type="proto").pieces
+        if [p.id for p in pieces] != list(ids):
+            raise ValueError("the ids are not this tokenizer's encoding of the text")
+        return np.array([p.end - p.begin for p in pieces], dtype=np.int64)  # byte offsets into the text
+
     def encode(self, text: str) -> list[int]:
         return self.sp.encode(text, out_type=int)
 

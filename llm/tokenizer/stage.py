@@ -1,4 +1,4 @@
-"""Tokenizer training as a stage: sample the shards (in parallel), train SentencePiece (one task).
+"""Tokenizer training as a stage: sample the shards (in parallel), train the tokenizer (one task).
 
 The sample is chosen by a hash of each document's id against the wanted fraction, so it is spread
 over every shard, the same on every run, and needs one pass with no global shuffle.
@@ -14,7 +14,20 @@ from llm.config import TokenizerConfig
 from llm.data.dataset import read_manifest
 from llm.errors import UserError
 from llm.lineage import identity, of_input
-from llm.tokenizer.spm import SentencePieceTokenizer, train_sentencepiece
+from llm.tokenizer.base import tokenizer_from_bytes
+
+
+def train_tokenizer(texts, cfg: TokenizerConfig) -> bytes:
+    """The serialized tokenizer `cfg` asks for, trained on `texts` (an iterable of documents)."""
+    tokens = [*cfg.special_tokens, *cfg.user_tokens]
+    if cfg.library == "hf":
+        from llm.tokenizer.hf import train_hf
+
+        return train_hf(texts, cfg.vocab_size, cfg.model_type, cfg.special_ids(), tokens)
+    from llm.tokenizer.spm import train_sentencepiece
+
+    return train_sentencepiece(texts, cfg.vocab_size, cfg.model_type, cfg.character_coverage, cfg.byte_fallback,
+                               cfg.max_sentence_length, special_tokens=tokens, special_ids=cfg.special_ids())
 
 
 
@@ -46,7 +59,7 @@ def tokenizer_identity(shards_manifest: dict, cfg: TokenizerConfig):
 
 def run_tokenizer_training(shards_uri: str, out_uri: str, cfg: TokenizerConfig, executor) -> dict:
     """Train on a sample of `shards_uri` into a new version of `out_uri` (spm-<version>.model and
-    .vocab), unless a version with the same identity exists."""
+    .vocab, or hf-<version>.json), unless a version with the same identity exists."""
     started = time.time()
     shards_root = versions.split(shards_uri)[0]
     manifest = read_manifest(shards_uri)
@@ -64,19 +77,25 @@ def run_tokenizer_training(shards_uri: str, out_uri: str, cfg: TokenizerConfig, 
     texts = [t for part in samples for t in part]
 
     def train(_):
-        return train_sentencepiece(
-            texts, cfg.vocab_size, cfg.model_type, cfg.character_coverage, cfg.byte_fallback,
-            cfg.max_sentence_length, special_tokens=cfg.special_tokens)
+        return train_tokenizer(texts, cfg)
 
     model = executor.map(train, [None], desc="tokenizer: train")[0]
-    tok = SentencePieceTokenizer(model)
-    model_rel, vocab_rel = f"spm-{ident.version}.model", f"spm-{ident.version}.vocab"
+    tok = tokenizer_from_bytes(model)
+    if cfg.library == "hf":
+        model_rel = f"hf-{ident.version}.json"
+        stored = {"model": model_rel}
+    else:
+        from llm.tokenizer.spm import vocab_text
+
+        model_rel = f"spm-{ident.version}.model"
+        stored = {"model": model_rel, "vocab": f"spm-{ident.version}.vocab"}
+        storage.write_text(storage.join(out_uri, stored["vocab"]), vocab_text(tok))
     sha = storage.write_bytes(storage.join(out_uri, model_rel), model)
-    vocab = "".join(f"{tok.sp.id_to_piece(i)}\t{tok.sp.get_score(i)}\n" for i in range(tok.vocab_size))
-    storage.write_text(storage.join(out_uri, vocab_rel), vocab)
     result = {
         "model": model_rel,
-        "files": {"model": model_rel, "vocab": vocab_rel},
+        "files": stored,
+        "library": cfg.library,
+        "model_type": cfg.model_type,
         "sha256": sha,
         "vocab_size": tok.vocab_size,
         "special_tokens": {"pad": tok.pad_id, "unk": tok.unk_id, "bos": tok.bos_id, "eos": tok.eos_id},
