@@ -94,9 +94,10 @@ def read_sft(path: str | Path) -> list[dict]:
 
 def train_tokenizer(rows: list[dict], vocab_size: int):
     """A SentencePiece tokenizer trained on the rows' prompts and responses."""
-    from llm.tokenizer.spm import SentencePieceTokenizer, train_sentencepiece
+    from llm.tokenizer.base import tokenizer_from_bytes
+    from llm.tokenizer.spm import train_sentencepiece
 
-    return SentencePieceTokenizer(train_sentencepiece((r["prompt"] + "\n" + r["response"] for r in rows), vocab_size))
+    return tokenizer_from_bytes(train_sentencepiece((r["prompt"] + "\n" + r["response"] for r in rows), vocab_size))
 
 
 def encode_sft(tok, rows: list[dict], context: int) -> list[tuple[list[int], int]]:
@@ -111,16 +112,14 @@ def encode_sft(tok, rows: list[dict], context: int) -> list[tuple[list[int], int
     return out
 
 
-def sft_tensors(encoded: list[tuple[list[int], int]], context: int):
+def sft_tensors(encoded: list[tuple[list[int], int]], context: int, pad_id: int):
     """(inputs, targets, labels), each (N, context) int64. targets[t] is the token after t where that
     token is part of the response, else -100 (llmpipe's convention); labels[t] is token t where it is
     part of the response, else -100 (shifted inside the peer's model: its targets are then the same)."""
     import torch
 
-    from llm.tokenizer.spm import PAD_ID
-
     n = len(encoded)
-    inputs = torch.full((n, context), PAD_ID, dtype=torch.long)
+    inputs = torch.full((n, context), pad_id, dtype=torch.long)
     targets = torch.full((n, context), -100, dtype=torch.long)
     labels = torch.full((n, context), -100, dtype=torch.long)
     for i, (seq, prompt_len) in enumerate(encoded):
@@ -323,7 +322,7 @@ def prepare(args: argparse.Namespace, work: Path) -> int:
 
     rows = read_sft(args.data)
     tok = train_tokenizer(rows, args.vocab_size)
-    inputs, targets, labels = sft_tensors(encode_sft(tok, rows, args.context), args.context)
+    inputs, targets, labels = sft_tensors(encode_sft(tok, rows, args.context), args.context, tok.pad_id)
     n = args.warmup + args.steps
     pick = torch.from_numpy(np.random.default_rng(args.seed).choice(len(inputs), (n, args.batch), replace=False))
     torch.save({"inputs": inputs[pick], "targets": targets[pick], "labels": labels[pick]}, work / "batches.pt")

@@ -5,12 +5,12 @@ from __future__ import annotations
 import torch
 
 from llm.model.gpt import GPT
-from llm.tokenizer.spm import SentencePieceTokenizer
+from llm.tokenizer.base import Tokenizer
 
 
 def sample_completions(
     model: GPT,
-    tokenizer: SentencePieceTokenizer,
+    tokenizer: Tokenizer,
     prompts: list[str],
     max_new_tokens: int,
     temperature: float,

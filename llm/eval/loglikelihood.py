@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from llm.model.gpt import GPT
-from llm.tokenizer.spm import SentencePieceTokenizer
+from llm.tokenizer.base import Tokenizer
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class ContinuationScore:
 class LogLikelihoodScorer:
     """Scores text with a loaded model and its tokenizer; `batch_size` rows per forward pass."""
 
-    def __init__(self, model: GPT, tokenizer: SentencePieceTokenizer, batch_size: int = 16):
+    def __init__(self, model: GPT, tokenizer: Tokenizer, batch_size: int = 16):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.batch_size = batch_size

@@ -18,7 +18,7 @@ import torch
 from llm.config import EvalConfig
 from llm.errors import UserError
 from llm.eval.generate import sample_completions
-from llm.tokenizer.spm import SentencePieceTokenizer
+from llm.tokenizer.base import load_tokenizer
 from llm.tracking import RunTarget
 from llm.train.checkpoint import load_model
 from llm.train.data import TokenDataset
@@ -87,7 +87,7 @@ def evaluate(
         log.warning("%s: the %s split records no bytes of text per token (made before the tokenize stage wrote "
                     "them): eval_bpb is not measured; rerun the tokenize stage for it", dataset.uri, name)
     score = held_out_score(model, split, context, batch_size, cfg.batches, device)
-    tokenizer = SentencePieceTokenizer.load(tokenizer_uri)
+    tokenizer = load_tokenizer(tokenizer_uri)
     samples = sample_completions(model, tokenizer, cfg.prompts, cfg.max_new_tokens, cfg.temperature, cfg.top_k, seed)
     result = EvalResult(val_loss=score.loss, perplexity=score.perplexity, tokens_evaluated=score.tokens, split=name,
                         samples=samples, eval_bpb=score.bits_per_byte, bytes_evaluated=score.bytes)

@@ -87,13 +87,13 @@ def generate_answers(model: RatedModel, prompts: list[str], decoding: Decoding, 
     from llm.eval.generate import continuation_ids
     from llm.finetune.respond import prompt_ids
     from llm.finetune.sft_data import template_ids
-    from llm.tokenizer.spm import SentencePieceTokenizer
+    from llm.tokenizer.base import load_tokenizer
     from llm.train.checkpoint import load_model
 
     state = read_state(model.checkpoint)
     tokenizer_uri = checkpoint_tokenizer(state, tokenizer_override, setting)
     try:
-        tokenizer = SentencePieceTokenizer.load(tokenizer_uri)
+        tokenizer = load_tokenizer(tokenizer_uri)
     except FileNotFoundError:
         raise InputNotFound(f"{setting}: tokenizer {tokenizer_uri} does not exist") from None
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -27,7 +27,7 @@ import numpy as np
 from llm import storage, versions
 from llm.errors import UserError
 from llm.eval.task_files import jsonl_records
-from llm.tokenizer.spm import SentencePieceTokenizer
+from llm.tokenizer.base import Tokenizer, load_tokenizer
 from llm.train.data import TokenManifest
 
 # A word of letters, then sentence-ending punctuation, then the end of a line or the text.
@@ -95,7 +95,7 @@ def split_documents(tokens_uri: str, split: str = "test"):
             yield [t for t in ids if t not in (manifest.bos_id, manifest.eos_id)]
 
 
-def last_word_example(text: str, tokenizer: SentencePieceTokenizer, max_pieces: int, max_chars: int) -> dict | None:
+def last_word_example(text: str, tokenizer: Tokenizer, max_pieces: int, max_chars: int) -> dict | None:
     """{context, target} cut from `text` by the module's rule, None when it has no word that fits."""
     for match in reversed(list(_LAST_WORD.finditer(text))):
         word = match.group(1)
@@ -116,7 +116,7 @@ def build_last_word_task(tokens_uri: str, tokenizer_uri: str, out_file: str | Pa
                          max_pieces: int = 3, max_chars: int = 400, limit: int | None = None) -> dict:
     """Write a last-word cloze task cut from the documents of `tokens_uri`'s `split`, decoded with the
     tokenizer that made them; returns counts (`written`, `skipped`: documents with no fitting word)."""
-    tokenizer = SentencePieceTokenizer.load(tokenizer_uri)
+    tokenizer = load_tokenizer(tokenizer_uri)
     written = skipped = 0
     Path(out_file).parent.mkdir(parents=True, exist_ok=True)
     with open(out_file, "w", encoding="utf-8") as out:

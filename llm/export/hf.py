@@ -27,7 +27,7 @@ from llm.export.gpt2 import (check_expressible, gpt2_config, gpt2_lora_state_dic
 from llm.export.hf_tokenizer import tokenizer_files
 from llm.finetune.export import is_adapter_checkpoint, load_finetuned, merged_state_dict, write_export_folder
 from llm.finetune.workload import load_base
-from llm.tokenizer.spm import SentencePieceTokenizer
+from llm.tokenizer.base import Tokenizer, tokenizer_from_bytes
 from llm.train.checkpoint import ADAPTER_FILE, load_model_state, read_state
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ def export_hf(checkpoint_uri: str, out_uri: str, fmt: str = "hf", tokenizer_uri:
     return {"format": fmt, "files": sorted(files), "tokenizer": tok_source, **({"method": method} if method else {})}
 
 
-def model_files(weights: dict[str, torch.Tensor], cfg: ModelConfig, tokenizer: SentencePieceTokenizer) -> dict[str, bytes]:
+def model_files(weights: dict[str, torch.Tensor], cfg: ModelConfig, tokenizer: Tokenizer) -> dict[str, bytes]:
     """`model.safetensors`, `config.json` and `generation_config.json` of a plain GPT's weights."""
     try:
         tensors = gpt2_state_dict(weights, cfg)
@@ -123,7 +123,7 @@ def adapter_config(rank: int, alpha: float, dropout: float, targets: list[str], 
 
 
 def resolve_tokenizer(checkpoint_uri: str, state: dict[str, Any],
-                      override: str | None) -> tuple[SentencePieceTokenizer, str]:
+                      override: str | None) -> tuple[Tokenizer, str]:
     """The checkpoint's tokenizer and where it came from: `override` when given, else what `state.json`
     records (`tokenizer: {uri, sha256}`; an adapter checkpoint falls back to its base's record), checked
     against the recorded digest."""
@@ -138,7 +138,7 @@ def resolve_tokenizer(checkpoint_uri: str, state: dict[str, Any],
         if recorded and hashlib.sha256(data).hexdigest() != recorded.get("sha256"):
             log.warning("--tokenizer %s is not the tokenizer %s records (%s): its ids must be the model's", override,
                         checkpoint_uri, recorded.get("uri"))
-        return SentencePieceTokenizer(data), override
+        return tokenizer_from_bytes(data), override
     if not recorded:
         raise UserError(f"{checkpoint_uri}: its state.json records no tokenizer (an older checkpoint): pass "
                         "--tokenizer PATH, the SentencePiece .model file it was trained with")
@@ -147,7 +147,7 @@ def resolve_tokenizer(checkpoint_uri: str, state: dict[str, Any],
     if digest != recorded["sha256"]:
         raise UserError(f"the tokenizer at {recorded['uri']} changed since {checkpoint_uri} was trained (sha256 "
                         f"{digest[:16]}, recorded {recorded['sha256'][:16]}): pass the original with --tokenizer")
-    return SentencePieceTokenizer(data), recorded["uri"]
+    return tokenizer_from_bytes(data), recorded["uri"]
 
 
 def _read_tokenizer(uri: str, what: str) -> bytes:

@@ -1,4 +1,7 @@
-"""The project's SentencePiece tokenizer as a transformers tokenizer folder (`tokenizer.json`).
+"""The project's tokenizer as a transformers tokenizer folder (`tokenizer.json`).
+
+A Hugging Face (`tokenizer.library: hf`) tokenizer is its own tokenizer.json, wrapped with its
+bos/eos/unk/pad tokens and checked the same way; what follows is about SentencePiece.
 
 transformers builds the fast tokenizer from the .model file's own settings (the project's: BPE with byte
 fallback, a dummy prefix, whitespace kept as it is, digits split, the chat markers as
@@ -20,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 from llm.errors import UserError
-from llm.tokenizer.spm import SentencePieceTokenizer
+from llm.tokenizer.base import Tokenizer
 
 TOKENIZER_FILE, TOKENIZER_CONFIG_FILE = "tokenizer.json", "tokenizer_config.json"
 #: A few texts beside the vocabulary's pieces for the self-check: spaces, indentation, digits, a byte-fallback
@@ -29,14 +32,14 @@ PROBES = ("  two leading spaces", " one", "def f():\n    return 1  \n\ttab", "di
           "emoji \U0001f389 and \u00e9\u00e8 \u4e2d\u6587", "<s>text</s>", "a  b   c", "trailing  ")
 
 
-def tokenizer_files(tokenizer: SentencePieceTokenizer, model_max_length: int | None = None) -> dict[str, bytes]:
+def tokenizer_files(tokenizer: Tokenizer, model_max_length: int | None = None) -> dict[str, bytes]:
     """`tokenizer.json` and `tokenizer_config.json` (name -> bytes) of a fast tokenizer that encodes and
     decodes like `tokenizer`; `model_max_length`: the model's context, so over-long inputs are flagged."""
     backend = _backend()
     kwargs = {"model_max_length": model_max_length} if model_max_length else {}
-    wrapped = backend(tokenizer_object=_convert(tokenizer.model_proto), bos_token="<s>", eos_token="</s>",
-                      unk_token="<unk>", pad_token="<pad>", split_special_tokens=True,
-                      clean_up_tokenization_spaces=False, **kwargs)
+    roles = {f"{r}_token": tokenizer.id_to_piece(getattr(tokenizer, f"{r}_id")) for r in ("bos", "eos", "unk", "pad")}
+    wrapped = backend(tokenizer_object=_backend_tokenizer(tokenizer), split_special_tokens=True,
+                      clean_up_tokenization_spaces=False, **roles, **kwargs)
     _check_special_ids(tokenizer, wrapped)
     _check_same_ids(tokenizer, wrapped)
     with tempfile.TemporaryDirectory(prefix="llmpipe-hf-tokenizer-") as tmp:
@@ -60,6 +63,15 @@ def _backend():
     return PreTrainedTokenizerFast
 
 
+def _backend_tokenizer(tokenizer: Tokenizer):
+    """The `tokenizers.Tokenizer` to wrap: an hf-library tokenizer's own tokenizer.json, unchanged."""
+    if tokenizer.library == "hf":
+        from tokenizers import Tokenizer as RustTokenizer
+
+        return RustTokenizer.from_str(tokenizer.model_bytes.decode("utf-8"))
+    return _convert(tokenizer.model_bytes)
+
+
 def _convert(model_proto: bytes):
     """A `tokenizers.Tokenizer` built from the SentencePiece model's own settings."""
     from transformers.convert_slow_tokenizer import SentencePieceExtractor, SpmConverter
@@ -77,18 +89,22 @@ def _convert(model_proto: bytes):
     return SpmConverter.build_tokenizer_from_spm_proto(proto, {piece.piece: i for i, piece in enumerate(proto.pieces)})
 
 
-def _check_same_ids(tokenizer: SentencePieceTokenizer, wrapped) -> None:
-    sp = tokenizer.sp
-    texts = [sp.id_to_piece(i).replace("\u2581", " ") for i in range(sp.get_piece_size())
-             if not (sp.is_control(i) or sp.is_unknown(i) or sp.is_byte(i))]
+def _check_same_ids(tokenizer: Tokenizer, wrapped) -> None:
+    # Every token of the vocabulary as text, but the roles and byte-fallback pieces (no text of their own).
+    skip = {tokenizer.pad_id, tokenizer.unk_id, tokenizer.bos_id, tokenizer.eos_id, *tokenizer.byte_fallback_ids().tolist()}
+    ids = [i for i in range(tokenizer.vocab_size) if i not in skip]
+    if tokenizer.library == "hf":
+        texts = [tokenizer.decode([i]) for i in ids]
+    else:
+        texts = [tokenizer.id_to_piece(i).replace("\u2581", " ") for i in ids]
     for text in [*texts, *PROBES]:
         ours, theirs = tokenizer.encode(text), wrapped.encode(text, add_special_tokens=False)
         if ours != theirs:
             raise UserError(f"the tokenizer cannot be exported exactly: transformers encodes {text!r} as {theirs}, "
-                            f"SentencePiece as {ours}")
+                            f"the project as {ours}")
 
 
-def _check_special_ids(tokenizer: SentencePieceTokenizer, wrapped) -> None:
+def _check_special_ids(tokenizer: Tokenizer, wrapped) -> None:
     for name in ("pad", "unk", "bos", "eos"):
         if getattr(wrapped, f"{name}_token_id") != getattr(tokenizer, f"{name}_id"):
             raise UserError(f"the tokenizer's {name} piece is not at id {getattr(tokenizer, f'{name}_id')}: "

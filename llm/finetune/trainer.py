@@ -66,14 +66,14 @@ def finetune(ft: FinetuneConfig, base_uri: str, tokenizer_uri: str, output_uri: 
              run_target: RunTarget | None = None) -> FinetuneResult:
     """Fine-tune the checkpoint `base_uri` (a folder with model.pt and state.json) on `ft.data` with
     `ft.method`, tokenized with the tokenizer model at `tokenizer_uri`; outputs under `output_uri`."""
-    from llm.tokenizer.spm import SentencePieceTokenizer
+    from llm.tokenizer.base import load_tokenizer
 
     started = time.perf_counter()
     check_supported(ft)
     base_uri, output_uri = storage.absolute(base_uri), storage.absolute(output_uri)
     model_cfg = base_model_config(base_uri)
     check_parallel_fits(model_cfg, ft.train)
-    tokenizer = SentencePieceTokenizer.load(tokenizer_uri)
+    tokenizer = load_tokenizer(tokenizer_uri)
     if tokenizer.vocab_size > model_cfg.vocab_size:
         raise UserError(f"the tokenizer's {tokenizer.vocab_size} tokens do not fit the base model's vocabulary of "
                         f"{model_cfg.vocab_size}: fine-tune with the tokenizer the base was trained with")

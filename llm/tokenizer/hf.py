@@ -164,7 +164,7 @@ def train_hf(docs: Iterable[str], vocab_size: int, model_type: str = "bpe", spec
         tk = _train_unigram(docs, vocab_size, specials, ids["unk"])
     else:
         raise ValueError(f"model_type must be bpe, wordpiece or unigram, got {model_type!r}")
-    model = _user_tokens_not_special(tk.to_str(), len(TRAINED_ROLE_PIECES[model_type]))
+    model = _user_tokens_not_special(tk.to_str(), len(roles))
     loaded = HFTokenizer(model)
     found = {"pad": loaded.pad_id, "unk": loaded.unk_id, "bos": loaded.bos_id, "eos": loaded.eos_id}
     if found != ids:
@@ -246,7 +246,7 @@ def _user_tokens_not_special(tokenizer_json: str, roles: int) -> bytes:
     # matched whole in text while the roles, read as text (`encode_special_tokens`), never are.
     data = json.loads(tokenizer_json)
     for token in data["added_tokens"]:
-        if token["id"] >= roles and token["content"] != MASK:
+        if token["id"] >= roles:
             token["special"] = False
     return json.dumps(data, ensure_ascii=False).encode("utf-8")
 

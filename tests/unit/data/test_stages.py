@@ -14,7 +14,7 @@ from llm.data.dataset import write_shard
 from llm.data.reshard import plan_cuts, run_reshard
 from llm.data.tokenize import run_tokenize, split_of
 from llm.executor import LocalExecutor
-from llm.tokenizer import SentencePieceTokenizer
+from llm.tokenizer import load_tokenizer
 from llm.tokenizer.stage import run_tokenizer_training, tokenizer_uri
 from tests.trees import output_tree
 
@@ -87,7 +87,7 @@ def test_tokens_split_by_hash_and_index_is_consistent(tmp_path):
     out = _pipeline(str(tmp_path))
     meta = out["tokens"]["tokens"]
     assert meta["dtype"] == "uint16" and meta["vocab_size"] == out["tok"]["vocab_size"]
-    tok = SentencePieceTokenizer.load(tokenizer_uri(str(tmp_path / "tok")))
+    tok = load_tokenizer(tokenizer_uri(str(tmp_path / "tok")))
     n_docs = 0
     for split, entries in meta["splits"].items():
         for e in entries:
@@ -115,7 +115,7 @@ def _documents(root, entries) -> list[tuple[int, ...]]:
 
 def test_tokenize_writes_a_test_split_disjoint_from_train_and_val(tmp_path):
     _pipeline(str(tmp_path))
-    tok = SentencePieceTokenizer.load(tokenizer_uri(str(tmp_path / "tok")))
+    tok = load_tokenizer(tokenizer_uri(str(tmp_path / "tok")))
     # the raw documents, exact copies across shards included: each copy lands where the original does
     out = tmp_path / "raw-tokens"
     meta = run_tokenize(str(tmp_path / "docs"), str(tmp_path / "tok"), str(out),

@@ -40,7 +40,7 @@ def test_counts_sum_to_the_utf8_length_of_every_document(texts):
     counts = counter.counts_batch(docs, ids)
     assert [int(c.sum()) for c in counts] == [len(t.encode("utf-8")) for t in docs]
     assert all(len(c) == len(i) and (c >= 0).all() for c, i in zip(counts, ids))
-    pieces = [tok.sp.id_to_piece(t) for d in ids for t in d]
+    pieces = [tok.id_to_piece(t) for d in ids for t in d]
     assert sum(p.startswith("<0x") for p in pieces) > 10  # byte fallback was exercised...
     assert any(ord(ch) > 0xFFFF for t in EXTRA for ch in t)  # ...by characters of four UTF-8 bytes
     assert counter.prefix == 1  # the dummy prefix space, which no document's count includes
