@@ -36,10 +36,10 @@ def _config(setup, method: str, steps: int = STEPS, **train) -> FinetuneConfig:
 def _workload(setup, ft: FinetuneConfig, folder):
     from llm.finetune.sft_data import prepare_sft
     from llm.finetune.workload import FinetuneWorkload, file_digest
-    from llm.tokenizer.spm import SentencePieceTokenizer
+    from llm.tokenizer.base import load_tokenizer
     from llm.train.checkpoint import tokenizer_record
 
-    examples = prepare_sft(ft.data, ft.template, SentencePieceTokenizer.load(setup.tokenizer),
+    examples = prepare_sft(ft.data, ft.template, load_tokenizer(setup.tokenizer),
                            setup.model_cfg.context_length)
     examples.save(str(folder / "examples.npz"))
     with open(f"{setup.base}/model.pt", "rb") as f:

@@ -16,7 +16,7 @@ def test_export_reads_and_writes_s3(s3_endpoint, shared_data, tmp_path, monkeypa
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from llm.export.hf import export_hf
-    from llm.tokenizer.spm import SentencePieceTokenizer
+    from llm.tokenizer.base import load_tokenizer
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
@@ -37,4 +37,4 @@ def test_export_reads_and_writes_s3(s3_endpoint, shared_data, tmp_path, monkeypa
     with torch.no_grad():
         torch.testing.assert_close(hf_model(input_ids=ids).logits, model(ids)[0], rtol=0, atol=1e-4)
     text = "Bonjour, comment ça va ? 你好"
-    assert AutoTokenizer.from_pretrained(local).encode(text) == SentencePieceTokenizer.load(tokenizer).encode(text)
+    assert AutoTokenizer.from_pretrained(local).encode(text) == load_tokenizer(tokenizer).encode(text)

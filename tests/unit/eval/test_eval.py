@@ -13,7 +13,8 @@ import torch
 from llm import storage
 from llm.config import EvalConfig, ModelConfig, TrainConfig
 from llm.eval import evaluate
-from llm.tokenizer.spm import SentencePieceTokenizer, train_sentencepiece
+from llm.tokenizer.base import load_tokenizer, tokenizer_from_bytes
+from llm.tokenizer.spm import train_sentencepiece
 from llm.tokenizer.token_bytes import TokenByteCounter
 from llm.tracking import RunTarget
 from llm.train.checkpoint import load_model
@@ -37,7 +38,7 @@ def trained(tmp_path_factory):
     proto = train_sentencepiece(TEXT, vocab_size=400)
     tok_uri = str(root / "tokenizer.model")
     storage.write_bytes(tok_uri, proto)
-    tok = SentencePieceTokenizer(proto)
+    tok = tokenizer_from_bytes(proto)
     docs = [[tok.bos_id, *tok.encode(t), tok.eos_id] for t in TEXT]
     test_docs = [[tok.bos_id, *tok.encode(t), tok.eos_id] for t in TEST_TEXT]
     counter = TokenByteCounter(tok)
@@ -107,7 +108,7 @@ def test_evaluate_scores_the_test_split_not_validation(trained):
     assert result.val_loss != pytest.approx(summary.final_val_loss, abs=1e-3)
     # bits per byte over the bytes of the test text those targets stand for: the windows read tokens
     # [0, 16k + 1) and score all but the first; bos and eos stand for no bytes
-    tok = SentencePieceTokenizer.load(tok_uri)
+    tok = load_tokenizer(tok_uri)
     per_token = np.concatenate([[0, *TokenByteCounter(tok).counts(t, tok.encode(t)), 0] for t in TEST_TEXT])
     assert result.bytes_evaluated == per_token[1:result.tokens_evaluated + 1].sum() > 0
     assert result.eval_bpb == pytest.approx(result.val_loss * result.tokens_evaluated
