@@ -374,6 +374,9 @@ class TokenizerConfig(Section):
     byte_fallback: bool = Field(True, description="Unknown characters become byte tokens, never <unk>.")
     max_sentence_length: int = Field(16384, ge=64, description="Longer training lines are split.")
     seed: int = Field(0, description="Seed for sampling and training.")
+    card_bytes: int = Field(
+        2_000_000, ge=0, description="About how many text bytes of documents outside the training sample the "
+        "tokenizer card measures (bytes per token, unknown and byte-fallback rates, round trip; 0: none).")
     special_tokens: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
         default_factory=lambda: list(CHAT_SPECIAL_TOKENS),
         description="Pieces kept whole (one id each, after pad/unk/bos/eos): the chat template's role and "

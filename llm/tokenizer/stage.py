@@ -14,6 +14,7 @@ from llm.config import TokenizerConfig
 from llm.data.dataset import read_manifest
 from llm.errors import UserError
 from llm.lineage import identity, of_input
+from llm.tokenizer.card import HeldOut, compute_card, write_card
 from llm.tokenizer.spm import SentencePieceTokenizer, train_sentencepiece
 
 
@@ -46,7 +47,8 @@ def tokenizer_identity(shards_manifest: dict, cfg: TokenizerConfig):
 
 def run_tokenizer_training(shards_uri: str, out_uri: str, cfg: TokenizerConfig, executor) -> dict:
     """Train on a sample of `shards_uri` into a new version of `out_uri` (spm-<version>.model and
-    .vocab), unless a version with the same identity exists."""
+    .vocab, and card-<version>.json/.md measured on held-out documents), unless a version with the same
+    identity exists."""
     started = time.time()
     shards_root = versions.split(shards_uri)[0]
     manifest = read_manifest(shards_uri)
@@ -83,5 +85,8 @@ def run_tokenizer_training(shards_uri: str, out_uri: str, cfg: TokenizerConfig, 
         "sample": {"documents": len(texts), "bytes": sum(len(t.encode()) for t in texts),
                    "fraction": round(fraction, 6)},
     }
+    held_out = HeldOut.bounded(cfg.seed, cfg.card_bytes, total - result["sample"]["bytes"])
+    card = compute_card(tok, files, lambda d, s, l: _selected(d, cfg.seed, fraction), held_out, executor, result["sample"])
+    result["files"].update(write_card(out_uri, ident.version, card))
     version = manifest["version"]
     return versions.publish(out_uri, ident, result, {"shards": versions.pinned(shards_root, version)}, started)
