@@ -86,7 +86,8 @@ def run_tokenizer_training(shards_uri: str, out_uri: str, cfg: TokenizerConfig, 
                    "fraction": round(fraction, 6)},
     }
     held_out = HeldOut.bounded(cfg.seed, cfg.card_bytes, total - result["sample"]["bytes"])
-    card = compute_card(tok, files, lambda d, s, l: _selected(d, cfg.seed, fraction), held_out, executor, result["sample"])
+    in_sample = lambda doc_id, source, lang: _selected(doc_id, cfg.seed, fraction)
+    card = compute_card(tok, files, in_sample, held_out, executor, result["sample"])
     result["files"].update(write_card(out_uri, ident.version, card))
     version = manifest["version"]
     return versions.publish(out_uri, ident, result, {"shards": versions.pinned(shards_root, version)}, started)

@@ -192,3 +192,28 @@ def test_the_tokenizer_task_logs_the_card_to_mlflow(shared_data, tmp_path, monke
     assert metrics["unk_rate"] == 0 and metrics["roundtrip_failures"] == 0 and metrics["byte_fallback_rate"] > 0
     logged = {a.path for a in client.list_artifacts(child.info.run_id, "tokenizer")}
     assert {"tokenizer/spm.model", "tokenizer/spm.vocab", "tokenizer/card.json", "tokenizer/card.md"} <= logged
+
+
+def test_a_hugging_face_tokenizer_gets_the_same_card(shared_data):
+    from tokenizers import Tokenizer as RustTokenizer, decoders, models, pre_tokenizers, trainers
+
+    from llm.tokenizer import tokenizer_from_bytes
+    from llm.tokenizer.card import build_card
+
+    records = langid_records(shared_data)
+    rust = RustTokenizer(models.BPE())
+    rust.pre_tokenizer, rust.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=["<pad>", "<unk>", "<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    rust.train_from_iterator([r["text"] for r in records if r["label"] in LATIN], trainer)
+    tok = tokenizer_from_bytes(rust.to_str().encode())
+    docs = _docs(records, lambda lang: lang in ("ru", "zh", "en"))
+    card = build_card(tok, [measure_texts(tok, docs)], HeldOut(0, 1.0))
+    assert (card["library"], card["model_type"], card["byte_fallback_ids"]) == ("hf", "bpe", 0)
+    # Byte-level BPE: every script is bytes, so nothing is unknown and every document round-trips.
+    zh = card["by_language"]["zh"]
+    assert zh["unk_rate"] == 0 and zh["byte_fallback_rate"] == 0 and zh["roundtrip_failures"] == 0
+    n_bytes = sum(len(d[1].encode()) for d in docs if d[3] == "zh")
+    assert zh["bytes_per_token"] == pytest.approx(n_bytes / sum(len(tok.encode(d[1])) for d in docs if d[3] == "zh"),
+                                                  abs=1e-4)
+    assert card["special_ids"] == {"<pad>": 0, "<unk>": 1, "<s>": 2, "</s>": 3}
