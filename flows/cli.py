@@ -7,6 +7,7 @@
     llmpipe explain work/demo/datasets/docs DOC_ID
     llmpipe stats work/demo/datasets/docs
     llmpipe lineage work/demo/tokens
+    llmpipe tokenizer-card work/demo/tokenizer
     llmpipe gc work/demo            # dry run; --apply deletes
     llmpipe export work/demo/finetune/runs/VERSION/final exported/ --format merged
     llmpipe export work/demo/train/runs/VERSION/final hf/ --format hf    # a transformers GPT-2 folder
@@ -113,6 +114,10 @@ def _parser() -> argparse.ArgumentParser:
                         "a PEFT adapter folder, its base as an hf folder in OUT/base")
     export.add_argument("--tokenizer", help="hf/peft: the SentencePiece .model file, for checkpoints whose "
                         "state.json records none, or to override it")
+    what = ("a tokenizer's card: bytes per token, unknown and byte-fallback rates and round trip per language "
+            "and source on held-out text (computed from its input shards for a version made without one)")
+    card = sub.add_parser("tokenizer-card", help=what, description=what, parents=[common])
+    card.add_argument("tokenizer", help="tokenizer dataset folder or URI, optionally DIR@VERSION")
     what = "remove dataset versions (and their files) that no current version depends on"
     gc = sub.add_parser("gc", help=what, description=what + "; a dry run unless --apply", parents=[common])
     gc.add_argument("work_dir", help="the work directory (local path or s3:// prefix)")
@@ -215,6 +220,12 @@ def _command(args: argparse.Namespace, debug: bool) -> int:
         from llm.lineage_chain import format_lineage
 
         print(format_lineage(args.dataset))
+        return 0
+    if args.command == "tokenizer-card":
+        from llm.tokenizer.card_render import card_markdown
+        from llm.tokenizer.card_version import version_card
+
+        print(card_markdown(version_card(args.tokenizer)), end="")
         return 0
     if args.command == "gc":
         from llm.gc import format_gc, run_gc

@@ -391,6 +391,9 @@ class TokenizerConfig(Section):
     unk_id: int = Field(1, ge=0, description="Id of the unknown token (<unk>, wordpiece [UNK]).")
     bos_id: int = Field(2, ge=0, description="Id of the begin-of-document token (<s>, wordpiece [CLS]).")
     eos_id: int = Field(3, ge=0, description="Id of the end-of-document token (</s>, wordpiece [SEP]).")
+    card_bytes: int = Field(
+        2_000_000, ge=0, description="About how many text bytes of documents outside the training sample the "
+        "tokenizer card measures (bytes per token, unknown and byte-fallback rates, round trip; 0: none).")
     special_tokens: list[_Token] = Field(
         default_factory=lambda: list(CHAT_SPECIAL_TOKENS),
         description="Tokens kept whole (one id each, after pad/unk/bos/eos): the chat template's role and "

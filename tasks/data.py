@@ -99,12 +99,14 @@ def shard(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict:
 
 @stage_task("tokenizer")
 def tokenizer(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict:
-    """Train the SentencePiece tokenizer on a sample of the shards and log it to MLflow."""
+    """Train the SentencePiece tokenizer on a sample of the shards and log it and its card to MLflow."""
+    from llm.tokenizer.card import ARTIFACT_NAMES, card_metrics, read_card
     from llm.tokenizer.stage import run_tokenizer_training
 
     with stage(cfg, parent_run_id, "tokenizer") as ctx:
         out = ctx.layout.tokenizer
         manifest = run_tokenizer_training(ctx.layout.shards, out, cfg.tokenizer, ctx.executor)
+        card = read_card(out, manifest)
         if ctx.run is not None:
             import tempfile
             from pathlib import Path
@@ -112,11 +114,12 @@ def tokenizer(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict:
             # Under their usual names (spm.model, spm.vocab): the run holds one tokenizer.
             with tempfile.TemporaryDirectory() as tmp:
                 for role, rel in manifest["files"].items():
-                    path = Path(tmp) / f"spm.{role}"
+                    path = Path(tmp) / ARTIFACT_NAMES.get(role, f"spm.{role}")
                     path.write_bytes(storage.read_bytes(storage.join(out, rel)))
                     ctx.run.log_artifact(str(path), "tokenizer")
         return ctx.report(manifest, out, {"vocab_size": manifest["vocab_size"],
-                                          "sample_documents": manifest["sample"]["documents"]})
+                                          "sample_documents": manifest["sample"]["documents"],
+                                          **(card_metrics(card) if card else {})})
 
 
 @stage_task("tokenize")

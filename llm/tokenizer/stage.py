@@ -15,6 +15,7 @@ from llm.data.dataset import read_manifest
 from llm.errors import UserError
 from llm.lineage import identity, of_input
 from llm.tokenizer.base import tokenizer_from_bytes
+from llm.tokenizer.card import HeldOut, compute_card, write_card
 
 
 def train_tokenizer(texts, cfg: TokenizerConfig) -> bytes:
@@ -59,7 +60,8 @@ def tokenizer_identity(shards_manifest: dict, cfg: TokenizerConfig):
 
 def run_tokenizer_training(shards_uri: str, out_uri: str, cfg: TokenizerConfig, executor) -> dict:
     """Train on a sample of `shards_uri` into a new version of `out_uri` (spm-<version>.model and
-    .vocab, or hf-<version>.json), unless a version with the same identity exists."""
+    .vocab, or hf-<version>.json; and card-<version>.json/.md measured on held-out documents), unless a
+    version with the same identity exists."""
     started = time.time()
     shards_root = versions.split(shards_uri)[0]
     manifest = read_manifest(shards_uri)
@@ -102,5 +104,9 @@ def run_tokenizer_training(shards_uri: str, out_uri: str, cfg: TokenizerConfig, 
         "sample": {"documents": len(texts), "bytes": sum(len(t.encode()) for t in texts),
                    "fraction": round(fraction, 6)},
     }
+    held_out = HeldOut.bounded(cfg.seed, cfg.card_bytes, total - result["sample"]["bytes"])
+    in_sample = lambda doc_id, source, lang: _selected(doc_id, cfg.seed, fraction)
+    card = compute_card(tok, files, in_sample, held_out, executor, result["sample"])
+    result["files"].update(write_card(out_uri, ident.version, card))
     version = manifest["version"]
     return versions.publish(out_uri, ident, result, {"shards": versions.pinned(shards_root, version)}, started)

@@ -94,7 +94,7 @@ def test_pipeline_flow_end_to_end(tmp_path, ray_local, prefect_home):
     for name in ("lr", "grad_norm", "tokens_per_s"):
         assert client.get_metric_history(by_stage["pretrain"].info.run_id, name), name
     tok_artifacts = [a.path for a in client.list_artifacts(by_stage["tokenizer"].info.run_id, "tokenizer")]
-    assert "tokenizer/spm.model" in tok_artifacts
+    assert "tokenizer/spm.model" in tok_artifacts and "tokenizer/card.json" in tok_artifacts
     assert by_stage["evaluate"].data.params["eval_split"] == "test"
     eval_artifacts = {a.path for a in client.list_artifacts(by_stage["evaluate"].info.run_id)}
     assert any("sample" in p for p in eval_artifacts), eval_artifacts
