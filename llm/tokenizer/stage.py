@@ -60,8 +60,10 @@ def run_tokenizer_training(shards_uri: str, out_uri: str, cfg: TokenizerConfig, 
             input_sentence_size=cfg.input_sentence_size, shuffle_input_sentence=cfg.shuffle_input_sentence,
             seed=cfg.seed)
 
-    model = executor.map(train, [None], desc="tokenizer: train")[0]
-    remove_sample(scratch)
+    try:
+        model = executor.map(train, [None], desc="tokenizer: train")[0]
+    finally:  # scratch: a rerun samples again (the same documents)
+        remove_sample(scratch)
     tok = SentencePieceTokenizer(model)
     model_rel, vocab_rel = f"spm-{ident.version}.model", f"spm-{ident.version}.vocab"
     sha = storage.write_bytes(storage.join(out_uri, model_rel), model)
