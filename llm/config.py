@@ -369,6 +369,9 @@ ROLE_TEXTS = {"angle": {"pad": "<pad>", "unk": "<unk>", "bos": "<s>", "eos": "</
 _Token = Annotated[str, Field(min_length=1, max_length=64)]
 
 
+_SAMPLE_KEY = re.compile(r"(?:[A-Za-z0-9._-]+|\*/[^/\s]+|[A-Za-z0-9._-]+/[^/\s]+)")
+
+
 class TokenizerConfig(Section):
     """Tokenizer training on a sample of the shards, with SentencePiece or Hugging Face tokenizers."""
 
@@ -386,6 +389,21 @@ class TokenizerConfig(Section):
     character_coverage: float = Field(0.9995, gt=0, le=1, description="Share of characters covered (sentencepiece).")
     byte_fallback: bool = Field(True, description="Unknown characters become byte tokens, never <unk> (sentencepiece).")
     max_sentence_length: int = Field(16384, ge=64, description="Longer training lines are split (sentencepiece).")
+    sample_weights: dict[str, Annotated[float, Field(ge=0, le=1)]] = Field(
+        default_factory=dict,
+        description="Share of `sample_bytes` per stratum, by key: `<source>` (all its languages), "
+        "`<source>/<lang>`, or `*/<lang>` (that language in every source); a document counts under the most "
+        "specific key that matches it. `lang` is the language-ID column, `unknown` where a document has none. "
+        "Shares sum to at most 1; unlisted strata split the rest by their bytes (their natural share), and "
+        "when every stratum is listed the shares are scaled to sum to 1. 0 leaves a stratum out; a stratum "
+        "smaller than its share is taken whole. Empty: every document has the same chance.",
+    )
+    input_sentence_size: int = Field(
+        0, ge=0, description="Most sentences (lines of the sampled documents) SentencePiece loads; 0: all, "
+        "else above 100 (SentencePiece's minimum).")
+    shuffle_input_sentence: bool = Field(
+        False, description="With `input_sentence_size`, load a random choice of the sample's lines (seeded "
+        "by `seed`) rather than the first ones.")
     seed: int = Field(0, description="Seed for sampling and training.")
     pad_id: int = Field(0, ge=0, description="Id of the padding token (<pad>, wordpiece [PAD]).")
     unk_id: int = Field(1, ge=0, description="Id of the unknown token (<unk>, wordpiece [UNK]).")
@@ -431,6 +449,17 @@ class TokenizerConfig(Section):
         if len(set(tokens)) != len(tokens) or taken & set(tokens):
             raise ValueError(f"special_tokens and user_tokens must be distinct and none of {sorted(taken)} (the "
                              f"role tokens), got special_tokens={self.special_tokens}, user_tokens={self.user_tokens}")
+        return self
+
+    @model_validator(mode="after")
+    def _sample_settings(self) -> "TokenizerConfig":
+        bad = [k for k in self.sample_weights if not _SAMPLE_KEY.fullmatch(k)]
+        if bad:
+            raise ValueError(f"sample_weights keys are `<source>`, `<source>/<lang>` or `*/<lang>`, got {bad}")
+        if sum(self.sample_weights.values()) > 1 + 1e-9:
+            raise ValueError(f"sample_weights sum to {sum(self.sample_weights.values()):g}, more than 1")
+        if 0 < self.input_sentence_size <= 100:
+            raise ValueError(f"input_sentence_size must be 0 (all) or above 100, got {self.input_sentence_size}")
         return self
 
     on_new_data: Literal["keep", "retrain"] = Field(

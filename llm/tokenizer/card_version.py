@@ -46,13 +46,19 @@ def version_card(tokenizer_dir: str, executor=None) -> dict:
     seed = int(config.get("seed", defaults.seed))
     card_bytes = int(config.get("card_bytes", defaults.card_bytes))
     total = sum(s["extra"].get("text_bytes", 0) for s in shards["shards"])
-    from llm.tokenizer.stage import _selected, tokenizer_uri
+    from llm.tokenizer.sample import SamplePlan, selected, stratum
+    from llm.tokenizer.stage import tokenizer_uri
 
     tok = tokenizer_from_bytes(storage.read_bytes(tokenizer_uri(tokenizer_dir)))
-    fraction = float(sample["fraction"])
+    if "strata" in sample:  # a stratified sample records each stratum's fraction
+        plan = SamplePlan.from_manifest(sample)
+        in_sample = lambda d, s, l: plan.in_sample(d, stratum(s, l))
+    else:  # before stratified samples: one hash threshold for every document
+        fraction = float(sample["fraction"])
+        in_sample = lambda d, s, l: selected(d, seed, fraction)
     held_out = HeldOut.bounded(seed, card_bytes, total - int(sample.get("bytes", 0)))
     if executor is None:
         from llm.executor import LocalExecutor
 
         executor = LocalExecutor(progress=True)
-    return compute_card(tok, files, lambda d, s, l: _selected(d, seed, fraction), held_out, executor, sample)
+    return compute_card(tok, files, in_sample, held_out, executor, sample)

@@ -121,17 +121,22 @@ def train_sentencepiece(
     num_threads: int = 1,
     special_tokens: Iterable[str] = (),
     special_ids: dict[str, int] | None = None,
+    input_sentence_size: int = 0,
+    shuffle_input_sentence: bool = False,
+    seed: int = 0,
 ) -> bytes:
     """Train a model and return its serialized proto (bytes), deterministic for the same input.
 
     `special_tokens` become single pieces (the first free ids after pad/unk/bos/eos) wherever they
     occur: the chat template's role markers and any user tokens. `special_ids`: the id of each of
-    pad/unk/bos/eos (`DEFAULT_SPECIAL_IDS` by default)."""
+    pad/unk/bos/eos (`DEFAULT_SPECIAL_IDS` by default). `input_sentence_size` caps the sentences (lines)
+    loaded (0: all), the first ones or, with `shuffle_input_sentence`, a random choice of them seeded
+    by `seed`."""
     model = io.BytesIO()
     ids = {**DEFAULT_SPECIAL_IDS, **(special_ids or {})}
     try:
         _train(docs, model, vocab_size, model_type, character_coverage, byte_fallback, max_sentence_length,
-               num_threads, list(special_tokens), ids)
+               num_threads, list(special_tokens), ids, input_sentence_size, shuffle_input_sentence, seed)
     except RuntimeError as exc:
         match = re.search(r"Vocabulary size is smaller than required_chars\. (\d+) vs (\d+)", str(exc))
         if match:
@@ -144,7 +149,9 @@ def train_sentencepiece(
 
 
 def _train(docs, model, vocab_size, model_type, character_coverage, byte_fallback, max_sentence_length,
-           num_threads, special_tokens, ids) -> None:
+           num_threads, special_tokens, ids, input_sentence_size=0, shuffle_input_sentence=False,
+           seed=0) -> None:
+    spm.set_random_generator_seed(seed)  # the shuffle's choice is then the same on every run
     spm.SentencePieceTrainer.train(
         sentence_iterator=_lines(docs, max_sentence_length),
         model_writer=model,
@@ -167,8 +174,8 @@ def _train(docs, model, vocab_size, model_type, character_coverage, byte_fallbac
         normalization_rule_name="identity",  # the normalize stage already did NFC
         allow_whitespace_only_pieces=True,
         num_threads=num_threads,
-        input_sentence_size=0,
-        shuffle_input_sentence=False,
+        input_sentence_size=input_sentence_size,
+        shuffle_input_sentence=shuffle_input_sentence,
         minloglevel=2,
         hard_vocab_limit=False,
     )

@@ -1,12 +1,12 @@
 """Tokenizer training as a stage: sample the shards (in parallel), train the tokenizer (one task).
 
-The sample is chosen by a hash of each document's id against the wanted fraction, so it is spread
-over every shard, the same on every run, and needs one pass with no global shuffle.
+The sample (`llm.tokenizer.sample`) is chosen per shard on the workers by a hash of each document's id
+against its stratum's fraction, written to part files under `<out>/_sample/<version>/` and streamed to
+the trainer from there; the parts are deleted once the model is written.
 """
 
 from __future__ import annotations
 
-import hashlib
 import time
 
 from llm import storage, versions
@@ -16,6 +16,7 @@ from llm.errors import UserError
 from llm.lineage import identity, of_input
 from llm.tokenizer.base import tokenizer_from_bytes
 from llm.tokenizer.card import HeldOut, compute_card, write_card
+from llm.tokenizer.sample import SamplePlan, SampleTexts, build_sample, remove_sample, stratum
 
 
 def train_tokenizer(texts, cfg: TokenizerConfig) -> bytes:
@@ -28,19 +29,9 @@ def train_tokenizer(texts, cfg: TokenizerConfig) -> bytes:
     from llm.tokenizer.spm import train_sentencepiece
 
     return train_sentencepiece(texts, cfg.vocab_size, cfg.model_type, cfg.character_coverage, cfg.byte_fallback,
-                               cfg.max_sentence_length, special_tokens=tokens, special_ids=cfg.special_ids())
-
-
-
-def _selected(doc_id: str, seed: int, fraction: float) -> bool:
-    digest = hashlib.blake2b(f"{seed}:{doc_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2**64 < fraction
-
-
-def _sample_shard(uri: str, seed: int, fraction: float) -> list[str]:
-    table = storage.read_parquet(uri, columns=["id", "text"])
-    return [t for i, t in zip(table.column("id").to_pylist(), table.column("text").to_pylist())
-            if _selected(i, seed, fraction)]
+                               cfg.max_sentence_length, special_tokens=tokens, special_ids=cfg.special_ids(),
+                               input_sentence_size=cfg.input_sentence_size,
+                               shuffle_input_sentence=cfg.shuffle_input_sentence, seed=cfg.seed)
 
 
 def tokenizer_uri(tokenizer_dir: str) -> str:
@@ -73,15 +64,19 @@ def run_tokenizer_training(shards_uri: str, out_uri: str, cfg: TokenizerConfig, 
     if total == 0:
         raise UserError(f"tokenizer: {shards_uri} holds no text to train on (did the data filters drop "
                         "every document? `llmpipe stats` on the datasets shows where they went)")
-    fraction = min(1.0, cfg.sample_bytes / total)
     files = [storage.join(shards_root, s["files"]["data"]) for s in manifest["shards"]]
-    samples = executor.map(lambda f: _sample_shard(f, cfg.seed, fraction), files, desc="tokenizer: sample")
-    texts = [t for part in samples for t in part]
+    scratch = storage.join(out_uri, "_sample", ident.version)
+    parts, sample = build_sample(files, scratch, cfg.sample_bytes, cfg.sample_weights, cfg.seed, executor,
+                                 known_total=total)
+    texts = SampleTexts(tuple(parts))
 
     def train(_):
         return train_tokenizer(texts, cfg)
 
-    model = executor.map(train, [None], desc="tokenizer: train")[0]
+    try:
+        model = executor.map(train, [None], desc="tokenizer: train")[0]
+    finally:  # scratch: a rerun samples again (the same documents)
+        remove_sample(scratch)
     tok = tokenizer_from_bytes(model)
     if cfg.library == "hf":
         model_rel = f"hf-{ident.version}.json"
@@ -101,11 +96,11 @@ def run_tokenizer_training(shards_uri: str, out_uri: str, cfg: TokenizerConfig, 
         "sha256": sha,
         "vocab_size": tok.vocab_size,
         "special_tokens": {"pad": tok.pad_id, "unk": tok.unk_id, "bos": tok.bos_id, "eos": tok.eos_id},
-        "sample": {"documents": len(texts), "bytes": sum(len(t.encode()) for t in texts),
-                   "fraction": round(fraction, 6)},
+        "sample": sample,
     }
     held_out = HeldOut.bounded(cfg.seed, cfg.card_bytes, total - result["sample"]["bytes"])
-    in_sample = lambda doc_id, source, lang: _selected(doc_id, cfg.seed, fraction)
+    plan = SamplePlan.from_manifest(sample)
+    in_sample = lambda doc_id, source, lang: plan.in_sample(doc_id, stratum(source, lang))
     card = compute_card(tok, files, in_sample, held_out, executor, result["sample"])
     result["files"].update(write_card(out_uri, ident.version, card))
     version = manifest["version"]

@@ -24,7 +24,7 @@ def test_hf_tokenizer_stage_then_tokenize(tmp_path):
     result = run_tokenizer_training(docs, tok_dir, cfg, ex)
     assert result["library"] == "hf" and result["model"].startswith("hf-") and result["model"].endswith(".json")
     assert result["special_tokens"] == {"pad": 3, "unk": 1, "bos": 2, "eos": 0}
-    assert set(read_manifest(tok_dir)["files"]) == {"model"}
+    assert set(read_manifest(tok_dir)["files"]) == {"model", "card", "card_md"}
     tok = load_tokenizer(tokenizer_uri(tok_dir))
     assert tok.library == "hf" and json.loads(tok.model_bytes)["model"]["type"] == "BPE"
 
