@@ -18,7 +18,8 @@ from llm.data.dataset import read_manifest
 from llm.executor import LocalExecutor
 from llm.tokenizer import SentencePieceTokenizer, load_tokenizer, train_sentencepiece
 from llm.tokenizer.card import HeldOut, measure_shard, measure_texts, read_card
-from llm.tokenizer.stage import _sample_shard, _selected, run_tokenizer_training, tokenizer_uri
+from llm.tokenizer.sample import SamplePlan, stratum
+from llm.tokenizer.stage import run_tokenizer_training, tokenizer_uri
 from tests.unit.tokenizer.card_setup import langid_records, write_lang_dataset
 
 CFG = TokenizerConfig(vocab_size=1000, sample_bytes=30000, character_coverage=0.98, card_bytes=60000)
@@ -36,9 +37,15 @@ def trained(shared_data, tmp_path_factory):
 
 def _held_out_rows(trained) -> list[dict]:
     """The held-out documents, chosen here from the rows themselves with the stage's rule."""
-    card, fraction = trained["card"], trained["manifest"]["sample"]["fraction"]
+    card = trained["card"]
     held = HeldOut(card["held_out"]["seed"], card["held_out"]["fraction"])
-    return [r for r in trained["rows"] if held.selected(r["id"]) and not _selected(r["id"], CFG.seed, fraction)]
+    return [r for r in trained["rows"] if held.selected(r["id"]) and not _sampled(trained, r)]
+
+
+def _sampled(trained, row) -> bool:
+    """Whether the training sample held `row`, by the plan the tokenizer manifest records."""
+    plan = SamplePlan.from_manifest(trained["manifest"]["sample"])
+    return plan.in_sample(row["id"], stratum(row["source"], row["lang"]))
 
 
 def test_stage_writes_the_card_beside_the_model_and_lists_it(trained):
@@ -54,8 +61,9 @@ def test_stage_writes_the_card_beside_the_model_and_lists_it(trained):
 def test_held_out_documents_are_outside_the_sample_and_bounded(trained):
     card, manifest = trained["card"], trained["manifest"]
     held = _held_out_rows(trained)
-    sampled = {t for f in _shard_files(trained) for t in _sample_shard(f, CFG.seed, manifest["sample"]["fraction"])}
-    assert held and not sampled & {r["text"] for r in held}
+    sampled = [r for r in trained["rows"] if _sampled(trained, r)]
+    assert len(sampled) == manifest["sample"]["documents"]  # the recorded plan is the sample that was taken
+    assert held and not {r["text"] for r in sampled} & {r["text"] for r in held}
     assert card["held_out"]["documents"] == len(held) == card["overall"]["documents"]
     assert card["held_out"]["bytes"] == sum(len(r["text"].encode()) for r in held)
     # About card_bytes (a hash fraction, not a cut), well short of everything the sample left.
