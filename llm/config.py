@@ -418,7 +418,7 @@ class TokenizeConfig(Section):
                               "order and bytes, whatever the number of workers.")
     shuffle_bucket_bytes: int = Field(
         256 * 2**20, ge=2**10, description="Memory budget of one shuffle bucket: the training split's token "
-        "bytes over this, rounded up, is the number of buckets; a gather task holds about three times one "
+        "bytes over this, rounded up, is the number of buckets; a gather task holds about four times one "
         "bucket's tokens.")
 
     @model_validator(mode="after")

@@ -100,3 +100,36 @@ def test_export_of_one_split_and_bad_names(wide, tmp_path):
         export_tokens(wide, str(tmp_path / "three"), "arrow")
     with pytest.raises(UserError, match="no token dataset manifest"):
         export_tokens(str(Path(wide).parent / "missing"), str(tmp_path / "four"), "datatrove")
+
+
+@pytest.mark.parametrize("dtype, token_size", [("<u2", 2), ("<u4", 4)])
+def test_files_are_byte_identical_to_the_tools_own_writers(staged, tmp_path, dtype, token_size):
+    """datatrove's TokenizedFile and megatron-core's IndexedDatasetBuilder, given the same documents,
+    write the same bytes (Megatron's widest token type is int32, which it takes for uint32 ids)."""
+    import torch
+    from datatrove.pipeline.tokens.tokenizer import TokenizedFile
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+    from llm.tokenizer.token_formats import write_part
+
+    out, manifest = staged
+    docs = [[t + (69_000 if token_size == 4 else 0) for t in d] for d in project_documents(str(out), "val")[:40]]
+    tokens = np.array([t for d in docs for t in d], dtype=dtype)
+    starts = np.concatenate([[0], np.cumsum([len(d) for d in docs])]).astype(np.int64)
+    ours = tmp_path / "ours"
+    write_part(str(ours), "datatrove", "part", tokens, starts, "tok-name")
+    write_part(str(ours), "megatron", "part", tokens, starts)
+
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    ds = TokenizedFile(str(theirs), "part.ds", tokenizer_name_or_path="tok-name", save_final_metadata=True,
+                       token_size=token_size)
+    for d in docs:
+        ds.write(d, None)
+    ds.close()
+    builder = IndexedDatasetBuilder(str(theirs / "part.bin"), dtype=np.uint16 if token_size == 2 else np.int32)
+    for d in docs:
+        builder.add_document(torch.tensor(d), [len(d)])
+    builder.finalize(str(theirs / "part.idx"))
+    for name in ("part.ds", "part.ds.index", "part.ds.metadata", "part.bin", "part.idx"):
+        assert (ours / name).read_bytes() == (theirs / name).read_bytes(), name
