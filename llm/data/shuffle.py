@@ -127,7 +127,7 @@ def shuffle_split(root: str, parts: list[dict], dtype: np.dtype, seed: int, buck
     entries = executor.map(gather, [ShuffleTask(f"shuffle-gather/{b:05d}", b) for b in range(buckets)],
                            desc="shuffle (gather)")
     storage.delete(storage.join(root, pieces))  # read once; only the shuffled parts stay
-    files = {}
+    files = {"shuffled_done": storage.relative(done, root)}
     for b, entry in enumerate(entries):
         files[f"shuffled_{b:05d}_bin"], files[f"shuffled_{b:05d}_idx"] = entry["bin"], entry["idx"]
         for fmt, roles in entry.get("formats", {}).items():

@@ -12,6 +12,11 @@ the UTF-8 bytes of the document text it stands for (uint16, bos/eos 0; see `llm.
 so the bits per byte of any window are exact. Every part's entry has `text_bytes` (its documents' UTF-8
 bytes), the token section `text_bytes` per split. Token datasets made before these existed have
 neither, and are scored without bits per byte.
+
+`cfg.formats` writes each part also as datatrove and Megatron token files (`llm.tokenizer.token_formats`),
+listed in the shard's files and the part's entry (`formats`). `cfg.shuffle` adds the training split's
+documents in one global seeded order (`tokens.shuffled`, `llm.data.shuffle`), from which the training
+split's other formats are then written; the split itself keeps its per-shard parts.
 """
 
 from __future__ import annotations

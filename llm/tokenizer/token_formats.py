@@ -41,20 +41,21 @@ and `<stem>.idx`:
 
 `llmpipe export-tokens` writes a version's split into a folder of its own (`<split>/part-NNNNN.*`, in
 training order); the tokenize stage's `formats` writes the same files beside its own, per shard, under
-`datatrove/` and `megatron/`, listed in the shard's files and the manifest's `tokens.formats`.
+`datatrove/` and `megatron/`, listed in each part's entry (`formats`) and in the shard's files. Those
+folders also hold earlier versions' files until `llmpipe gc` removes them: to point a folder reader at
+one version alone, export it.
 """
 
 from __future__ import annotations
 
 import math
 import struct
-from typing import Iterable, Literal
+from typing import Iterable
 
 import numpy as np
 
 from llm import storage
 
-Format = Literal["datatrove", "megatron"]
 FORMATS: tuple[str, ...] = ("datatrove", "megatron")
 
 MEGATRON_HEADER = b"MMIDIDX\x00\x00"
@@ -73,7 +74,7 @@ def format_files(fmt: str, stem: str) -> dict[str, str]:
 
 
 def write_part(root: str, fmt: str, stem: str, tokens: np.ndarray, starts: np.ndarray,
-               tokenizer_name: str = "llmpipe") -> dict[str, str]:
+               tokenizer_name: str = "llmpipe-tokenizer") -> dict[str, str]:
     """Write one part (token ids `tokens`, int64 document starts `starts` with the total last, as the
     project's `.idx` holds them) as `fmt` files at `root/<stem>.*`; returns role -> relative path."""
     starts = np.asarray(starts, dtype=np.int64)
@@ -121,13 +122,15 @@ def _write_megatron(root: str, files: dict[str, str], ids: np.ndarray, starts: n
 
 def si_count(count: int, unit: str) -> str:
     """`count` with an SI prefix and three significant digits, as datatrove's metadata writes it
-    (`humanize.metric`: 12 -> "12.0 T", 1234 -> "1.23 kT")."""
-    if count == 0:
-        return f"0.00 {unit}"
-    exponent = min(max(int(math.floor(math.log10(abs(count)) / 3)) * 3, 0), 24)
-    value = count / 10**exponent
-    digits = max(0, 3 - len(str(int(abs(value)))))
-    prefix = {0: "", 3: "k", 6: "M", 9: "G", 12: "T", 15: "P", 18: "E", 21: "Z", 24: "Y"}[exponent]
+    (`humanize.metric`: 12 -> "12.0 T", 1234 -> "1.23 kT", 999_600 -> "1.00 MT"). Only informative:
+    readers take the count from the line above."""
+    exponent = int(math.floor(math.log10(count))) if count > 0 else 0
+    value = count / 10 ** (exponent // 3 * 3)
+    digits = max(0, 2 - exponent % 3)
+    if round(value, digits) >= 10 ** (exponent % 3 + 1):  # a rounding carry: 999.6 k is 1.00 M
+        exponent += 1
+        value, digits = count / 10 ** (exponent // 3 * 3), max(0, 2 - exponent % 3)
+    prefix = "" if exponent < 3 else "kMGTPEZYRQ"[exponent // 3 - 1]
     return f"{value:.{digits}f} {prefix}{unit}"
 
 
@@ -142,12 +145,11 @@ def read_part(root: str, entry: dict, dtype: np.dtype) -> tuple[np.ndarray, np.n
 
 
 def write_parts(root: str, formats: Iterable[str], stem: str, tokens: np.ndarray, starts: np.ndarray,
-                tokenizer_name: str, prefix: bool = True) -> dict[str, dict[str, str]]:
-    """One part in each of `formats`: fmt -> role -> relative path. With `prefix`, each format's files go
-    under a folder named after it (`datatrove/<stem>.ds`), as the tokenize stage keeps them beside its
-    own `<stem>.bin`/`.idx`, which Megatron's names would overwrite."""
-    return {fmt: write_part(root, fmt, f"{fmt}/{stem}" if prefix else stem, tokens, starts, tokenizer_name)
-            for fmt in formats}
+                tokenizer_name: str) -> dict[str, dict[str, str]]:
+    """One part in each of `formats`, each format's files under a folder named after it
+    (`datatrove/<stem>.ds`): the tokenize stage keeps them beside its own `<stem>.bin`/`.idx`, which
+    Megatron's names would overwrite. Returns fmt -> role -> relative path."""
+    return {fmt: write_part(root, fmt, f"{fmt}/{stem}", tokens, starts, tokenizer_name) for fmt in formats}
 
 
 def tokenizer_label(version: str | None) -> str:

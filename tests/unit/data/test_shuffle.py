@@ -90,6 +90,7 @@ def test_formats_write_the_shuffled_order_and_the_version_keeps_its_files(shuffl
     assert all("formats" in e for e in manifest["tokens"]["splits"]["val"])
     assert not list(out.glob("shuffled/*/pieces"))
     needed = versions.referenced(manifest)
+    assert f"shuffled/{manifest['tokens']['shuffled']['key']}/_done.json" in needed
     for entry in manifest["tokens"]["shuffled"]["parts"]:
         assert {entry["bin"], entry["idx"], *entry["formats"]["datatrove"].values()} <= needed
     # The export command writes the shuffled order too.

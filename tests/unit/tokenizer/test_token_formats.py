@@ -60,7 +60,7 @@ def test_stage_lists_the_format_files_in_its_shards_and_writes_datatrove_metadat
 
 def test_si_count_matches_datatrove_metadata_units():
     humanize = pytest.importorskip("humanize")  # what datatrove's own writer formats the count with
-    for n in (0, 7, 12, 999, 1000, 1234, 65_432, 1_234_567, 9_876_543_210):
+    for n in (0, 7, 12, 999, 1000, 1234, 9_996, 65_432, 999_600, 1_234_567, 9_876_543_210):
         assert si_count(n, "T") == humanize.metric(n, unit="T"), n
 
 
