@@ -176,14 +176,10 @@ def export_tokens(tokens_uri: str, out_uri: str, fmt: str, splits: Iterable[str]
     time. Returns {"format", "token_size", "splits": {split: {"files", "docs", "tokens"}}}."""
     from llm import versions
     from llm.errors import UserError
+    from llm.train.data import read_token_version
 
     format_files(fmt, "")  # an unknown format fails before anything is read
-    try:
-        manifest = versions.read(tokens_uri)
-    except FileNotFoundError:
-        raise UserError(f"{tokens_uri}: no token dataset manifest (run the tokenize stage first)") from None
-    if "tokens" not in manifest:
-        raise UserError(f"{tokens_uri}: no 'tokens' section; is this a token dataset?")
+    manifest = read_token_version(tokens_uri)
     tokens = manifest["tokens"]
     dtype = np.dtype({"uint16": "<u2", "uint32": "<u4"}[tokens["dtype"]])
     root = versions.split(tokens_uri)[0]

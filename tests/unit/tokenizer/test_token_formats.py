@@ -10,7 +10,7 @@ import pytest
 
 from flows.cli import main
 from llm.config import TokenizeConfig
-from llm.errors import UserError
+from llm.errors import InputNotFound, UserError
 from llm.tokenizer.token_formats import export_tokens, si_count
 from llm.train.data import write_token_dataset
 from tests.unit.data.multilingual_tokens import tokenize_multilingual
@@ -98,7 +98,7 @@ def test_export_of_one_split_and_bad_names(wide, tmp_path):
         export_tokens(wide, str(tmp_path / "two"), "datatrove", ["test"])
     with pytest.raises(ValueError, match="unknown token file format 'arrow'"):
         export_tokens(wide, str(tmp_path / "three"), "arrow")
-    with pytest.raises(UserError, match="no token dataset manifest"):
+    with pytest.raises(InputNotFound, match="no token manifest"):
         export_tokens(str(Path(wide).parent / "missing"), str(tmp_path / "four"), "datatrove")
 
 
