@@ -87,7 +87,7 @@ def encode_by_split(tok: SentencePieceTokenizer, texts: list[str], cfg: Tokenize
 
 
 def _write_split(out_uri: str, split: str, shard: str, docs: SplitDocuments, dtype: np.dtype,
-                 formats: tuple[str, ...] = (), tokenizer_name: str = "") -> dict:
+                 formats: tuple[str, ...] = (), tokenizer_name: str = "llmpipe-tokenizer") -> dict:
     lengths = np.fromiter((len(d) for d in docs.ids), dtype=np.int64, count=len(docs.ids))
     offsets = np.zeros(len(docs.ids) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])

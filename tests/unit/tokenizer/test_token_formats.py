@@ -102,6 +102,12 @@ def test_export_of_one_split_and_bad_names(wide, tmp_path):
         export_tokens(str(Path(wide).parent / "missing"), str(tmp_path / "four"), "datatrove")
 
 
+def test_export_command_reports_a_missing_dataset_in_one_line(tmp_path, capsys):
+    assert main(["export-tokens", str(tmp_path / "none"), str(tmp_path / "out"), "--format", "megatron"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no token manifest" in err[0] and not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("dtype, token_size", [("<u2", 2), ("<u4", 4)])
 def test_files_are_byte_identical_to_the_tools_own_writers(staged, tmp_path, dtype, token_size):
     """datatrove's TokenizedFile and megatron-core's IndexedDatasetBuilder, given the same documents,
