@@ -171,9 +171,10 @@ def training_order(tokens: dict, split: str) -> list[dict]:
 
 def export_tokens(tokens_uri: str, out_uri: str, fmt: str, splits: Iterable[str] | None = None) -> dict:
     """Write splits of a token dataset version (`T` or `T@version`) as `fmt` files under `out_uri`:
-    `<split>/part-NNNNN.*` (`splits`: default every split the version has), one per part, numbered in training order (see `training_order`), so a
-    reader that takes a folder's files in sorted order reads them in that order. Reads one part at a
-    time. Returns {"format", "token_size", "splits": {split: {"files", "docs", "tokens"}}}."""
+    `<split>/part-NNNNN.*` (`splits`: default every split the version has), one per part, numbered in
+    training order (see `training_order`), so a reader that takes a folder's files in sorted order reads
+    them in that order. Reads one part at a time. Returns {"format", "token_size", "splits": {split:
+    {"files", "docs", "tokens"}}}."""
     from llm import versions
     from llm.errors import UserError
     from llm.train.data import read_token_version
@@ -190,6 +191,9 @@ def export_tokens(tokens_uri: str, out_uri: str, fmt: str, splits: Iterable[str]
             parts = training_order(tokens, split)
         except KeyError as exc:
             raise UserError(f"{tokens_uri}: {exc.args[0]}") from None
+        if storage.list_files(storage.join(out_uri, split)):
+            # A folder reader takes every file there: an earlier export's extra parts would be read too.
+            raise UserError(f"{storage.join(out_uri, split)} already holds files; export into an empty folder")
         written, docs, count = [], 0, 0
         for i, entry in enumerate(parts):
             ids, starts = read_part(root, entry, dtype)

@@ -94,6 +94,8 @@ def test_export_of_one_split_and_bad_names(wide, tmp_path):
     assert list(report["splits"]) == ["val"] and not (tmp_path / "one" / "train").exists()
     assert Counter(megatron_documents(str(tmp_path / "one" / "val" / "part-00000"))) == \
         Counter(project_documents(wide, "val"))
+    with pytest.raises(UserError, match="already holds files"):
+        export_tokens(wide, str(tmp_path / "one"), "datatrove", ["val"])
     with pytest.raises(UserError, match="no split 'test'"):
         export_tokens(wide, str(tmp_path / "two"), "datatrove", ["test"])
     with pytest.raises(ValueError, match="unknown token file format 'arrow'"):

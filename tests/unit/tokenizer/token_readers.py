@@ -41,7 +41,8 @@ def datatrove_documents(folder: str, token_size: int) -> list[tuple[int, ...]]:
     docs = []
     for f in folder_ds.files:
         n = f.fsize // token_size
-        item = DatatroveFileDataset((f.file_path, folder_ds.data_folder), seq_len=n - 1, token_size=token_size, return_positions=True)[0]
+        item = DatatroveFileDataset((f.file_path, folder_ds.data_folder), seq_len=n - 1, token_size=token_size,
+                                    return_positions=True)[0]
         ids, positions = item["input_ids"].numpy(), item["positions"].numpy()
         assert len(ids) == n
         starts = list(np.flatnonzero(positions == 0)) + [n]
