@@ -11,6 +11,7 @@
     llmpipe gc work/demo            # dry run; --apply deletes
     llmpipe export work/demo/finetune/runs/VERSION/final exported/ --format merged
     llmpipe export work/demo/train/runs/VERSION/final hf/ --format hf    # a transformers GPT-2 folder
+    llmpipe export-tokens work/demo/tokens exported/ --format datatrove   # or megatron
     llmpipe build-tasks work/demo/tasks --qa ../shared/data/eval/quiz_bsdgames.jsonl --tokens work/demo/tokens
     llmpipe eval-tasks work/demo/train/runs/VERSION/final work/demo/tasks --limit 200
     llmpipe lm-eval --model llmpipe --model_args checkpoint=CKPT,tokenizer=TOK --tasks hellaswag
@@ -130,6 +131,9 @@ def _parser() -> argparse.ArgumentParser:
     from flows.task_commands import add_task_commands
 
     add_task_commands(sub, common)
+    from flows.token_commands import add_export_tokens_command
+
+    add_export_tokens_command(sub, common)
     return parser
 
 
@@ -246,6 +250,10 @@ def _command(args: argparse.Namespace, debug: bool) -> int:
             written = export(args.checkpoint, args.out, args.format)
         print(f"wrote {', '.join(written['files'])} to {args.out} ({written['format']})")
         return 0
+    if args.command == "export-tokens":
+        from flows.token_commands import run_export_tokens
+
+        return run_export_tokens(args)
     if args.command in ("eval-tasks", "build-tasks", "lm-eval"):
         from flows.task_commands import run_task_command
 

@@ -481,6 +481,21 @@ class TokenizeConfig(Section):
         "scores: training and early stopping never see it.")
     append_eos: bool = Field(True, description="Add the end-of-document token after each document.")
     prepend_bos: bool = Field(True, description="Add the begin-of-document token before each document.")
+    formats: list[Literal["datatrove", "megatron"]] = Field(
+        default_factory=list, description="Token file formats written beside the project's own, per shard and "
+        "split (datatrove: .ds/.ds.index/.ds.metadata under datatrove/; megatron: an indexed dataset .bin/.idx "
+        "under megatron/; see llm.tokenizer.token_formats). With `shuffle`, the training split's are written "
+        "from the shuffled parts. Empty: only the project's files.")
+    shuffle: bool = Field(
+        False, description="Also write the training split's documents in one seeded random order across all "
+        "shards (a two-pass bucket shuffle, llm.data.shuffle), as the manifest's `tokens.shuffled` parts. The "
+        "training loader samples random windows and does not need it; sequential readers of `formats` do.")
+    shuffle_seed: int = Field(0, description="Seed of the global shuffle: the same seed and input give the same "
+                              "order and bytes, whatever the number of workers.")
+    shuffle_bucket_bytes: int = Field(
+        256 * 2**20, ge=2**10, description="Memory budget of one shuffle bucket: the training split's token "
+        "bytes over this, rounded up, is the number of buckets; a gather task holds about four times one "
+        "bucket's tokens.")
 
     @model_validator(mode="after")
     def _shares_leave_training_data(self) -> "TokenizeConfig":

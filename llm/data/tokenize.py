@@ -12,6 +12,11 @@ the UTF-8 bytes of the document text it stands for (uint16, bos/eos 0; see `llm.
 so the bits per byte of any window are exact. Every part's entry has `text_bytes` (its documents' UTF-8
 bytes), the token section `text_bytes` per split. Token datasets made before these existed have
 neither, and are scored without bits per byte.
+
+`cfg.formats` writes each part also as datatrove and Megatron token files (`llm.tokenizer.token_formats`),
+listed in the shard's files and the part's entry (`formats`). `cfg.shuffle` adds the training split's
+documents in one global seeded order (`tokens.shuffled`, `llm.data.shuffle`), from which the training
+split's other formats are then written; the split itself keeps its per-shard parts.
 """
 
 from __future__ import annotations
@@ -26,10 +31,12 @@ from llm import storage
 from llm.config import TokenizeConfig
 from llm.data import schema
 from llm import versions
+from llm.data.shuffle import shuffle_split
 from llm.data.dataset import Counts, ShardRecord, ShardTask, read_manifest, run_shard_stage, shard_identity
 from llm.lineage import identity, of_input
 from llm.tokenizer.base import Tokenizer, tokenizer_from_bytes
 from llm.tokenizer.token_bytes import BYTES_DTYPE, TokenByteCounter
+from llm.tokenizer.token_formats import tokenizer_label, write_parts
 
 SPLITS = ("train", "val", "test")
 #: Splits that are scored (validation, evaluation) and so carry per-token byte counts: the training
@@ -79,7 +86,8 @@ def encode_by_split(tok: Tokenizer, texts: list[str], cfg: TokenizeConfig,
     return out
 
 
-def _write_split(out_uri: str, split: str, shard: str, docs: SplitDocuments, dtype: np.dtype) -> dict:
+def _write_split(out_uri: str, split: str, shard: str, docs: SplitDocuments, dtype: np.dtype,
+                 formats: tuple[str, ...] = (), tokenizer_name: str = "llmpipe-tokenizer") -> dict:
     lengths = np.fromiter((len(d) for d in docs.ids), dtype=np.int64, count=len(docs.ids))
     offsets = np.zeros(len(docs.ids) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
@@ -89,6 +97,8 @@ def _write_split(out_uri: str, split: str, shard: str, docs: SplitDocuments, dty
     storage.write_bytes(storage.join(out_uri, idx_rel), offsets.astype("<i8").tobytes())
     entry = {"bin": bin_rel, "idx": idx_rel, "tokens": int(offsets[-1]), "docs": len(docs.ids), "sha256": sha,
              "text_bytes": docs.text_bytes}
+    if formats:  # the same documents in other tools' files (llm.tokenizer.token_formats)
+        entry["formats"] = write_parts(out_uri, formats, f"{split}/{shard}", flat, offsets, tokenizer_name)
     if docs.token_bytes is not None:
         counts = np.concatenate(docs.token_bytes)
         if len(counts) and counts.max() > np.iinfo(BYTES_DTYPE).max:
@@ -120,6 +130,7 @@ def run_tokenize(shards_uri: str, tokenizer_dir: str, out_uri: str, cfg: Tokeniz
     model = storage.read_bytes(tokenizer_uri(versions.pinned(versions.split(tokenizer_dir)[0], tok_version)))
     tok = tokenizer_from_bytes(model)
     dtype = tok.token_dtype()
+    tok_name = tokenizer_label(tok_version)
 
     def make_shard(task: ShardTask) -> ShardRecord:
         local_tok = tokenizer_from_bytes(model)
@@ -129,8 +140,12 @@ def run_tokenize(shards_uri: str, tokenizer_dir: str, out_uri: str, cfg: Tokeniz
         files, splits = {}, {}
         for split, docs in by_split.items():
             if docs.ids:
-                entry = _write_split(out_uri, split, task.key, docs, dtype)
+                # With the shuffle on, the training split's other formats are written in shuffled order.
+                formats = () if split == "train" and cfg.shuffle else tuple(cfg.formats)
+                entry = _write_split(out_uri, split, task.key, docs, dtype, formats, tok_name)
                 files[f"{split}_bin"], files[f"{split}_idx"] = entry["bin"], entry["idx"]
+                for fmt, roles in entry.get("formats", {}).items():
+                    files.update({f"{split}_{fmt}_{role}": rel for role, rel in roles.items()})
                 if "token_bytes" in entry:  # listed, so garbage collection keeps it with the version
                     files[f"{split}_bytes"] = entry["token_bytes"]
                 splits[split] = entry
@@ -152,7 +167,13 @@ def run_tokenize(shards_uri: str, tokenizer_dir: str, out_uri: str, cfg: Tokeniz
             "pad_id": tok.pad_id, "splits": splits,
             "totals": {s: sum(e["tokens"] for e in entries) for s, entries in splits.items()},
             "text_bytes": {s: sum(e["text_bytes"] for e in entries) for s, entries in splits.items()},
+            "formats": list(cfg.formats),
         }
+        if cfg.shuffle and splits["train"]:
+            shuffled = shuffle_split(out_uri, splits["train"], dtype, cfg.shuffle_seed, cfg.shuffle_bucket_bytes,
+                                     executor, tuple(cfg.formats), tok_name)
+            manifest.setdefault("files", {}).update(shuffled.pop("files"))  # kept by garbage collection
+            manifest["tokens"]["shuffled"] = shuffled
         return manifest
 
     parents = {"shards": versions.pinned(shards_root, in_version),

@@ -49,18 +49,7 @@ class TokenManifest:
     @classmethod
     def read(cls, uri: str) -> "TokenManifest":
         """The token section of `uri`'s current version, or of `uri@version`."""
-        from llm import versions
-
-        manifest_uri = storage.join(versions.split(uri)[0], MANIFEST)
-        try:
-            data = versions.read(uri)
-        except FileNotFoundError:
-            raise InputNotFound(f"{manifest_uri}: no token manifest (run the tokenize stage first)") from None
-        if "tokens" not in data:
-            raise UserError(f"{manifest_uri}: no 'tokens' section; is this a token dataset?")
-        tok = data["tokens"]
-        if tok["dtype"] not in _DTYPES:
-            raise ValueError(f"{manifest_uri}: unsupported token dtype {tok['dtype']!r}")
+        tok = read_token_version(uri)["tokens"]
         return cls(
             dtype=tok["dtype"],
             vocab_size=int(tok["vocab_size"]),
@@ -69,6 +58,23 @@ class TokenManifest:
             pad_id=int(tok.get("pad_id", 0)),
             splits={name: list(parts) for name, parts in tok["splits"].items()},
         )
+
+
+def read_token_version(uri: str) -> dict:
+    """The whole manifest of `uri`'s current version (or `uri@version`), checked to be a token dataset's
+    with a dtype the project reads."""
+    from llm import versions
+
+    manifest_uri = storage.join(versions.split(uri)[0], MANIFEST)
+    try:
+        data = versions.read(uri)
+    except FileNotFoundError:
+        raise InputNotFound(f"{manifest_uri}: no token manifest (run the tokenize stage first)") from None
+    if "tokens" not in data:
+        raise UserError(f"{manifest_uri}: no 'tokens' section; is this a token dataset?")
+    if data["tokens"]["dtype"] not in _DTYPES:
+        raise ValueError(f"{manifest_uri}: unsupported token dtype {data['tokens']['dtype']!r}")
+    return data
 
 
 class TokenSplit:

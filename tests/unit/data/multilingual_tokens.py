@@ -21,12 +21,15 @@ def multilingual_texts(shared_data: Path) -> list[str]:
     return list(dict.fromkeys([json.loads(line)["text"] for line in lines] + EXTRA))
 
 
-def tokenize_multilingual(root: Path, shared_data: Path) -> tuple[list[str], dict]:
-    """(texts, the token dataset's manifest) under `root`: docs/, tok/ and tokens/ (40% val and test)."""
+def tokenize_multilingual(root: Path, shared_data: Path, cfg: TokenizeConfig | None = None,
+                          shards: int = 2) -> tuple[list[str], dict]:
+    """(texts, the token dataset's manifest) under `root`: docs/, tok/ and tokens/ (by default 40% val and
+    test)."""
     texts = multilingual_texts(shared_data)
     docs, tok, tokens = (str(root / name) for name in ("docs", "tok", "tokens"))
-    write_dataset(docs, texts, shards=2)
+    write_dataset(docs, texts, shards=shards)
     ex = LocalExecutor()
     # A small sample at low coverage: rare characters of the other texts are left to byte fallback.
     run_tokenizer_training(docs, tok, TokenizerConfig(vocab_size=1000, sample_bytes=30000, character_coverage=0.98), ex)
-    return texts, run_tokenize(docs, tok, tokens, TokenizeConfig(val_fraction=0.2, test_fraction=0.2), ex)
+    cfg = cfg or TokenizeConfig(val_fraction=0.2, test_fraction=0.2)
+    return texts, run_tokenize(docs, tok, tokens, cfg, ex)
