@@ -412,6 +412,10 @@ class TokenizerConfig(Section):
     card_bytes: int = Field(
         2_000_000, ge=0, description="About how many text bytes of documents outside the training sample the "
         "tokenizer card measures (bytes per token, unknown and byte-fallback rates, round trip; 0: none).")
+    card_max_share: float = Field(
+        0.1, gt=0, lt=1, description="Most share of the corpus held out of the training sample for the card "
+        "(its documents are set aside before sampling, so the card measures unseen text even when "
+        "`sample_bytes` covers the whole corpus).")
     special_tokens: list[_Token] = Field(
         default_factory=lambda: list(CHAT_SPECIAL_TOKENS),
         description="Tokens kept whole (one id each, after pad/unk/bos/eos): the chat template's role and "

@@ -23,6 +23,7 @@ import numpy as np
 
 from llm import storage
 from llm.tokenizer.base import Tokenizer, tokenizer_from_bytes
+from llm.tokenizer.sample import reserved
 
 #: `in_sample(doc_id, source, lang)`: whether the training sample took the document.
 InSample = Callable[[str, str, "str | None"], bool]
@@ -47,14 +48,18 @@ class HeldOut:
     fraction: float
 
     def selected(self, doc_id: str) -> bool:
-        # A key of its own ("card:"), so the choice is independent of the sample's hash of the same id.
-        digest = hashlib.blake2b(f"card:{self.seed}:{doc_id}".encode(), digest_size=8).digest()
-        return int.from_bytes(digest, "big") / 2**64 < self.fraction
+        return reserved(doc_id, self.seed, self.fraction)
 
     @classmethod
     def bounded(cls, seed: int, card_bytes: int, held_out_bytes: int) -> "HeldOut":
         """A fraction that takes about `card_bytes` of the `held_out_bytes` the sample left."""
         return cls(seed, min(1.0, card_bytes / max(1, held_out_bytes)))
+
+    @classmethod
+    def reserved_share(cls, card_bytes: int, total_bytes: int, max_share: float) -> float:
+        """The share of documents held out of the training sample for the card: about `card_bytes`,
+        at most `max_share` of the corpus (so a small corpus still trains on most of its text)."""
+        return min(max_share, card_bytes / max(1, total_bytes)) if card_bytes else 0.0
 
 
 def _tally() -> dict:

@@ -56,7 +56,10 @@ def version_card(tokenizer_dir: str, executor=None) -> dict:
     else:  # before stratified samples: one hash threshold for every document
         fraction = float(sample["fraction"])
         in_sample = lambda d, s, l: selected(d, seed, fraction)
-    held_out = HeldOut.bounded(seed, card_bytes, total - int(sample.get("bytes", 0)))
+    if sample.get("reserved_fraction"):  # the card's documents were held out before sampling
+        held_out = HeldOut(seed, float(sample["reserved_fraction"]))
+    else:  # a version made before that: a share of what the sample left
+        held_out = HeldOut.bounded(seed, card_bytes, total - int(sample.get("bytes", 0)))
     if executor is None:
         from llm.executor import LocalExecutor
 

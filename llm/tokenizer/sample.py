@@ -47,6 +47,13 @@ def stratum(source: str, lang: str | None) -> str:
     return f"{source}/{lang or UNKNOWN_LANG}"
 
 
+def reserved(doc_id: str, seed: int, fraction: float) -> bool:
+    """Whether `doc_id` is among the documents reserved for the tokenizer card (held out of the sample):
+    a hash with a key of its own ("card:"), independent of the sample's hash of the same id."""
+    digest = hashlib.blake2b(f"card:{seed}:{doc_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64 < fraction
+
+
 def selected(doc_id: str, seed: int, fraction: float) -> bool:
     """Whether the seeded hash of `doc_id` falls below `fraction` (monotone: selected at a fraction
     means selected at every larger one)."""
@@ -62,6 +69,7 @@ class SamplePlan:
     fractions: dict[str, float]
     targets: dict[str, int] = field(default_factory=dict)  # stratum -> target bytes (for the manifest)
     default: float = 0.0  # the fraction of strata not in `fractions`
+    reserved: float = 0.0  # share of documents held out for the tokenizer card (`reserved`), never sampled
 
     def fraction(self, stratum_key: str) -> float:
         return self.fractions.get(stratum_key, self.default)
@@ -69,12 +77,24 @@ class SamplePlan:
     def in_sample(self, doc_id: str, stratum_key: str) -> bool:
         """Whether the document `doc_id` of stratum `stratum_key` (see `stratum`) is in the sample; a
         stratum a recorded plan does not know had no documents, so none of its documents are."""
+        if self.reserved and reserved(doc_id, self.seed, self.reserved):
+            return False
         return selected(doc_id, self.seed, self.fraction(stratum_key))
+
+    def reserving(self, share: float) -> "SamplePlan":
+        """This plan with `share` of the documents held out, its fractions raised so the sample still
+        reaches about its targets from the documents left."""
+        if not share:
+            return self
+        scale = 1 / (1 - share)
+        return SamplePlan(self.seed, {k: min(1.0, f * scale) for k, f in self.fractions.items()}, self.targets,
+                          min(1.0, self.default * scale), share)
 
     @classmethod
     def from_manifest(cls, sample: dict) -> "SamplePlan":
         """The plan a tokenizer manifest's `sample` section records."""
-        return cls(sample["seed"], {k: s["fraction"] for k, s in sample["strata"].items()})
+        return cls(sample["seed"], {k: s["fraction"] for k, s in sample["strata"].items()},
+                   reserved=sample.get("reserved_fraction", 0.0))
 
 
 def _batches(uri: str, columns: list[str]) -> Iterator[tuple[pa.RecordBatch, pa.Array]]:
@@ -202,10 +222,11 @@ def _merge(parts: Iterable[dict[str, dict[str, int]]]) -> dict[str, dict[str, in
 
 
 def build_sample(shard_uris: list[str], scratch_uri: str, sample_bytes: int, weights: dict[str, float],
-                 seed: int, executor, known_total: int | None = None) -> tuple[list[str], dict]:
+                 seed: int, executor, known_total: int | None = None, reserve: float = 0.0) -> tuple[list[str], dict]:
     """Sample the shards into part files under `scratch_uri`; returns (part URIs, the manifest's
     `sample` section). `known_total` (the shards' text bytes from their manifest) spares the first
-    pass when there are no weights: every stratum then has the same fraction."""
+    pass when there are no weights: every stratum then has the same fraction. `reserve`: the share of
+    documents held out of the sample for the tokenizer card (`reserved`)."""
     if weights or known_total is None:
         strata = _merge(executor.map(shard_strata, shard_uris, desc="tokenizer: sample sizes"))
         available = {k: v["available_bytes"] for k, v in strata.items()}
@@ -218,6 +239,7 @@ def build_sample(shard_uris: list[str], scratch_uri: str, sample_bytes: int, wei
         plan = plan_sample(available, sample_bytes, weights, seed)
     else:  # one fraction for every stratum: only the total matters
         plan = SamplePlan(seed, {}, default=min(1.0, sample_bytes / total))
+    plan = plan.reserving(reserve)
     parts = [storage.join(scratch_uri, f"part-{i:05d}.parquet") for i in range(len(shard_uris))]
     counts = _merge(executor.map(lambda job: sample_shard(job[0], job[1], plan), list(zip(shard_uris, parts)),
                                  desc="tokenizer: sample"))
@@ -241,7 +263,7 @@ def _section(plan: SamplePlan, counts: dict, sample_bytes: int, weights: dict[st
     sampled = sum(s["sampled_bytes"] for s in strata.values())
     return {"documents": sum(s["sampled_documents"] for s in strata.values()), "bytes": sampled,
             "fraction": round(sampled / read, 6) if read else 0.0, "sample_bytes": sample_bytes,
-            "weights": dict(weights), "seed": plan.seed, "strata": strata}
+            "weights": dict(weights), "seed": plan.seed, "reserved_fraction": plan.reserved, "strata": strata}
 
 
 def remove_sample(scratch_uri: str) -> None:

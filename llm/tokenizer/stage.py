@@ -66,8 +66,11 @@ def run_tokenizer_training(shards_uri: str, out_uri: str, cfg: TokenizerConfig, 
                         "every document? `llmpipe stats` on the datasets shows where they went)")
     files = [storage.join(shards_root, s["files"]["data"]) for s in manifest["shards"]]
     scratch = storage.join(out_uri, "_sample", ident.version)
+    # The card's documents are held out first, so it measures unseen text even when the sample would
+    # otherwise take the whole corpus.
+    held_out = HeldOut(cfg.seed, HeldOut.reserved_share(cfg.card_bytes, total, cfg.card_max_share))
     parts, sample = build_sample(files, scratch, cfg.sample_bytes, cfg.sample_weights, cfg.seed, executor,
-                                 known_total=total)
+                                 known_total=total, reserve=held_out.fraction)
     texts = SampleTexts(tuple(parts))
 
     def train(_):
@@ -98,7 +101,6 @@ def run_tokenizer_training(shards_uri: str, out_uri: str, cfg: TokenizerConfig, 
         "special_tokens": {"pad": tok.pad_id, "unk": tok.unk_id, "bos": tok.bos_id, "eos": tok.eos_id},
         "sample": sample,
     }
-    held_out = HeldOut.bounded(cfg.seed, cfg.card_bytes, total - result["sample"]["bytes"])
     plan = SamplePlan.from_manifest(sample)
     in_sample = lambda doc_id, source, lang: plan.in_sample(doc_id, stratum(source, lang))
     card = compute_card(tok, files, in_sample, held_out, executor, result["sample"])

@@ -22,7 +22,8 @@ from llm.tokenizer.sample import SamplePlan, stratum
 from llm.tokenizer.stage import run_tokenizer_training, tokenizer_uri
 from tests.unit.tokenizer.card_setup import langid_records, write_lang_dataset
 
-CFG = TokenizerConfig(vocab_size=1000, sample_bytes=30000, character_coverage=0.98, card_bytes=60000)
+CFG = TokenizerConfig(vocab_size=1000, sample_bytes=30000, character_coverage=0.98, card_bytes=60000,
+                      card_max_share=0.7)
 LATIN = {"en", "de", "es", "it", "pt", "eo", "ga"}
 
 
@@ -67,12 +68,23 @@ def test_held_out_documents_are_outside_the_sample_and_bounded(trained):
     assert card["held_out"]["documents"] == len(held) == card["overall"]["documents"]
     assert card["held_out"]["bytes"] == sum(len(r["text"].encode()) for r in held)
     # About card_bytes (a hash fraction, not a cut), well short of everything the sample left.
-    left = sum(len(r["text"].encode()) for r in trained["rows"]) - manifest["sample"]["bytes"]
-    assert 0.7 * CFG.card_bytes < card["held_out"]["bytes"] < min(1.3 * CFG.card_bytes, left)
+    total = sum(len(r["text"].encode()) for r in trained["rows"])
+    assert 0.7 * CFG.card_bytes < card["held_out"]["bytes"] < min(1.3 * CFG.card_bytes, total - manifest["sample"]["bytes"])
     # The predicate decides: a sample that took everything leaves no held-out text.
     everything = measure_shard(_shard_files(trained)[0], load_tokenizer(tokenizer_uri(trained["tok"])).model_bytes,
                                lambda d, s, l: True, HeldOut(0, 1.0))
     assert everything["strata"] == {} and len(everything["ids_seen"]) == 0
+
+
+def test_a_sample_as_large_as_the_corpus_still_leaves_the_card_its_share(trained, tmp_path):
+    cfg = CFG.model_copy(update={"sample_bytes": 10**9, "card_max_share": 0.1})
+    manifest = run_tokenizer_training(trained["docs"], str(tmp_path / "tok"), cfg, LocalExecutor())
+    card, rows = read_card(str(tmp_path / "tok"), manifest), trained["rows"]
+    total = sum(len(r["text"].encode()) for r in rows)
+    # Every document is in exactly one of the two: the sample took all but the card's reserved share.
+    assert manifest["sample"]["documents"] + card["held_out"]["documents"] == len(rows)
+    assert manifest["sample"]["bytes"] + card["held_out"]["bytes"] == total
+    assert 0.05 * total < card["held_out"]["bytes"] < 0.15 * total
 
 
 def _shard_files(trained) -> list[str]:
