@@ -154,6 +154,12 @@ class GitOptions(Section):
                                         "is dropped (`mean_line_length`).")
     min_alnum_fraction: float = Field(0.25, ge=0, le=1, description="A file with a smaller share of letters "
                                       "and digits among its characters is dropped (`alnum_fraction`).")
+    if_missing: Literal["error", "skip"] = Field(
+        "error", description="A local `uri` that does not exist or is not a git repository (a project unpacked "
+        "from an archive, without `.git`): `error` stops the run; `skip` leaves the source out with one warning "
+        "and records why under the ingest manifest's `sources`. Refs, damaged repositories and clone failures "
+        "are errors either way."
+    )
 
 
 class CommonCrawlOptions(Section):
