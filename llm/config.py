@@ -106,8 +106,9 @@ class ArxivOptions(Section):
         "the bundle's `.bbl` file inlined. Off: both are dropped (reference lists are repetitive, not prose)."
     )
     read_pdf: bool = Field(
-        False, description="Read a file that is a PDF (not LaTeX source) by its text layer; needs the `pypdf` "
-        "package. Off: such a file is quarantined as not read."
+        False, description="Read a file that is a PDF (not LaTeX source; `.pdf`, or gzipped) by its text layer; "
+        "needs the `pypdf` package (`llmpipe[pdf]`). A PDF pypdf could only read by repairing it, or with no text "
+        "layer, is quarantined with the reason. Off: every PDF is quarantined as not read."
     )
     expand_macros: bool = Field(
         True, description="Replace uses of the document's own macros (`\\newcommand`, `\\def`, with up to 9 "
