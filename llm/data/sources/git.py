@@ -80,9 +80,11 @@ def read_repository(unit: InputUnit, shown: str) -> Iterator[dict]:
     source = unit.source
     _, _, commit, licence = unit.fingerprint[0]
     # On a worker that has not cloned the repository yet (or whose clone is older) this clones or fetches.
-    git_dir = git_repo.open_repository(source.uri, source.git.clone_dir, fetch=False)
+    # A local repository by the absolute path planning resolved: `uri` may be relative to another folder.
+    location = source.uri if git_repo.is_url(source.uri) else shown
+    git_dir = git_repo.open_repository(location, source.git.clone_dir, fetch=False)
     if not git_repo.has_commit(git_dir, commit):
-        git_dir = git_repo.open_repository(source.uri, source.git.clone_dir, fetch=True)
+        git_dir = git_repo.open_repository(location, source.git.clone_dir, fetch=True)
     with git_repo.BlobReader(git_dir) as blobs:
         for path, size, blob, mode in unit.fingerprint[1:]:
             meta = {"repository": shown, "path": printable(path), "commit": commit, "ref": source.git.ref,

@@ -58,7 +58,10 @@ def is_url(uri: str) -> bool:
 
 
 def shown_location(uri: str) -> str:
-    """`uri` without the user and password a URL may carry (`https://user:token@host/...`)."""
+    """`uri` without the user and password a URL may carry (`https://user:token@host/...`); a local path
+    made absolute, so that workers in another folder (Ray's) open the repository planning opened."""
+    if not is_url(uri):
+        return str(Path(uri).expanduser().resolve())
     if "://" not in uri:
         return uri
     parts = urlsplit(uri)

@@ -297,3 +297,13 @@ def test_a_missing_repository_is_skipped_with_one_warning_where_the_source_allow
     alone = cfg.model_copy(update={"data": cfg.data.model_copy(update={"sources": cfg.data.sources[:1]})})
     with pytest.raises(UserError, match="hold no input files; source 'self' \\(git\\) skipped"):
         run_ingest(alone, str(tmp_path / "no-crawl"), str(tmp_path / "docs2"), LocalExecutor())
+
+
+def test_a_relative_repository_path_is_read_from_any_folder(repos: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(repos / "marked-js")
+    units = plan_inputs([SourceConfig(kind="git", name="self", uri=".", git={"ref": "v4.3.0"})], "/nonexistent")
+    monkeypatch.chdir(tmp_path)  # where a worker may run: no repository around it
+    docs = [json.loads(r["meta"]) for unit in units for r in read_unit(unit) if not is_quarantine(r)]
+    assert {d["repository"] for d in docs} == {str(repos / "marked-js")}
+    assert len(docs) == len(_git(repos / "marked-js", "ls-tree", "-r", "--name-only", "v4.3.0").splitlines())
