@@ -182,8 +182,9 @@ class CommonCrawlOptions(Section):
 
 
 class FeedOptions(Section):
-    """`feed` sources: `uri` is an RSS 2.0 / Atom feed URL or a folder (or file) of feed XML; entries are
-    followed to their article pages with the crawler's fetcher, and only new entries are fetched."""
+    """`feed` sources: `uri` is an RSS 2.0 / RSS 1.0 (RDF) / Atom / JSON Feed URL or a folder (or file) of
+    feeds; entries are followed to their article pages with the crawler's fetcher, and only new entries
+    are fetched."""
 
     store_dir: str | None = Field(
         None, description="Folder of the captured pages and per-feed state (ETag, Last-Modified, seen entry "
