@@ -78,8 +78,8 @@ def plan_inputs(sources: list[SourceConfig], crawl_uri: str, digest_cache: str |
 def plan_sources(sources: list[SourceConfig], crawl_uri: str, digest_cache: str | None = None) -> SourcePlan:
     """Units for every source, in source order then file path; each named by the files it holds, so
     adding or removing a file changes only the unit it falls in. `digest_cache` (a JSON file) keeps
-    local files' digests between runs. A source its config lets be absent and that is (`SourceSkipped`)
-    is warned about once and listed in the plan's `skipped`."""
+    local files' digests between runs. A source that is absent where its config allows that
+    (`SourceSkipped`) gets one warning line and is listed in the plan's `skipped`."""
     from llm.data.input_files import DigestCache, content_groups, describe, group_name
 
     names = [s.name for s in sources]
@@ -88,7 +88,7 @@ def plan_sources(sources: list[SourceConfig], crawl_uri: str, digest_cache: str 
         raise UserError(f"source names must be unique (they prefix shard names and ids): {duplicates}")
     cache = DigestCache(digest_cache)
     plan = SourcePlan()
-    units = plan.units
+    units = plan.units  # filled in place
     for source in sources:
         if source.kind == "git":  # a repository's files are listed from a commit, not a folder
             try:
