@@ -127,8 +127,7 @@ def _require_pdf_library(source_name: str) -> None:
         import pypdf  # noqa: F401
     except ImportError:
         raise UserError(f"source {source_name!r} (arxiv): arxiv.read_pdf needs the `pypdf` package, which is "
-                        "not installed: install llmpipe[pdf] (pip install 'llmpipe[pdf]'), or set arxiv.read_pdf "
-                        "to false") from None
+                        "not installed: pip install 'llmpipe[pdf]' (or set arxiv.read_pdf to false)") from None
 
 
 def bundle_document(data: bytes, file_name: str, options) -> tuple[str, dict]:

@@ -137,7 +137,7 @@ def test_without_pypdf_the_error_says_to_install_the_pdf_extra(tmp_path: Path,
     monkeypatch.delitem(sys.modules, "pypdf", raising=False)
     monkeypatch.setattr(builtins, "__import__", no_pypdf)
     with pytest.raises(UserError, match=r"source 'papers' \(arxiv\): arxiv\.read_pdf needs the `pypdf` package.*"
-                                        r"install llmpipe\[pdf\]"):
+                                        r"pip install 'llmpipe\[pdf\]'"):
         _read(tmp_path, read_pdf=True)
     # Off, the missing package does not matter: the PDF is quarantined as not read.
     assert "set arxiv.read_pdf" in _by_name(_read(tmp_path))[1]["paper.pdf"]
