@@ -180,8 +180,8 @@ def run_ingest(cfg: PipelineConfig, crawl_uri: str, out_uri: str, executor) -> d
     if any(s.kind == "crawl" for s in cfg.data.sources) and versions.current(crawl_uri):
         parents["crawl"] = versions.pinned(crawl_uri, versions.current(crawl_uri))
     reused = versions.reuse(out_uri, ident)
-    if reused is not None:
-        return reused
+    if reused is not None:  # this run's reasons for what it skipped (a skip is not part of the identity)
+        return {**reused, "sources": plan.by_source()}
     shard_cfg = cfg.data.shard
     steps_config = {"steps": ident.config["steps"], "writer": ident.config["writer"]}
     tasks = [ShardTask(u.shard, tuple(u.files), u,

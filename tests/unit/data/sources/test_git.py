@@ -257,7 +257,7 @@ def test_ingest_runs_a_git_source_end_to_end(repos: Path, tmp_path: Path) -> Non
 
 
 def test_a_missing_repository_is_skipped_with_one_warning_where_the_source_allows_it(
-        repos: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+        repos: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     from llm.data.dataset import read_manifest
     from llm.data.ingest import run_ingest
     from llm.data.readers import plan_sources
@@ -293,6 +293,18 @@ def test_a_missing_repository_is_skipped_with_one_warning_where_the_source_allow
     assert "not a git repository" in manifest["sources"]["self"]["skipped"]
     assert manifest["sources"]["marked"]["units"] == manifest["totals"]["shards"] > 0
     assert "skipped" not in manifest["sources"]["marked"]
+    # `uri: .` from two folders without `.git`: the same identity, so the second run reuses the version
+    # and reports its own folder as the reason.
+    dot = cfg.model_copy(update={"data": cfg.data.model_copy(update={"sources": [
+        cfg.data.sources[0].model_copy(update={"uri": "."}), cfg.data.sources[1]]})})
+    reasons = []
+    for folder in ("unpacked", "nowhere-else"):
+        (tmp_path / folder).mkdir(exist_ok=True)
+        monkeypatch.chdir(tmp_path / folder)
+        result = run_ingest(dot, str(tmp_path / "no-crawl"), str(tmp_path / "docs-dot"), LocalExecutor())
+        reasons.append(result["sources"]["self"]["skipped"])
+    assert result["reused"] and f"repository {tmp_path / 'nowhere-else'}:" in reasons[1]
+    assert f"repository {tmp_path / 'unpacked'}:" in reasons[0]
     # With nothing else to read, the error says why the skipped source gave nothing.
     alone = cfg.model_copy(update={"data": cfg.data.model_copy(update={"sources": cfg.data.sources[:1]})})
     with pytest.raises(UserError, match="hold no input files; source 'self' \\(git\\) skipped"):
