@@ -106,8 +106,9 @@ class ArxivOptions(Section):
         "the bundle's `.bbl` file inlined. Off: both are dropped (reference lists are repetitive, not prose)."
     )
     read_pdf: bool = Field(
-        False, description="Read a file that is a PDF (not LaTeX source) by its text layer; needs the `pypdf` "
-        "package. Off: such a file is quarantined as not read."
+        False, description="Read a file that is a PDF (not LaTeX source; `.pdf`, or gzipped) by its text layer; "
+        "needs the `pypdf` package (`llmpipe[pdf]`). A PDF pypdf could only read by repairing it, or with no text "
+        "layer, is quarantined with the reason. Off: every PDF is quarantined as not read."
     )
     expand_macros: bool = Field(
         True, description="Replace uses of the document's own macros (`\\newcommand`, `\\def`, with up to 9 "
@@ -154,6 +155,12 @@ class GitOptions(Section):
                                         "is dropped (`mean_line_length`).")
     min_alnum_fraction: float = Field(0.25, ge=0, le=1, description="A file with a smaller share of letters "
                                       "and digits among its characters is dropped (`alnum_fraction`).")
+    if_missing: Literal["error", "skip"] = Field(
+        "error", description="A local `uri` that does not exist or is not a git repository (a project unpacked "
+        "from an archive, without `.git`): `error` stops the run; `skip` leaves the source out with one warning "
+        "and records why under the ingest manifest's `sources`. Refs, damaged repositories and clone failures "
+        "are errors either way."
+    )
 
 
 class CommonCrawlOptions(Section):
@@ -175,8 +182,9 @@ class CommonCrawlOptions(Section):
 
 
 class FeedOptions(Section):
-    """`feed` sources: `uri` is an RSS 2.0 / Atom feed URL or a folder (or file) of feed XML; entries are
-    followed to their article pages with the crawler's fetcher, and only new entries are fetched."""
+    """`feed` sources: `uri` is an RSS 2.0 / RSS 1.0 (RDF) / Atom / JSON Feed URL or a folder (or file) of
+    feeds; entries are followed to their article pages with the crawler's fetcher, and only new entries
+    are fetched."""
 
     store_dir: str | None = Field(
         None, description="Folder of the captured pages and per-feed state (ETag, Last-Modified, seen entry "

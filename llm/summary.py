@@ -30,6 +30,9 @@ def format_summary(result: dict) -> str:
             if dropped:
                 reasons = ", ".join(f"{rule}={n}" for rule, n in sorted(dropped.items(), key=lambda kv: -kv[1]))
                 lines.append(f"  {name} dropped: {reasons}")
+            # A source left out (`git.if_missing: skip`) read nothing: say so beside the counts.
+            for reason in (s.get("skipped_sources") or {}).values():
+                lines.append(f"  {name}: {reason}")
         lines.append("")
     reused = [name for name, st in stages.items() if st.get("reused")]
     if reused:

@@ -52,7 +52,8 @@ def ingest(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict:
         cfg = with_pseudonym_key(cfg, ctx.layout.work_dir, _secret_block(cfg.data.pii.pseudonym_key_secret))
         manifest = run_ingest(cfg, ctx.layout.crawl, ctx.layout.docs, ctx.executor)
         ctx.log_data_stats(ctx.layout.docs, manifest)
-        return ctx.report(manifest, ctx.layout.docs)
+        skipped = {name: s["skipped"] for name, s in manifest.get("sources", {}).items() if "skipped" in s}
+        return ctx.report(manifest, ctx.layout.docs, {"skipped_sources": skipped} if skipped else None)
 
 
 @stage_task("exact_dedup")

@@ -164,22 +164,24 @@ def ingest_identity(cfg: PipelineConfig, units) -> Identity:
 def run_ingest(cfg: PipelineConfig, crawl_uri: str, out_uri: str, executor) -> dict:
     """Plan input units from the configured sources and run the fused pass over each unit whose files,
     source config or processing changed; the new version reuses every other shard."""
-    from llm.data.readers import plan_inputs
+    from llm.data.readers import plan_sources
 
     started = time.time()
     if not cfg.data.sources:
         raise UserError("data.sources is empty: ingest has nothing to read; list at least one source "
                         "(see configs/demo.yaml)")
-    units = plan_inputs(cfg.data.sources, crawl_uri, storage.join(out_uri, versions.CACHE, "file_digests.json"))
+    plan = plan_sources(cfg.data.sources, crawl_uri, storage.join(out_uri, versions.CACHE, "file_digests.json"))
+    units = plan.units
     if not units:
-        raise UserError("ingest: the configured sources (data.sources) hold no input files")
+        skipped = "".join(f"; {reason}" for reason in plan.skipped.values())
+        raise UserError(f"ingest: the configured sources (data.sources) hold no input files{skipped}")
     ident = ingest_identity(cfg, units)
     parents = {}
     if any(s.kind == "crawl" for s in cfg.data.sources) and versions.current(crawl_uri):
         parents["crawl"] = versions.pinned(crawl_uri, versions.current(crawl_uri))
     reused = versions.reuse(out_uri, ident)
-    if reused is not None:
-        return reused
+    if reused is not None:  # this run's reasons for what it skipped (a skip is not part of the identity)
+        return {**reused, "sources": plan.by_source()}
     shard_cfg = cfg.data.shard
     steps_config = {"steps": ident.config["steps"], "writer": ident.config["writer"]}
     tasks = [ShardTask(u.shard, tuple(u.files), u,
@@ -197,5 +199,7 @@ def run_ingest(cfg: PipelineConfig, crawl_uri: str, out_uri: str, executor) -> d
     # The rules travel with the dataset so `llmpipe explain` can show each signal next to its threshold.
     rules = {step.name: [{"rule": r.name, "signal": r.signal, "kind": r.kind, "threshold": r.threshold}
                          for r in getattr(step, "rules", [])] for step in build_steps(cfg)}
+    # Per source its unit count, and why a source was left out: a skipped source shows in the counts.
     return run_shard_stage(ident, out_uri, tasks, make_shard, executor, parents, started,
-                           extra={"rules": {k: v for k, v in rules.items() if v}, "step_order": list(rules)})
+                           extra={"rules": {k: v for k, v in rules.items() if v}, "step_order": list(rules),
+                                  "sources": plan.by_source()})

@@ -48,6 +48,11 @@ def is_quarantine(record: dict) -> bool:
     return "error" in record
 
 
+class SourceSkipped(Exception):
+    """A source that planning leaves out because its config allows it to be absent (`git.if_missing:
+    skip`); the message is the one warning line the user sees and the reason the ingest manifest keeps."""
+
+
 class _BadRecord(Exception):
     """A record that parsed but holds a value that cannot be stored; the message names the field."""
 

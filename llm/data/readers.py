@@ -12,12 +12,15 @@ they are the same on every rerun and machine.
 from __future__ import annotations
 
 import fnmatch
+import logging
 import sysconfig
+from dataclasses import dataclass, field
 from typing import Iterator
 
 from llm import storage
 from llm.config import SourceConfig
-from llm.data.raw_records import InputUnit, _describe, _file_size, _head, _quarantine, is_quarantine, printable
+from llm.data.raw_records import (InputUnit, SourceSkipped, _describe, _file_size, _head, _quarantine, is_quarantine,
+                                  printable)
 from llm.data.sources import arxiv, commoncrawl, feed, gutenberg
 from llm.data.sources.git import plan_repository, read_repository
 from llm.data.text_readers import _read_code, _read_jsonl, _read_parquet, coding_cookie
@@ -25,8 +28,10 @@ from llm.data.warc_reader import _read_warc
 from llm.errors import InputNotFound, UserError
 
 # Imported from here by the ingest stage, tools and tests.
-__all__ = ["DEFAULT_PATTERNS", "STDLIB_EXCLUDED_DIRS", "InputUnit", "coding_cookie", "is_quarantine", "plan_inputs",
-           "printable", "read_unit"]
+__all__ = ["DEFAULT_PATTERNS", "STDLIB_EXCLUDED_DIRS", "InputUnit", "SourcePlan", "coding_cookie", "is_quarantine",
+           "plan_inputs", "plan_sources", "printable", "read_unit"]
+
+log = logging.getLogger(__name__)
 
 DEFAULT_PATTERNS = {
     "crawl": ("*.warc.gz",),
@@ -48,10 +53,33 @@ STDLIB_EXCLUDED_DIRS = frozenset({"site-packages", "dist-packages", "test", "tes
 # ------------------------------------------------------------------------------------------ planning
 
 
+@dataclass
+class SourcePlan:
+    """What planning made of the configured sources: their units, and the sources it left out (name ->
+    the reason, as warned), which the ingest manifest records."""
+
+    units: list[InputUnit] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def by_source(self) -> dict[str, dict]:
+        """Per source name: its unit count, and `skipped` with the reason where it was left out."""
+        out = {}
+        for unit in self.units:
+            out.setdefault(unit.source.name, {"units": 0})["units"] += 1
+        out.update({name: {"units": 0, "skipped": reason} for name, reason in self.skipped.items()})
+        return out
+
+
 def plan_inputs(sources: list[SourceConfig], crawl_uri: str, digest_cache: str | None = None) -> list[InputUnit]:
+    """Units for every source, in source order then file path (`plan_sources`, without what it skipped)."""
+    return plan_sources(sources, crawl_uri, digest_cache).units
+
+
+def plan_sources(sources: list[SourceConfig], crawl_uri: str, digest_cache: str | None = None) -> SourcePlan:
     """Units for every source, in source order then file path; each named by the files it holds, so
     adding or removing a file changes only the unit it falls in. `digest_cache` (a JSON file) keeps
-    local files' digests between runs."""
+    local files' digests between runs. A source that is absent where its config allows that
+    (`SourceSkipped`) gets one warning line and is listed in the plan's `skipped`."""
     from llm.data.input_files import DigestCache, content_groups, describe, group_name
 
     names = [s.name for s in sources]
@@ -59,10 +87,15 @@ def plan_inputs(sources: list[SourceConfig], crawl_uri: str, digest_cache: str |
     if duplicates:
         raise UserError(f"source names must be unique (they prefix shard names and ids): {duplicates}")
     cache = DigestCache(digest_cache)
-    units: list[InputUnit] = []
+    plan = SourcePlan()
+    units = plan.units  # filled in place
     for source in sources:
         if source.kind == "git":  # a repository's files are listed from a commit, not a folder
-            units += plan_repository(source)
+            try:
+                units += plan_repository(source)
+            except SourceSkipped as skip:
+                log.warning("%s", skip)
+                plan.skipped[source.name] = str(skip)
             continue
         if source.kind == "commoncrawl":  # files named by a dump's paths listing or CDX records
             units += commoncrawl.plan_commoncrawl(source)
@@ -77,7 +110,7 @@ def plan_inputs(sources: list[SourceConfig], crawl_uri: str, digest_cache: str |
             units.append(InputUnit(group_name(source.name, group), source, tuple(f.uri for f in group), root,
                                    tuple(tuple(f.fingerprint()) for f in group)))
     cache.save()
-    return units
+    return plan
 
 
 def _crawl_files(crawl_uri: str) -> list[str] | None:

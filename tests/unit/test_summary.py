@@ -21,3 +21,11 @@ def test_token_datasets_without_bytes_leave_bits_per_byte_out():
     text = format_summary(_evaluate())
     assert "bits/byte" not in text
     assert "evaluate: test loss 2.5000, perplexity 12.18 on 4,096 held-out tokens" in text
+
+
+def test_a_skipped_source_is_named_beside_the_counts():
+    reason = "source 'project' (git) skipped (git.if_missing: skip): repository /x: not a git repository"
+    counts = {"read": 3, "kept": 2, "dropped": {"gopher_min_words": 1}, "quarantined": 0}
+    text = format_summary({"stages": {"ingest": {"counts": counts, "skipped_sources": {"project": reason}}}})
+    assert f"  ingest: {reason}" in text.splitlines()
+    assert "skipped" not in format_summary({"stages": {"ingest": {"counts": counts}}})

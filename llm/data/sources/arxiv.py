@@ -4,7 +4,8 @@ A bundle is what arXiv serves as a paper's source: a tar archive (gzipped or not
 their `.bbl`/`.bib` files and figures, or a single `.tex` file, gzipped or not. `latex_document` turns
 its text files into the document's text (LaTeX, math kept as written); this module opens the bundle,
 names the paper, and quarantines what cannot be read: a corrupt gzip or tar stream, a bundle with no
-main file, a PDF when `arxiv.read_pdf` is off. Figures are never read.
+main file, a PDF when `arxiv.read_pdf` is off (or, when on, one pypdf cannot read without repairs, or
+with no text layer). Figures are never read.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from llm.data.raw_records import MAX_RECORD_BYTES, InputUnit, _describe, _doc, _
 from llm.data.sources.latex_document import TEXT_SUFFIXES, BundleError, assemble
 from llm.errors import UserError
 
-DEFAULT_PATTERNS = ("*.tar.gz", "*.tgz", "*.tar", "*.gz", "*.tex")
+# `.pdf` too: with `arxiv.read_pdf` off a PDF is quarantined as not read, never passed over unseen.
+DEFAULT_PATTERNS = ("*.tar.gz", "*.tgz", "*.tar", "*.gz", "*.tex", "*.pdf")
 
 # arXiv identifiers as file names carry them: `2101.00001v2.tar.gz`, `arXiv-2101.00001.gz`, and the
 # old scheme with the archive's name before the number (`hep-th9901001`, `math.GT0309136`).
@@ -102,12 +104,17 @@ def _pdf_text(data: bytes) -> tuple[str, dict]:
     import pypdf  # checked by `_require_pdf_library` before any file is read
 
     try:
-        reader = pypdf.PdfReader(io.BytesIO(data))
-        text = "\n\n".join(page.extract_text() or "" for page in reader.pages)
+        # strict: without it pypdf repairs a damaged file by leaving out what it cannot find (a page
+        # object whose offset is wrong vanishes with its text), and the loss would go unrecorded.
+        reader = pypdf.PdfReader(io.BytesIO(data), strict=True)
+        pages = [page.extract_text() or "" for page in reader.pages]
         info = reader.metadata or {}
     except Exception as exc:  # pypdf raises its own errors and plain ones for damaged files
         raise BundleError(f"unreadable PDF: {_describe(exc)}") from None
-    meta = {"format": "pdf", "pages": len(reader.pages)}
+    text = "\n\n".join(p.strip() for p in pages)
+    if not text.strip():
+        raise BundleError(f"PDF without a text layer ({len(pages)} pages of images or vector art only)")
+    meta = {"format": "pdf", "pages": len(pages)}
     if info.get("/Title"):
         meta["title"] = str(info["/Title"])
     if info.get("/Author"):
@@ -120,7 +127,7 @@ def _require_pdf_library(source_name: str) -> None:
         import pypdf  # noqa: F401
     except ImportError:
         raise UserError(f"source {source_name!r} (arxiv): arxiv.read_pdf needs the `pypdf` package, which is "
-                        "not installed (pip install pypdf), or set arxiv.read_pdf to false") from None
+                        "not installed: pip install 'llmpipe[pdf]' (or set arxiv.read_pdf to false)") from None
 
 
 def bundle_document(data: bytes, file_name: str, options) -> tuple[str, dict]:

@@ -1,4 +1,4 @@
-"""`feed` sources: RSS 2.0 and Atom feeds followed to their entries' article pages.
+"""`feed` sources: RSS 2.0, RSS 1.0 (RDF), Atom and JSON Feed feeds followed to their entries' article pages.
 
 Planning captures: each feed (a URL, fetched with a conditional GET, or a local feed file) is read, its
 entries not seen before are followed to their pages with the crawler's fetcher (robots.txt, rate limit,
@@ -32,7 +32,7 @@ from llm.data.raw_records import InputUnit, _BadRecord, _describe, _doc, _quaran
 from llm.data.sources.feed_parse import Entry, Feed, FeedError, parse_feed
 from llm.errors import UserError
 
-DEFAULT_PATTERNS = ("*.xml", "*.rss", "*.atom")
+DEFAULT_PATTERNS = ("*.xml", "*.rss", "*.atom", "*.rdf", "*.json")
 
 
 def store_dir(source: SourceConfig, crawl_uri: str) -> str:

@@ -1,13 +1,17 @@
-"""RSS 2.0 and Atom 1.0 documents as a feed title and its entries, parsed with `defusedxml` (no
-entity expansion, no external resources: a feed is untrusted input).
+"""RSS 2.0, RSS 1.0 (RDF), Atom 1.0 and JSON Feed (1 and 1.1) documents as a feed title and its
+entries. XML is parsed with `defusedxml` (no entity expansion, no external resources: a feed is
+untrusted input); a document whose first character is `{` or `[` is read as a JSON Feed.
 
-`parse_feed` raises `FeedError` with the parser's reason for a document that is not well-formed XML,
-is neither RSS 2.0 nor Atom, or is an RSS document without its `<channel>`.
+`parse_feed` raises `FeedError` with the parser's reason for a document that is not well-formed XML
+or JSON, is none of these formats, is an RSS document without its `<channel>`, or a JSON Feed whose
+required members (`version`, `title`, `items`) are missing or of the wrong type.
 """
 
 from __future__ import annotations
 
 import hashlib
+import html
+import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
@@ -18,6 +22,10 @@ from defusedxml.ElementTree import fromstring
 
 _ATOM = "{http://www.w3.org/2005/Atom}"
 _CONTENT = "{http://purl.org/rss/1.0/modules/content/}encoded"
+_RDF = "{http://www.w3.org/1999/02/22-rdf-syntax-ns#}"
+_RSS1 = "{http://purl.org/rss/1.0/}"
+_DC_DATE = "{http://purl.org/dc/elements/1.1/}date"
+_JSON_FEED_VERSION = "https://jsonfeed.org/version/"  # + `1` or `1.1`
 
 
 class FeedError(ValueError):
@@ -38,7 +46,7 @@ class Entry:
 
 @dataclass(frozen=True)
 class Feed:
-    """A parsed feed: its format (`rss` or `atom`), title and entries in document order."""
+    """A parsed feed: its format (`rss`, `rss1`, `atom` or `json`), title and entries in document order."""
 
     format: str
     title: str
@@ -49,6 +57,8 @@ def parse_feed(data: bytes) -> Feed:
     """The feed in `data`; `FeedError` naming the parser's reason when it cannot be read."""
     if not data.strip():
         raise FeedError("empty document")
+    if data.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] in (b"{", b"["):  # JSON; XML begins with `<`
+        return _json_feed(data)
     try:
         root = fromstring(data)
     except ParseError as exc:
@@ -59,7 +69,9 @@ def parse_feed(data: bytes) -> Feed:
         return _rss(root)
     if root.tag == f"{_ATOM}feed":
         return _atom(root)
-    raise FeedError(f"not an RSS 2.0 or Atom feed: root element <{root.tag}>")
+    if root.tag == f"{_RDF}RDF":
+        return _rss1(root)
+    raise FeedError(f"not an RSS, Atom or JSON feed: root element <{root.tag}>")
 
 
 def _content_id(el: Element) -> str:
@@ -83,6 +95,67 @@ def _rss(root: Element) -> Feed:
         content = _text(item.find(_CONTENT)) or _text(item.find("description"))
         entries.append(Entry(guid, _text(item.find("title")), link, _rfc822(_text(item.find("pubDate"))), content))
     return Feed("rss", _text(channel.find("title")), entries)
+
+
+def _rss1(root: Element) -> Feed:
+    """RSS 1.0 (web.resource.org/rss/1.0/spec): `<rdf:RDF>` holds one `<channel>` and, beside it (not
+    inside it), the `<item rdf:about="...">` elements, each with `title`, `link`, `description`, and the
+    date from the Dublin Core module's `dc:date` (W3CDTF, an ISO 8601 profile)."""
+    channel = root.find(f"{_RSS1}channel")
+    if channel is None:
+        raise FeedError("RSS 1.0 (RDF) document without a <channel> element")
+    entries = []
+    for item in root.findall(f"{_RSS1}item"):
+        link = _text(item.find(f"{_RSS1}link")) or None
+        item_id = (item.get(f"{_RDF}about") or "").strip() or link or _content_id(item)
+        content = _text(item.find(_CONTENT)) or _text(item.find(f"{_RSS1}description"))
+        entries.append(Entry(item_id, _text(item.find(f"{_RSS1}title")), link, _iso(_text(item.find(_DC_DATE))),
+                             content))
+    return Feed("rss1", _text(channel.find(f"{_RSS1}title")), entries)
+
+
+def _json_feed(data: bytes) -> Feed:
+    """JSON Feed (jsonfeed.org/version/1.1): an object with `version`, `title` and `items`; each item has
+    `id` (a string; numbers are taken as their text, as the spec asks), `url` (the permalink; else
+    `external_url`), `title`, `content_html` / `content_text` / `summary`, and `date_published`
+    (RFC 3339), else `date_modified`."""
+    try:
+        doc = json.loads(data)
+    except ValueError as exc:  # JSONDecodeError, or bytes that are not UTF-8/16/32
+        raise FeedError(f"not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise FeedError(f"JSON Feed: the document is not a JSON object ({type(doc).__name__})")
+    version = doc.get("version")
+    if not isinstance(version, str) or not version.startswith(_JSON_FEED_VERSION):
+        raise FeedError(f"JSON Feed: `version` is {version!r}, not a {_JSON_FEED_VERSION}... URL")
+    title, items = doc.get("title", ""), doc.get("items")
+    if not isinstance(title, str):
+        raise FeedError(f"JSON Feed: `title` is not a string ({type(title).__name__})")
+    if not isinstance(items, list):
+        raise FeedError("JSON Feed: `items` is missing or not an array")
+    entries = []
+    for n, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise FeedError(f"JSON Feed: items[{n}] is not an object ({type(item).__name__})")
+        fields = {k: item.get(k) for k in ("id", "url", "external_url", "title", "content_html", "content_text",
+                                           "summary", "date_published", "date_modified")}
+        wrong = sorted(k for k, v in fields.items() if v is not None and not isinstance(v, str)
+                       and not (k == "id" and isinstance(v, (int, float)) and not isinstance(v, bool)))
+        if wrong:
+            raise FeedError(f"JSON Feed: items[{n}].{wrong[0]} is not a string ({type(fields[wrong[0]]).__name__})")
+        link = (fields["url"] or fields["external_url"] or "").strip() or None
+        item_id = str(fields["id"]).strip() if fields["id"] is not None else ""
+        item_id = item_id or link or "sha256:" + hashlib.sha256(json.dumps(item, sort_keys=True).encode()).hexdigest()
+        # The entry's own content is HTML for the extract step: plain text is escaped into it.
+        content = (fields["content_html"] or "").strip() or _text_html(fields["content_text"] or fields["summary"])
+        published = _iso((fields["date_published"] or fields["date_modified"] or "").strip())
+        entries.append(Entry(item_id, (fields["title"] or "").strip(), link, published, content))
+    return Feed("json", title.strip(), entries)
+
+
+def _text_html(text: str | None) -> str:
+    """Plain text as an HTML paragraph ("" for none)."""
+    return f"<p>{html.escape(text.strip())}</p>" if text and text.strip() else ""
 
 
 def _atom(root: Element) -> Feed:
@@ -118,7 +191,8 @@ def _rfc822(value: str) -> str | None:
 
 
 def _iso(value: str) -> str | None:
-    """An Atom date (RFC 3339) as ISO 8601 UTC; None when it cannot be read."""
+    """An Atom or JSON Feed date (RFC 3339) or a `dc:date` (W3CDTF) as ISO 8601 UTC; None when it cannot
+    be read."""
     if not value:
         return None
     try:

@@ -20,7 +20,7 @@ from typing import Iterator
 from llm.config import SourceConfig, stable_hash
 from llm.data import schema
 from llm.data.input_files import InputFile, content_groups
-from llm.data.raw_records import InputUnit, _doc, _quarantine, printable
+from llm.data.raw_records import InputUnit, SourceSkipped, _doc, _quarantine, printable
 from llm.data.sources import git_repo
 from llm.data.sources.code_rules import content_rule, language_of, path_rule
 from llm.data.sources.licences import LICENCE_FILE, repository_licence, spdx_header
@@ -32,7 +32,8 @@ _MAX_LICENCE_BYTES = 256 << 10
 
 def plan_repository(source: SourceConfig) -> list[InputUnit]:
     """The input units of one `git` source; a clear error naming the repository and ref when the
-    repository cannot be opened or the ref does not resolve."""
+    repository cannot be opened or the ref does not resolve. A local repository that is not there raises
+    `SourceSkipped` instead where `git.if_missing` is `skip`."""
     if not source.uri:
         raise UserError(f"source {source.name!r} (git): `uri` is required: a repository folder or a URL")
     shown = git_repo.shown_location(source.uri)
@@ -43,6 +44,8 @@ def plan_repository(source: SourceConfig) -> list[InputUnit]:
         entries = git_repo.list_files(git_dir, commit, shown)
         licence = _repository_licence(git_dir, entries, shown)
     except UserError as exc:
+        if isinstance(exc, git_repo.RepositoryMissing) and source.git.if_missing == "skip":
+            raise SourceSkipped(f"source {source.name!r} (git) skipped (git.if_missing: skip): {exc}") from None
         raise type(exc)(f"source {source.name!r} (git): {exc}") from None
     if source.glob:
         from llm.data.readers import _matches
@@ -77,9 +80,11 @@ def read_repository(unit: InputUnit, shown: str) -> Iterator[dict]:
     source = unit.source
     _, _, commit, licence = unit.fingerprint[0]
     # On a worker that has not cloned the repository yet (or whose clone is older) this clones or fetches.
-    git_dir = git_repo.open_repository(source.uri, source.git.clone_dir, fetch=False)
+    # A local repository by the absolute path planning resolved: `uri` may be relative to another folder.
+    location = source.uri if git_repo.is_url(source.uri) else shown
+    git_dir = git_repo.open_repository(location, source.git.clone_dir, fetch=False)
     if not git_repo.has_commit(git_dir, commit):
-        git_dir = git_repo.open_repository(source.uri, source.git.clone_dir, fetch=True)
+        git_dir = git_repo.open_repository(location, source.git.clone_dir, fetch=True)
     with git_repo.BlobReader(git_dir) as blobs:
         for path, size, blob, mode in unit.fingerprint[1:]:
             meta = {"repository": shown, "path": printable(path), "commit": commit, "ref": source.git.ref,

@@ -32,6 +32,11 @@ class RepositoryError(UserError):
     """A repository that cannot be opened, cloned or resolved; the message names it and the ref."""
 
 
+class RepositoryMissing(RepositoryError, InputNotFound):
+    """A local repository location that does not exist or holds no repository (a folder without `.git`
+    that is not a bare repository either): what `git.if_missing: skip` leaves out."""
+
+
 class BlobUnreadable(Exception):
     """One object of the repository cannot be read (missing or corrupt); the message says why."""
 
@@ -53,7 +58,10 @@ def is_url(uri: str) -> bool:
 
 
 def shown_location(uri: str) -> str:
-    """`uri` without the user and password a URL may carry (`https://user:token@host/...`)."""
+    """`uri` without the user and password a URL may carry (`https://user:token@host/...`); a local path
+    made absolute, so that workers in another folder (Ray's) open the repository planning opened."""
+    if not is_url(uri):
+        return str(Path(uri).expanduser().resolve())
     if "://" not in uri:
         return uri
     parts = urlsplit(uri)
@@ -100,12 +108,15 @@ def open_repository(uri: str, clone_dir: str | None, fetch: bool = True) -> str:
         return _clone(uri, clone_dir, fetch)
     path = Path(uri).expanduser().resolve()
     if not path.exists():
-        raise InputNotFound(f"repository {uri}: {path} does not exist")
-    git_dir = path / ".git" if (path / ".git").exists() else path
+        raise RepositoryMissing(f"repository {uri}: {path} does not exist")
+    has_dot_git = (path / ".git").exists()  # a folder, or a file naming it (a worktree, a submodule)
+    git_dir = path / ".git" if has_dot_git else path
     done = _run(str(git_dir), ["rev-parse", "--git-dir"], str(path), check=False)
+    if done.returncode != 0 and has_dot_git:  # a `.git` git cannot open is damaged, not missing
+        raise RepositoryError(f"repository {path}: its `.git` cannot be opened: {_message(done.stderr)}")
     if done.returncode != 0:
-        raise RepositoryError(f"repository {path}: not a git repository (no `.git` in it and not a bare "
-                              f"repository): {_message(done.stderr)}")
+        raise RepositoryMissing(f"repository {path}: not a git repository (no `.git` in it and not a bare "
+                                f"repository): {_message(done.stderr)}")
     return str(git_dir)
 
 

@@ -278,17 +278,6 @@ def test_corrupt_bundles_are_quarantined_and_counted(papers: Path, tmp_path: Pat
     assert read == 9 and quarantined == 8
 
 
-def test_read_pdf_names_the_package_it_needs(tmp_path: Path) -> None:
-    try:
-        import pypdf  # noqa: F401
-        pytest.skip("pypdf is installed: read_pdf reads PDFs")
-    except ImportError:
-        pass
-    (tmp_path / "paper.tex").write_text(MACRO_MAIN)
-    with pytest.raises(UserError, match=r"arxiv\.read_pdf needs the `pypdf` package"):
-        _read(tmp_path, read_pdf=True)
-
-
 def test_ingest_stage_reads_the_bundles(papers: Path, tmp_path: Path) -> None:
     from llm.config import build_config
     from llm.data.dataset import read_manifest

@@ -169,15 +169,16 @@ def test_a_feed_url_with_credentials_is_refused_before_anything_is_fetched(tmp_p
     assert "s3cret" not in str(err.value) and not (tmp_path / "store").exists()
 
 
-def test_real_podcast_feeds_fall_back_to_their_show_notes_when_pages_are_out_of_reach(shared_data, tmp_path):
+def test_real_feeds_fall_back_to_their_entry_content_when_pages_are_out_of_reach(shared_data, tmp_path):
     folder = shared_data / "news" / "feeds" / "real"
-    # The episode pages are on the internet: send every link to a closed loopback port.
+    # The episode and article pages are on the internet: send every link to a closed loopback port.
     source = _source(str(folder), tmp_path, url_rewrites={"http": "http://127.0.0.1:9/"})
     records = _records(plan_inputs([source], str(tmp_path / "raw" / "crawl")))
     items = sum(p.read_text("utf-8").count("<item>") for p in folder.glob("*.rss"))
+    items += len(json.loads((folder / "npr_technology.jsonfeed.json").read_text("utf-8"))["items"])
     assert len(records) == items and not any(is_quarantine(r) for r in records)
     metas = [json.loads(r["meta"]) for r in records]
-    assert {m["feed_title"] for m in metas} == {"All Things Chemical", "Reply All"}
+    assert {m["feed_title"] for m in metas} == {"All Things Chemical", "Reply All", "Technology"}
     # robots.txt unreachable means keep out (RFC 9309); some episodes have only an enclosure, no link.
     assert {m["page_error"] for m in metas} == {"disallowed by robots.txt", "entry has no link"}
     assert all(m["body"] == "entry_content" for m in metas)

@@ -254,3 +254,68 @@ def test_ingest_runs_a_git_source_end_to_end(repos: Path, tmp_path: Path) -> Non
     assert counts["read"] == counts["kept"] + sum(counts["dropped"].values()) + counts["quarantined"]
     assert counts["dropped"]["minified"] == 1 and counts["dropped"]["generated"] == 3
     assert "lock_file" not in counts["dropped"]  # the lockfile came after v4.3.0
+
+
+def test_a_missing_repository_is_skipped_with_one_warning_where_the_source_allows_it(
+        repos: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    from llm.data.dataset import read_manifest
+    from llm.data.ingest import run_ingest
+    from llm.data.readers import plan_sources
+    from llm.executor import LocalExecutor
+
+    (tmp_path / "unpacked").mkdir()  # a project from an archive: files, no `.git`
+    (tmp_path / "unpacked" / "setup.py").write_text("print('hello')\n")
+    for where in (tmp_path / "unpacked", tmp_path / "nowhere"):
+        source = SourceConfig(kind="git", name="self", uri=str(where), git={"if_missing": "skip"})
+        caplog.clear()
+        plan = plan_sources([source], "/nonexistent")
+        assert plan.units == [] and list(plan.skipped) == ["self"]
+        warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert warnings == [plan.skipped["self"]] and str(where) in warnings[0]
+    # The default stops the run; a damaged `.git` is an error even with `skip`.
+    with pytest.raises(UserError, match="not a git repository"):
+        plan_sources([SourceConfig(kind="git", name="self", uri=str(tmp_path / "unpacked"))], "/nonexistent")
+    damaged = tmp_path / "damaged"
+    shutil.copytree(repos / "marked-js", damaged)
+    (damaged / ".git" / "HEAD").write_text("garbage\n")
+    with pytest.raises(UserError, match="cannot be opened"):
+        plan_sources([SourceConfig(kind="git", name="self", uri=str(damaged), git={"if_missing": "skip"})], "")
+
+    # Beside a source that is there, ingest reads it and records the skipped one under `sources`.
+    cfg = build_config({}, [f"data.sources=[{{kind: git, name: self, uri: '{tmp_path / 'unpacked'}', "
+                            "git: {if_missing: skip}}, "
+                            f"{{kind: git, name: marked, uri: '{repos / 'marked-js'}', git: {{ref: v4.3.0}}}}]",
+                            f"work_dir={tmp_path / 'work'}", "tracking.enabled=false"])
+    out = str(tmp_path / "docs")
+    run_ingest(cfg, str(tmp_path / "no-crawl"), out, LocalExecutor())
+    manifest = read_manifest(out)
+    assert manifest["sources"]["self"]["units"] == 0
+    assert "not a git repository" in manifest["sources"]["self"]["skipped"]
+    assert manifest["sources"]["marked"]["units"] == manifest["totals"]["shards"] > 0
+    assert "skipped" not in manifest["sources"]["marked"]
+    # `uri: .` from two folders without `.git`: the same identity, so the second run reuses the version
+    # and reports its own folder as the reason.
+    dot = cfg.model_copy(update={"data": cfg.data.model_copy(update={"sources": [
+        cfg.data.sources[0].model_copy(update={"uri": "."}), cfg.data.sources[1]]})})
+    reasons = []
+    for folder in ("unpacked", "nowhere-else"):
+        (tmp_path / folder).mkdir(exist_ok=True)
+        monkeypatch.chdir(tmp_path / folder)
+        result = run_ingest(dot, str(tmp_path / "no-crawl"), str(tmp_path / "docs-dot"), LocalExecutor())
+        reasons.append(result["sources"]["self"]["skipped"])
+    assert result["reused"] and f"repository {tmp_path / 'nowhere-else'}:" in reasons[1]
+    assert f"repository {tmp_path / 'unpacked'}:" in reasons[0]
+    # With nothing else to read, the error says why the skipped source gave nothing.
+    alone = cfg.model_copy(update={"data": cfg.data.model_copy(update={"sources": cfg.data.sources[:1]})})
+    with pytest.raises(UserError, match="hold no input files; source 'self' \\(git\\) skipped"):
+        run_ingest(alone, str(tmp_path / "no-crawl"), str(tmp_path / "docs2"), LocalExecutor())
+
+
+def test_a_relative_repository_path_is_read_from_any_folder(repos: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(repos / "marked-js")
+    units = plan_inputs([SourceConfig(kind="git", name="self", uri=".", git={"ref": "v4.3.0"})], "/nonexistent")
+    monkeypatch.chdir(tmp_path)  # where a worker may run: no repository around it
+    docs = [json.loads(r["meta"]) for unit in units for r in read_unit(unit) if not is_quarantine(r)]
+    assert {d["repository"] for d in docs} == {str(repos / "marked-js")}
+    assert len(docs) == len(_git(repos / "marked-js", "ls-tree", "-r", "--name-only", "v4.3.0").splitlines())
