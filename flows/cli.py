@@ -113,7 +113,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="merged: model.pt a plain GPT loads (LoRA, full); adapter: adapter.pt naming its base; "
                         "hf: a GPT2LMHeadModel folder with its tokenizer (LoRA merged); peft: a LoRA checkpoint as "
                         "a PEFT adapter folder, its base as an hf folder in OUT/base")
-    export.add_argument("--tokenizer", help="hf/peft: the SentencePiece .model file, for checkpoints whose "
+    export.add_argument("--tokenizer", help="hf/peft: the tokenizer model file (.model or .json), for checkpoints whose "
                         "state.json records none, or to override it")
     what = ("a tokenizer's card: bytes per token, unknown and byte-fallback rates and round trip per language "
             "and source on held-out text (computed from its input shards for a version made without one)")

@@ -24,7 +24,7 @@ def add_task_commands(sub, common: argparse.ArgumentParser) -> None:
                        "logs them to MLflow", parents=[common])
     p.add_argument("checkpoint", help="a checkpoint folder (e.g. work/demo/train/runs/<version>/final)")
     p.add_argument("tasks_dir", help="folder of task files (`llmpipe build-tasks` makes some)")
-    p.add_argument("--tokenizer", help="the tokenizer's .model file or the work directory's tokenizer/ folder "
+    p.add_argument("--tokenizer", help="the tokenizer's model file (.model or .json) or the work directory's tokenizer/ folder "
                    "(default: the one the checkpoint's state.json records)")
     p.add_argument("--limit", type=int, help="score only the first N examples of each task")
     p.add_argument("--work-dir", help="work directory whose MLflow store is used (default: the one the checkpoint "
@@ -40,7 +40,7 @@ def add_task_commands(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--choices", type=int, default=4, help="choices per multiple-choice question")
     p.add_argument("--seed", type=int, default=0, help="seed of the distractor draw")
     p.add_argument("--tokens", help="token dataset whose test split the last-word task is cut from")
-    p.add_argument("--tokenizer", help="the tokenizer that made --tokens (.model file or tokenizer/ folder; "
+    p.add_argument("--tokenizer", help="the tokenizer that made --tokens (model file or tokenizer/ folder; "
                    "default: <tokens>/../tokenizer)")
     p.add_argument("--max-pieces", type=int, default=3, help="last words of at most this many tokenizer pieces")
     p.add_argument("--limit", type=int, help="at most N last-word examples")

@@ -43,7 +43,7 @@ BASE_FOLDER = "base"
 def export_hf(checkpoint_uri: str, out_uri: str, fmt: str = "hf", tokenizer_uri: str | None = None) -> dict[str, Any]:
     """Write the checkpoint at `checkpoint_uri` to the folder `out_uri` (local or s3://) as `hf` or `peft`.
 
-    `tokenizer_uri`: the SentencePiece .model file, when the checkpoint's `state.json` does not record
+    `tokenizer_uri`: the tokenizer model file (.model or .json), when the checkpoint's `state.json` does not record
     it (older checkpoints) or to use another one. Returns the format, the files written and the tokenizer.
     """
     if fmt not in HF_FORMATS:
@@ -141,7 +141,7 @@ def resolve_tokenizer(checkpoint_uri: str, state: dict[str, Any],
         return tokenizer_from_bytes(data), override
     if not recorded:
         raise UserError(f"{checkpoint_uri}: its state.json records no tokenizer (an older checkpoint): pass "
-                        "--tokenizer PATH, the SentencePiece .model file it was trained with")
+                        "--tokenizer PATH, the tokenizer model file (.model or .json) it was trained with")
     data = _read_tokenizer(recorded["uri"], "the tokenizer recorded in state.json")
     digest = hashlib.sha256(data).hexdigest()
     if digest != recorded["sha256"]:
@@ -154,7 +154,7 @@ def _read_tokenizer(uri: str, what: str) -> bytes:
     try:
         return storage.read_bytes(uri)
     except FileNotFoundError:
-        raise InputNotFound(f"{what}: no tokenizer file at {uri} (pass --tokenizer PATH to its .model file)") from None
+        raise InputNotFound(f"{what}: no tokenizer file at {uri} (pass --tokenizer PATH to its model file, .model or .json)") from None
 
 
 def _json(data: dict[str, Any]) -> bytes:

@@ -97,7 +97,7 @@ def finetune(ft: FinetuneConfig, base_uri: str, tokenizer_uri: str, output_uri: 
     final_uri = fit_on_ray(
         {"finetune": ft.model_dump(mode="json"), "base_uri": base_uri, "base_digest": base_digest,
          "examples_uri": examples_uri, "run_target": run_target,
-         "tokenizer": tokenizer_record(tokenizer_uri, tokenizer.model_proto)},
+         "tokenizer": tokenizer_record(tokenizer_uri, tokenizer.model_bytes)},
         ft.train, name, output_uri,
     )
     state = read_state(final_uri)

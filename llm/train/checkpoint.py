@@ -32,11 +32,12 @@ MODEL_FILE, OPTIMIZER_FILE, STATE_FILE = "model.pt", "optimizer.pt", "state.json
 ADAPTER_FILE = "adapter.pt"
 
 
-def tokenizer_record(uri: str, model_proto: bytes | None = None) -> dict[str, str]:
+def tokenizer_record(uri: str, model_bytes: bytes | None = None) -> dict[str, str]:
     """What `state.json` records under `tokenizer` of the tokenizer a model was trained with: the
-    absolute URI of its SentencePiece .model file and the file's sha256 (`model_proto`: its bytes, when
-    already read), so an export finds it and can tell whether it changed since."""
-    data = storage.read_bytes(uri) if model_proto is None else model_proto
+    absolute URI of its model file (SentencePiece .model or tokenizer.json) and the file's sha256
+    (`model_bytes`: its bytes, when already read), so an export finds it and can tell whether it changed
+    since."""
+    data = storage.read_bytes(uri) if model_bytes is None else model_bytes
     return {"uri": storage.absolute(uri), "sha256": hashlib.sha256(data).hexdigest()}
 
 
@@ -49,7 +50,7 @@ def checkpoint_tokenizer(state: dict[str, Any], override: str | None, setting: s
     uri = override or (recorded.get("uri") if isinstance(recorded, dict) else None)
     if not uri:
         raise UserError(f"{setting}: its state.json records no tokenizer (made before checkpoints recorded one): "
-                        "pass --tokenizer PATH (the .model file, or the work directory's tokenizer/ folder)")
+                        "pass --tokenizer PATH (the model file, .model or .json, or the work directory's tokenizer/ folder)")
     if storage.exists(storage.join(uri, "_manifest.json")):
         from llm.tokenizer.stage import tokenizer_uri
 

@@ -100,7 +100,7 @@ def pretrain(
     `<output_uri>/final/` (model.pt, state.json, and optimizer.pt or the fsdp/tp shards in sharded/).
     Metrics stream to `run_target` from rank 0. `resume_from` is a checkpoint the run starts from (its
     weights, optimizer state and step), and `seen_parts` the training-split parts left out because that
-    run trained on them. `tokenizer_uri`: the .model file the tokens were made with, recorded in every
+    run trained on them. `tokenizer_uri`: the tokenizer model file the tokens were made with, recorded in every
     checkpoint's `state.json` (`tokenizer`). Starts a local Ray only if none is running in this process.
     """
     started = time.perf_counter()

@@ -13,6 +13,8 @@ import pytest
 from llm.config import ChatTemplateConfig, SftDataConfig
 from llm.errors import InputNotFound, UserError
 from llm.finetune.sft_data import SftExamples, apply_template, holdout, prepare_sft, read_sft, template_ids
+from llm.tokenizer.base import tokenizer_from_bytes
+from llm.tokenizer.hf import train_hf
 from llm.tokenizer.spm import SentencePieceTokenizer, train_sentencepiece
 
 SPECIAL = ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
@@ -23,10 +25,14 @@ def dev_file(shared_data):
     return shared_data / "sft_dev.jsonl"
 
 
-@pytest.fixture(scope="module")
-def tokenizer(dev_file):
+@pytest.fixture(scope="module", params=["sentencepiece", "hf"])
+def tokenizer(dev_file, request):
+    """Each library's tokenizer: the chat markers are single tokens of both (SentencePiece BPE, and
+    Hugging Face byte-level BPE)."""
     rows = [json.loads(line) for line in dev_file.read_text(encoding="utf-8").splitlines()]
     texts = [r["prompt"] + "\n" + r["response"] for r in rows if r["label"] == "english"][:300]
+    if request.param == "hf":
+        return tokenizer_from_bytes(train_hf(texts, vocab_size=400, special_tokens=SPECIAL))
     return SentencePieceTokenizer(train_sentencepiece(texts, vocab_size=400, special_tokens=SPECIAL))
 
 
