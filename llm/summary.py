@@ -43,6 +43,12 @@ def format_summary(result: dict) -> str:
     if "crawl" in stages:
         c = stages["crawl"]
         lines.append(f"crawl: {c.get('pages_fetched')} pages fetched, {c.get('pages_failed')} failed")
+    if "tokenizer" in stages and stages["tokenizer"].get("vocab_size"):
+        k = stages["tokenizer"]
+        measured = (f"; {_f(k['bytes_per_token'], 3)} bytes/token on {k.get('held_out_documents', 0):,} held-out "
+                    "documents (`llmpipe tokenizer-card`)" if k.get("bytes_per_token") is not None else "")
+        lines.append(f"tokenizer: {k.get('library', 'sentencepiece')} {k.get('model_type') or ''}".rstrip()
+                     + f", {k['vocab_size']:,} tokens, trained on {k.get('sample_documents', 0):,} documents{measured}")
     if "tokenize" in stages:
         t = stages["tokenize"]
         lines.append(f"tokens: train {t.get('train_tokens'):,}  val {t.get('val_tokens'):,}  "

@@ -100,7 +100,7 @@ def shard(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict:
 
 @stage_task("tokenizer")
 def tokenizer(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict:
-    """Train the SentencePiece tokenizer on a sample of the shards and log it and its card to MLflow."""
+    """Train the tokenizer on a sample of the shards and log it and its card to MLflow."""
     from llm.tokenizer.card import ARTIFACT_NAMES, card_metrics, read_card
     from llm.tokenizer.stage import run_tokenizer_training
 
@@ -112,14 +112,18 @@ def tokenizer(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict:
             import tempfile
             from pathlib import Path
 
-            # Under their usual names (spm.model, spm.vocab): the run holds one tokenizer.
+            # Under their usual names (spm.model and spm.vocab, or tokenizer.json): the run holds one tokenizer.
+            usual = {"model": "tokenizer.json"} if manifest.get("library") == "hf" else {}
             with tempfile.TemporaryDirectory() as tmp:
                 for role, rel in manifest["files"].items():
-                    path = Path(tmp) / ARTIFACT_NAMES.get(role, f"spm.{role}")
+                    path = Path(tmp) / (ARTIFACT_NAMES.get(role) or usual.get(role) or f"spm.{role}")
                     path.write_bytes(storage.read_bytes(storage.join(out, rel)))
                     ctx.run.log_artifact(str(path), "tokenizer")
         return ctx.report(manifest, out, {"vocab_size": manifest["vocab_size"],
+                                          "library": manifest.get("library", "sentencepiece"),
+                                          "model_type": manifest.get("model_type"),
                                           "sample_documents": manifest["sample"]["documents"],
+                                          "held_out_documents": card["overall"]["documents"] if card else 0,
                                           **(card_metrics(card) if card else {})})
 
 

@@ -29,3 +29,14 @@ def test_a_skipped_source_is_named_beside_the_counts():
     text = format_summary({"stages": {"ingest": {"counts": counts, "skipped_sources": {"project": reason}}}})
     assert f"  ingest: {reason}" in text.splitlines()
     assert "skipped" not in format_summary({"stages": {"ingest": {"counts": counts}}})
+
+
+def test_the_tokenizer_line_names_the_library_and_its_card_figure():
+    stage = {"vocab_size": 4096, "library": "hf", "model_type": "bpe", "sample_documents": 580,
+             "held_out_documents": 66, "bytes_per_token": 3.1372}
+    line = next(l for l in format_summary({"stages": {"tokenizer": stage}}).splitlines() if l.startswith("tokenizer:"))
+    assert line == ("tokenizer: hf bpe, 4,096 tokens, trained on 580 documents; 3.137 bytes/token on 66 held-out "
+                    "documents (`llmpipe tokenizer-card`)")
+    # No held-out text (card_bytes: 0): no figure, and a manifest from before libraries reads as sentencepiece.
+    text = format_summary({"stages": {"tokenizer": {"vocab_size": 800, "sample_documents": 9}}})
+    assert "tokenizer: sentencepiece, 800 tokens, trained on 9 documents" in text.splitlines()
