@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from llm.config import ChatTemplateConfig, FinetuneConfig, ModelConfig, TrainConfig
+from llm.train.checkpoint import tokenizer_record
 
 TEXTS = ["def add(a, b):\n    return a + b\n", "The quick brown fox jumps over the lazy dog.\n",
          "import os\nprint(os.getcwd())\n"] * 8
@@ -30,5 +31,5 @@ def tiny_checkpoints(root: Path) -> dict[str, str]:
         torch.manual_seed(seed)
         folders[name] = str(root / name)
         save_checkpoint(folders[name], GPT(cfg), None, 0, cfg, train_cfg,
-                        metrics={"tokenizer": {"uri": str(tokenizer), "sha256": "0" * 64}, **extra})
+                        metrics={"tokenizer": tokenizer_record(str(tokenizer)), **extra})
     return folders

@@ -18,7 +18,7 @@ import torch
 from llm import storage
 from llm.config import ChatTemplateConfig
 from llm.errors import InputNotFound, UserError
-from llm.train.checkpoint import MODEL_FILE, STATE_FILE, checkpoint_tokenizer, read_state
+from llm.train.checkpoint import MODEL_FILE, STATE_FILE, checkpoint_tokenizer, load_checkpoint_tokenizer, read_state
 
 
 @dataclass(frozen=True)
@@ -87,15 +87,10 @@ def generate_answers(model: RatedModel, prompts: list[str], decoding: Decoding, 
     from llm.eval.generate import continuation_ids
     from llm.finetune.respond import prompt_ids
     from llm.finetune.sft_data import template_ids
-    from llm.tokenizer.base import load_tokenizer
     from llm.train.checkpoint import load_model
 
     state = read_state(model.checkpoint)
-    tokenizer_uri = checkpoint_tokenizer(state, tokenizer_override, setting)
-    try:
-        tokenizer = load_tokenizer(tokenizer_uri)
-    except FileNotFoundError:
-        raise InputNotFound(f"{setting}: tokenizer {tokenizer_uri} does not exist") from None
+    tokenizer, tokenizer_uri = load_checkpoint_tokenizer(state, tokenizer_override, setting)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     net, state = load_model(model.checkpoint, device)
     if tokenizer.vocab_size > net.cfg.vocab_size:

@@ -107,12 +107,10 @@ def load_scorer(checkpoint: str, tokenizer: str | None = None, device: str | Non
     """(scorer, the checkpoint's state, the tokenizer URI used) for a checkpoint folder."""
     import torch
 
-    from llm.tokenizer.base import load_tokenizer
-    from llm.train.checkpoint import load_model
+    from llm.train.checkpoint import load_checkpoint_tokenizer, load_model
 
     model, state = load_model(checkpoint, torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
-    tokenizer_uri = checkpoint_tokenizer(state, tokenizer)
-    tok = load_tokenizer(tokenizer_uri)
+    tok, tokenizer_uri = load_checkpoint_tokenizer(state, tokenizer, checkpoint)
     if tok.vocab_size != model.cfg.vocab_size:
         raise UserError(f"tokenizer {tokenizer_uri} has {tok.vocab_size} pieces but the checkpoint's model "
                         f"{model.cfg.vocab_size}: pass the tokenizer the model was trained with")

@@ -12,7 +12,6 @@ does not have.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from typing import Any
@@ -21,14 +20,14 @@ import torch
 
 from llm import storage
 from llm.config import FinetuneConfig, ModelConfig
-from llm.errors import InputNotFound, UserError
+from llm.errors import UserError
 from llm.export.gpt2 import (check_expressible, gpt2_config, gpt2_lora_state_dict, gpt2_lora_targets,
                              gpt2_state_dict)
 from llm.export.hf_tokenizer import tokenizer_files
 from llm.finetune.export import is_adapter_checkpoint, load_finetuned, merged_state_dict, write_export_folder
 from llm.finetune.workload import load_base
-from llm.tokenizer.base import Tokenizer, tokenizer_from_bytes
-from llm.train.checkpoint import ADAPTER_FILE, load_model_state, read_state
+from llm.tokenizer.base import Tokenizer
+from llm.train.checkpoint import ADAPTER_FILE, load_checkpoint_tokenizer, load_model_state, read_state
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +49,7 @@ def export_hf(checkpoint_uri: str, out_uri: str, fmt: str = "hf", tokenizer_uri:
         raise UserError(f"export format {fmt!r}: choose one of {', '.join(HF_FORMATS)}")
     state = read_state(checkpoint_uri)
     cfg = check_expressible(state["model_config"])
-    tokenizer, tok_source = resolve_tokenizer(checkpoint_uri, state, tokenizer_uri)
+    tokenizer, tok_source = load_checkpoint_tokenizer(state, tokenizer_uri, checkpoint_uri)
     if tokenizer.vocab_size > cfg.vocab_size:
         raise UserError(f"the tokenizer {tok_source} has {tokenizer.vocab_size} tokens, more than the model's "
                         f"vocabulary of {cfg.vocab_size}: pass the tokenizer the model was trained with (--tokenizer)")
@@ -120,41 +119,6 @@ def adapter_config(rank: int, alpha: float, dropout: float, targets: list[str], 
         "modules_to_save": None,
         "inference_mode": True,
     }
-
-
-def resolve_tokenizer(checkpoint_uri: str, state: dict[str, Any],
-                      override: str | None) -> tuple[Tokenizer, str]:
-    """The checkpoint's tokenizer and where it came from: `override` when given, else what `state.json`
-    records (`tokenizer: {uri, sha256}`; an adapter checkpoint falls back to its base's record), checked
-    against the recorded digest."""
-    recorded = state.get("tokenizer")
-    if recorded is None and is_adapter_checkpoint(state):
-        try:
-            recorded = read_state(state["finetune"]["base"]).get("tokenizer")
-        except InputNotFound:
-            recorded = None
-    if override:
-        data = _read_tokenizer(override, "--tokenizer")
-        if recorded and hashlib.sha256(data).hexdigest() != recorded.get("sha256"):
-            log.warning("--tokenizer %s is not the tokenizer %s records (%s): its ids must be the model's", override,
-                        checkpoint_uri, recorded.get("uri"))
-        return tokenizer_from_bytes(data), override
-    if not recorded:
-        raise UserError(f"{checkpoint_uri}: its state.json records no tokenizer (an older checkpoint): pass "
-                        "--tokenizer PATH, the tokenizer model file (.model or .json) it was trained with")
-    data = _read_tokenizer(recorded["uri"], "the tokenizer recorded in state.json")
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != recorded["sha256"]:
-        raise UserError(f"the tokenizer at {recorded['uri']} changed since {checkpoint_uri} was trained (sha256 "
-                        f"{digest[:16]}, recorded {recorded['sha256'][:16]}): pass the original with --tokenizer")
-    return tokenizer_from_bytes(data), recorded["uri"]
-
-
-def _read_tokenizer(uri: str, what: str) -> bytes:
-    try:
-        return storage.read_bytes(uri)
-    except FileNotFoundError:
-        raise InputNotFound(f"{what}: no tokenizer file at {uri} (pass --tokenizer PATH to its model file, .model or .json)") from None
 
 
 def _json(data: dict[str, Any]) -> bytes:

@@ -12,6 +12,7 @@ it is written last, so a folder with a `state.json` is complete.
 from __future__ import annotations
 
 import base64
+import logging
 import hashlib
 import io
 import json
@@ -27,6 +28,8 @@ from llm.config import ModelConfig, TrainConfig
 from llm.errors import InputNotFound, UserError
 from llm.model.gpt import GPT
 
+log = logging.getLogger(__name__)
+
 MODEL_FILE, OPTIMIZER_FILE, STATE_FILE = "model.pt", "optimizer.pt", "state.json"
 #: A parameter-efficient fine-tune's checkpoint holds only the method's weights, under this name.
 ADAPTER_FILE = "adapter.pt"
@@ -41,13 +44,24 @@ def tokenizer_record(uri: str, model_bytes: bytes | None = None) -> dict[str, st
     return {"uri": storage.absolute(uri), "sha256": hashlib.sha256(data).hexdigest()}
 
 
+def _recorded_tokenizer(state: dict[str, Any]) -> dict[str, str] | None:
+    # An adapter checkpoint made before fine-tuning recorded its tokenizer has its base's record.
+    recorded = state.get("tokenizer")
+    if recorded is None and state.get("weights_file") == ADAPTER_FILE and state.get("finetune", {}).get("base"):
+        try:
+            recorded = read_state(state["finetune"]["base"]).get("tokenizer")
+        except InputNotFound:
+            recorded = None
+    return recorded if isinstance(recorded, dict) else None
+
+
 def checkpoint_tokenizer(state: dict[str, Any], override: str | None, setting: str = "the checkpoint") -> str:
     """The tokenizer a checkpoint's ids belong to: `override` (`--tokenizer`) when given, else the
     `tokenizer.uri` its `state.json` records. Either may be a tokenizer stage's folder, whose current
     version is taken. A `UserError` naming `setting` when neither is there (checkpoints made before the
     record existed)."""
-    recorded = state.get("tokenizer")
-    uri = override or (recorded.get("uri") if isinstance(recorded, dict) else None)
+    recorded = _recorded_tokenizer(state)
+    uri = override or (recorded.get("uri") if recorded else None)
     if not uri:
         raise UserError(f"{setting}: its state.json records no tokenizer (made before checkpoints recorded one): "
                         "pass --tokenizer PATH (the model file, .model or .json, or the work directory's tokenizer/ folder)")
@@ -57,6 +71,28 @@ def checkpoint_tokenizer(state: dict[str, Any], override: str | None, setting: s
         return tokenizer_uri(uri)
     return uri
 
+
+def load_checkpoint_tokenizer(state: dict[str, Any], override: str | None = None,
+                              setting: str = "the checkpoint") -> tuple[Any, str]:
+    """(the tokenizer, its URI) of a checkpoint, as `checkpoint_tokenizer` finds it, checked against the
+    digest `state.json` records: a recorded tokenizer that changed since is a `UserError`; an override
+    that differs from the record is used, with a warning (its ids must still be the model's)."""
+    from llm.tokenizer.base import tokenizer_from_bytes
+
+    uri = checkpoint_tokenizer(state, override, setting)
+    try:
+        data = storage.read_bytes(uri)
+    except FileNotFoundError:
+        raise InputNotFound(f"{setting}: no tokenizer file at {uri} (pass --tokenizer PATH to its model file, "
+                            ".model or .json)") from None
+    recorded, digest = _recorded_tokenizer(state), hashlib.sha256(data).hexdigest()
+    if recorded and recorded.get("sha256") and digest != recorded["sha256"]:
+        if not override:
+            raise UserError(f"the tokenizer at {uri} changed since {setting} was trained (sha256 {digest[:16]}, "
+                            f"recorded {recorded['sha256'][:16]}): pass the original with --tokenizer")
+        log.warning("--tokenizer %s is not the tokenizer %s records (%s): its ids must be the model's", override,
+                    setting, recorded.get("uri"))
+    return tokenizer_from_bytes(data), uri
 
 def _encode_tensor(t: torch.Tensor) -> str:
     return base64.b64encode(t.numpy().tobytes()).decode("ascii")

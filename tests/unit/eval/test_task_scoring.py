@@ -14,6 +14,7 @@ from flows.cli import main
 from llm.eval.task_files import ChoiceExample, read_task
 from llm.eval.tasks import checkpoint_tokenizer, load_scorer, run_tasks, score_choices
 from llm.errors import UserError
+from llm.train.checkpoint import tokenizer_record
 
 
 @pytest.fixture(scope="module")
@@ -105,8 +106,15 @@ def test_the_tokenizer_comes_from_the_flag_else_the_checkpoint_state(quiz_model,
     ckpt = tmp_path / "ckpt"
     shutil.copytree(quiz_model.checkpoint, ckpt)
     state = json.loads((ckpt / "state.json").read_text())
-    state["tokenizer"] = {"uri": quiz_model.tokenizer, "sha256": "unused here"}
+    state["tokenizer"] = tokenizer_record(quiz_model.tokenizer)
     (ckpt / "state.json").write_text(json.dumps(state))
     assert main(["eval-tasks", str(ckpt), quiz_model.tasks_dir, "--no-tracking", "--limit", "5",
                  "--out", str(tmp_path / "out")]) == 0
     assert json.loads((tmp_path / "out" / "results.json").read_text())["tokenizer"] == quiz_model.tokenizer
+    # ... and refuses a recorded tokenizer whose file changed since (other ids), naming the flag
+    state["tokenizer"]["sha256"] = "0" * 64
+    (ckpt / "state.json").write_text(json.dumps(state))
+    capsys.readouterr()
+    assert main(["eval-tasks", str(ckpt), quiz_model.tasks_dir, "--no-tracking", "--limit", "5",
+                 "--out", str(tmp_path / "out2")]) == 2
+    assert "changed since" in capsys.readouterr().err
