@@ -53,7 +53,7 @@ browser:
 	else echo "no chromium (apt-get install chromium chromium-driver): the UI tests will skip"; fi
 
 test: install-dev browser
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 # Every CPU benchmark in bench/ (bench/README.md lists them and the GPU one), with their peers installed.
 bench: install-dev
