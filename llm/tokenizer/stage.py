@@ -13,6 +13,7 @@ from llm import storage, versions
 from llm.config import TokenizerConfig
 from llm.data.dataset import read_manifest
 from llm.errors import UserError
+from llm.executor import task_cpus
 from llm.lineage import identity, of_input
 from llm.tokenizer.base import tokenizer_from_bytes
 from llm.tokenizer.card import HeldOut, compute_card, write_card
@@ -29,7 +30,8 @@ def train_tokenizer(texts, cfg: TokenizerConfig) -> bytes:
     from llm.tokenizer.spm import train_sentencepiece
 
     return train_sentencepiece(texts, cfg.vocab_size, cfg.model_type, cfg.character_coverage, cfg.byte_fallback,
-                               cfg.max_sentence_length, special_tokens=tokens, special_ids=cfg.special_ids(),
+                               cfg.max_sentence_length, num_threads=cfg.num_threads or task_cpus(),
+                               special_tokens=tokens, special_ids=cfg.special_ids(),
                                input_sentence_size=cfg.input_sentence_size,
                                shuffle_input_sentence=cfg.shuffle_input_sentence, seed=cfg.seed)
 
@@ -74,7 +76,9 @@ def run_tokenizer_training(shards_uri: str, out_uri: str, cfg: TokenizerConfig, 
         return train_tokenizer(texts, cfg)
 
     try:
-        model = executor.map(train, [None], desc="tokenizer: train")[0]
+        # One task: with `num_threads` set it holds that many CPUs, so its threads are not oversubscribed.
+        cpus = {"num_cpus": cfg.num_threads} if cfg.num_threads > 1 else {}
+        model = executor.map(train, [None], desc="tokenizer: train", **cpus)[0]
     finally:  # scratch: a rerun samples again (the same documents)
         remove_sample(scratch)
     tok = tokenizer_from_bytes(model)

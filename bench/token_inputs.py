@@ -1,0 +1,60 @@
+"""The input of the tokenizer benchmarks: real text of the development data written as the project's
+document shards (zstd Parquet files, their records and the dataset manifest), which every side reads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pyarrow as pa
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data"
+
+
+def real_texts(data: Path) -> list[str]:
+    """The distinct real texts of the development data folder: the Gutenberg books, the reST sources of
+    `html_dev.jsonl`, the news articles and the language-ID texts (13 languages)."""
+    texts = [p.read_text(encoding="utf-8", errors="replace") for p in sorted((data / "books").glob("*.txt"))]
+    with (data / "html_dev.jsonl").open(encoding="utf-8") as fh:
+        texts += [s for s in (json.loads(line).get("rst_source") for line in fh if line.strip()) if s]
+    texts += [p.read_text(encoding="utf-8", errors="replace")
+              for p in sorted((data / "news" / "articles" / "txt").glob("*.txt"))]
+    with (data / "langid_dev.jsonl").open(encoding="utf-8") as fh:
+        texts += [json.loads(line)["text"] for line in fh if line.strip()]
+    return [t for t in texts if t.strip()]
+
+
+def write_docs(uri: Path, texts: list[str], copies: int, shards: int) -> tuple[int, int]:
+    """`copies` of every text (copy c > 0 with ` #c` appended, so every document is distinct and has
+    its own id) as a document dataset of `shards` shards, round robin; returns (documents, UTF-8 bytes)."""
+    from llm.data import schema
+    from llm.data.dataset import Counts, load_record, write_manifest, write_record, write_shard
+
+    rows = [(schema.doc_id("bench", c, i), t if c == 0 else f"{t} #{c}")
+            for c in range(copies) for i, t in enumerate(texts)]
+    names = []
+    for s in range(shards):
+        part = rows[s::shards]
+        n = len(part)
+        table = pa.table({
+            "id": pa.array([r[0] for r in part], pa.string()), "text": pa.array([r[1] for r in part], pa.string()),
+            "source": pa.array(["web"] * n, pa.string()), "url": pa.nulls(n, pa.string()),
+            "created": pa.nulls(n, pa.string()), "meta": pa.array(["{}"] * n, pa.string()),
+        }, schema.DOC_SCHEMA)
+        name = f"in-{s:05d}"
+        record = write_shard(str(uri), name, [name], table, schema.reject_schema(schema.DOC_SCHEMA).empty_table(),
+                             schema.QUARANTINE_SCHEMA.empty_table(), Counts(n, n))
+        write_record(str(uri), record)
+        names.append(name)
+    write_manifest(str(uri), "bench", [load_record(str(uri), n) for n in names])
+    return len(rows), sum(len(r[1].encode("utf-8")) for r in rows)
+
+
+def pin(cores: int) -> int:
+    """Pin this process (and the sides it spawns) to its first `cores` CPUs; the number pinned."""
+    chosen = set(sorted(os.sched_getaffinity(0))[:cores])
+    os.sched_setaffinity(0, chosen)
+    return len(chosen)
