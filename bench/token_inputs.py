@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import pyarrow as pa
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data"
+if str(REPO) not in sys.path:  # the parent builds the input with this checkout's code, as the sides run it
+    sys.path.insert(0, str(REPO))
 
 
 def real_texts(data: Path) -> list[str]:
@@ -58,3 +61,18 @@ def pin(cores: int) -> int:
     chosen = set(sorted(os.sched_getaffinity(0))[:cores])
     os.sched_setaffinity(0, chosen)
     return len(chosen)
+
+
+def training_sample(root: Path, data: Path, copies: int, shards: int, sample_bytes: int) -> tuple[list[str], dict]:
+    """The documents written as shards under `root/docs`, then the tokenizer stage's sample of them
+    (`build_sample`, in-process) as part files under `root/sample`: (part files, the sample section)."""
+    from llm.executor import LocalExecutor
+    from llm.tokenizer.sample import build_sample
+
+    write_docs(root / "docs", real_texts(data), copies, shards)
+    from llm.data.dataset import read_manifest
+
+    manifest = read_manifest(str(root / "docs"))
+    files = [str(root / "docs" / s["files"]["data"]) for s in manifest["shards"]]
+    total = sum(s["extra"]["text_bytes"] for s in manifest["shards"])
+    return build_sample(files, str(root / "sample"), sample_bytes, {}, 0, LocalExecutor(), known_total=total)
