@@ -48,12 +48,13 @@ def alternate(script: str, sides: list[str], root: Path, repeat: int, *options: 
     """Run every side `repeat` times, alternating, into `root/<side>-<round>`; per side the round with
     the fastest start-up (its `out` the round's folder) and the fastest steady run of any round."""
     best: dict[str, dict] = {}
+    width = max(map(len, sides))
     for r in range(repeat):
         for side in sides:
             out = root / f"{side}-{r}"
             t = {**spawn_side(script, side, out, *options), "out": out}
             cpu = f" (CPU {t['startup_cpu']:.2f} s, {t['steady_cpu']:.2f} s)" if "steady_cpu" in t else ""
-            print(f"  round {r + 1} {side:<10}: with start-up {t['startup']:7.2f} s, steady {t['steady']:7.2f} s{cpu}",
+            print(f"  round {r + 1} {side:<{width}}: with start-up {t['startup']:7.2f} s, steady {t['steady']:7.2f} s{cpu}",
                   flush=True)
             steady = min(t["steady"], best[side]["steady"]) if side in best else t["steady"]
             if side not in best or t["startup"] < best[side]["startup"]:

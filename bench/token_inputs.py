@@ -4,6 +4,7 @@ document shards (zstd Parquet files, their records and the dataset manifest), wh
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -76,3 +77,16 @@ def training_sample(root: Path, data: Path, copies: int, shards: int, sample_byt
     files = [str(root / "docs" / s["files"]["data"]) for s in manifest["shards"]]
     total = sum(s["extra"]["text_bytes"] for s in manifest["shards"])
     return build_sample(files, str(root / "sample"), sample_bytes, {}, 0, LocalExecutor(), known_total=total)
+
+
+def bench_parser(doc: str, *hidden: str) -> argparse.ArgumentParser:
+    """A parser with the options of every tokenizer benchmark (`--data`, `--cores`, `--repeat`) and the
+    hidden ones a side is spawned with (`--side`, `--root`, `--out`, `--spawned` and `hidden`)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(DEFAULT_DATA), help="development data folder")
+    parser.add_argument("--cores", type=int, default=2, help="CPUs pinned for every side")
+    parser.add_argument("--repeat", type=int, default=2, help="rounds, sides alternating; each side's fastest counts")
+    for name in ("--side", "--root", "--out", *hidden):
+        parser.add_argument(name, help=argparse.SUPPRESS)
+    parser.add_argument("--spawned", type=float, help=argparse.SUPPRESS)
+    return parser

@@ -47,7 +47,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sides import alternate, timed_child  # noqa: E402
-from token_inputs import DEFAULT_DATA, pin, real_texts, write_docs  # noqa: E402
+from token_inputs import bench_parser, pin, real_texts, write_docs  # noqa: E402
 
 SIDES = ["llmpipe", "hf", "datatrove"]
 TARGET = 1.0  # llmpipe tokens/s over the faster peer's, at least
@@ -135,16 +135,10 @@ def count_tokens(side: str, out: Path) -> tuple[int, int, int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=str(DEFAULT_DATA), help="development data folder")
+    parser = bench_parser(__doc__)
     parser.add_argument("--mb", type=float, default=60, help="about how many megabytes of text to encode")
     parser.add_argument("--shards", type=int, default=8, help="document shards written")
     parser.add_argument("--vocab", type=int, default=16384, help="vocabulary of the byte-level BPE tokenizer")
-    parser.add_argument("--cores", type=int, default=2, help="CPUs pinned; datatrove's tasks and workers")
-    parser.add_argument("--repeat", type=int, default=2, help="rounds, sides alternating; each side's fastest counts")
-    for hidden in ("--side", "--root", "--out"):
-        parser.add_argument(hidden, help=argparse.SUPPRESS)
-    parser.add_argument("--spawned", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.side:

@@ -35,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sides import alternate, timed_child  # noqa: E402
-from token_inputs import DEFAULT_DATA, pin, training_sample  # noqa: E402
+from token_inputs import bench_parser, pin, training_sample  # noqa: E402
 
 SIDES = ["llmpipe", "hf"]
 ROLES = ["<pad>", "<unk>", "<s>", "</s>"]  # ids 0-3, the stage's defaults
@@ -95,15 +95,9 @@ def compare(a: Path, b: Path) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=str(DEFAULT_DATA), help="development data folder")
+    parser = bench_parser(__doc__, "--specials")
     parser.add_argument("--copies", type=int, default=8, help="copies of the real text, each under its own ids")
     parser.add_argument("--vocab", type=int, default=16384, help="vocabulary size")
-    parser.add_argument("--cores", type=int, default=2, help="CPUs pinned")
-    parser.add_argument("--repeat", type=int, default=2, help="rounds, sides alternating; each side's fastest counts")
-    for hidden in ("--side", "--root", "--out", "--specials"):
-        parser.add_argument(hidden, help=argparse.SUPPRESS)
-    parser.add_argument("--spawned", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side:
         child(args)

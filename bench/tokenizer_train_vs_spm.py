@@ -39,7 +39,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sides import alternate, timed_child  # noqa: E402
-from token_inputs import DEFAULT_DATA, pin, training_sample  # noqa: E402
+from token_inputs import bench_parser, pin, training_sample  # noqa: E402
 
 SIDES = ["llmpipe", "spm"]
 TARGET = 1.1  # llmpipe time / SentencePiece time, at most
@@ -100,15 +100,9 @@ def vocabulary(model: Path) -> list[tuple[str, float, int]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=str(DEFAULT_DATA), help="development data folder")
+    parser = bench_parser(__doc__, "--threads", "--sample-bytes")
     parser.add_argument("--copies", type=int, default=8, help="copies of the real text, each under its own ids")
     parser.add_argument("--vocab", type=int, default=16384, help="vocabulary size")
-    parser.add_argument("--cores", type=int, default=2, help="CPUs pinned, and SentencePiece's num_threads")
-    parser.add_argument("--repeat", type=int, default=2, help="rounds, sides alternating; each side's fastest counts")
-    for hidden in ("--side", "--root", "--out", "--threads", "--sample-bytes"):
-        parser.add_argument(hidden, help=argparse.SUPPRESS)
-    parser.add_argument("--spawned", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side:
         args.vocab, args.threads, args.sample_bytes = int(args.vocab), int(args.threads), int(args.sample_bytes)
