@@ -44,7 +44,7 @@ ROLES = ["<pad>", "<unk>", "<s>", "</s>"]  # ids 0-3, the stage's defaults
 def llmpipe_job(parts: list[str], vocab: int):
     from llm.config import TokenizerConfig
     from llm.tokenizer.sample import SampleTexts
-    from llm.tokenizer.stage import train_tokenizer
+    from llm.tokenizer.train import train_tokenizer
 
     cfg = TokenizerConfig(library="hf", model_type="bpe", vocab_size=vocab)
 

@@ -8,9 +8,9 @@ reST sources of `html_dev.jsonl`, the news articles, the language-ID texts; ~2.5
 `--copies` times under distinct ids (each copy's last line marked with its number), written as the
 project's document shards. The stage's sampler (`build_sample`, in-process, outside the timings) takes
 its sample of them into Parquet part files once; that sample, as the training lines the stage makes of
-it (`llm.tokenizer.spm._lines`: each document's lines, right-stripped, non-empty, cut at
+it (`llm.tokenizer.spm.training_lines`: each document's lines, right-stripped, non-empty, cut at
 max_sentence_length), is also written once as a text file, one line each. Both sides train on it:
-(a) llmpipe: the stage's training step, `train_tokenizer(SampleTexts(parts), cfg)` (what the stage's
+(a) llmpipe: the stage's training step, `train_tokenizer(SampleTexts(parts), cfg)` (`llm.tokenizer.train`; the stage's
     one training task runs: the parts streamed row group by row group into SentencePiece's trainer
     through its sentence iterator), then the .model and .vocab files written as the stage writes them.
     Not timed: the sampling pass and the tokenizer card (other passes of the stage, over the shards).
@@ -55,7 +55,7 @@ def llmpipe_job(parts: list[str], cfg):
     from llm.tokenizer.base import tokenizer_from_bytes
     from llm.tokenizer.sample import SampleTexts
     from llm.tokenizer.spm import vocab_text
-    from llm.tokenizer.stage import train_tokenizer
+    from llm.tokenizer.train import train_tokenizer
 
     def run(out: Path) -> None:
         out.mkdir(parents=True)
@@ -110,7 +110,7 @@ def main() -> None:
         return
     cores = pin(args.cores)
     from llm.tokenizer.sample import SampleTexts
-    from llm.tokenizer.spm import _lines
+    from llm.tokenizer.spm import training_lines
 
     with tempfile.TemporaryDirectory(prefix="llmpipe-bench-") as tmp:
         root = Path(tmp)
@@ -119,7 +119,7 @@ def main() -> None:
         cfg = config(args.vocab, cores, sample_bytes)
         lines = 0
         with open(root / "sample.txt", "w", encoding="utf-8") as fh:
-            for line in _lines(SampleTexts(tuple(parts)), cfg.max_sentence_length):
+            for line in training_lines(SampleTexts(tuple(parts)), cfg.max_sentence_length):
                 fh.write(line + "\n")
                 lines += 1
         mb = sample["bytes"] / 1e6

@@ -13,27 +13,11 @@ from llm import storage, versions
 from llm.config import TokenizerConfig
 from llm.data.dataset import read_manifest
 from llm.errors import UserError
-from llm.executor import task_cpus
 from llm.lineage import identity, of_input
 from llm.tokenizer.base import tokenizer_from_bytes
 from llm.tokenizer.card import HeldOut, compute_card, write_card
 from llm.tokenizer.sample import SamplePlan, SampleTexts, build_sample, remove_sample, stratum
-
-
-def train_tokenizer(texts, cfg: TokenizerConfig) -> bytes:
-    """The serialized tokenizer `cfg` asks for, trained on `texts` (an iterable of documents)."""
-    tokens = [*cfg.special_tokens, *cfg.user_tokens]
-    if cfg.library == "hf":
-        from llm.tokenizer.hf import train_hf
-
-        return train_hf(texts, cfg.vocab_size, cfg.model_type, cfg.special_ids(), tokens)
-    from llm.tokenizer.spm import train_sentencepiece
-
-    return train_sentencepiece(texts, cfg.vocab_size, cfg.model_type, cfg.character_coverage, cfg.byte_fallback,
-                               cfg.max_sentence_length, num_threads=cfg.num_threads or task_cpus(),
-                               special_tokens=tokens, special_ids=cfg.special_ids(),
-                               input_sentence_size=cfg.input_sentence_size,
-                               shuffle_input_sentence=cfg.shuffle_input_sentence, seed=cfg.seed)
+from llm.tokenizer.train import train_tokenizer
 
 
 def tokenizer_uri(tokenizer_dir: str) -> str:
