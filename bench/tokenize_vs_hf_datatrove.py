@@ -1,7 +1,7 @@
 """Encoding throughput: the tokenize stage on Ray against HF tokenizers' `encode_batch` and datatrove's DocumentTokenizer.
 
-    .venv/bin/python bench/tokenize_vs_hf_datatrove.py                  # ~60 MB, 2 cores
-    .venv/bin/python bench/tokenize_vs_hf_datatrove.py --mb 150 --repeat 3
+    .venv/bin/python bench/tokenize_vs_hf_datatrove.py                  # ~150 MB, 2 cores, ~8 min
+    .venv/bin/python bench/tokenize_vs_hf_datatrove.py --mb 60 --repeat 3
 
 Input: the real text of the development data folder (`--data`, default `../shared/data`: the books, the
 reST sources of `html_dev.jsonl`, the news articles, the language-ID texts; ~2.5 MB in 711 texts),
@@ -136,7 +136,7 @@ def count_tokens(side: str, out: Path) -> tuple[int, int, int]:
 
 def main() -> None:
     parser = bench_parser(__doc__)
-    parser.add_argument("--mb", type=float, default=60, help="about how many megabytes of text to encode")
+    parser.add_argument("--mb", type=float, default=150, help="about how many megabytes of text to encode")
     parser.add_argument("--shards", type=int, default=8, help="document shards written")
     parser.add_argument("--vocab", type=int, default=16384, help="vocabulary of the byte-level BPE tokenizer")
     args = parser.parse_args()
