@@ -90,3 +90,16 @@ def bench_parser(doc: str, *hidden: str) -> argparse.ArgumentParser:
         parser.add_argument(name, help=argparse.SUPPRESS)
     parser.add_argument("--spawned", type=float, help=argparse.SUPPRESS)
     return parser
+
+
+def report_training(best: dict[str, dict], peer: str, mb: float, cores: int, target: float | None = None) -> None:
+    """Per side its times and MB/s per core, then the steady and (last) the with-start-up time ratios
+    llmpipe/`peer`, against `target` (at most) where there is one."""
+    for side in ("llmpipe", peer):
+        t = best[side]
+        print(f"{side:>8}: {mb:.2f} MB; with start-up {t['startup']:.2f} s = {mb / t['startup'] / cores:.2f} MB/s "
+              f"per core; steady {t['steady']:.2f} s = {mb / t['steady'] / cores:.2f} MB/s per core")
+    ratio = best["llmpipe"]["startup"] / best[peer]["startup"]
+    print(f"steady time ratio llmpipe/{peer}: {best['llmpipe']['steady'] / best[peer]['steady']:.3f}")
+    met = "" if target is None else f"; target at most {target:g}: {'met' if ratio <= target else 'not met'}"
+    print(f"time ratio llmpipe/{peer} (with start-up{met}): {ratio:.3f}")

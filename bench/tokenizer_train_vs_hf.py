@@ -35,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sides import alternate, timed_child  # noqa: E402
-from token_inputs import bench_parser, pin, training_sample  # noqa: E402
+from token_inputs import bench_parser, pin, report_training, training_sample  # noqa: E402
 
 SIDES = ["llmpipe", "hf"]
 ROLES = ["<pad>", "<unk>", "<s>", "</s>"]  # ids 0-3, the stage's defaults
@@ -121,12 +121,7 @@ def main() -> None:
         sizes = {side: Tokenizer.from_file(str(f)).get_vocab_size(with_added_tokens=True) for side, f in files.items()}
         print(f"vocabulary sizes: llmpipe {sizes['llmpipe']}, hf {sizes['hf']} "
               f"({'equal' if sizes['llmpipe'] == sizes['hf'] else 'DIFFERENT'}); {compare(files['llmpipe'], files['hf'])}")
-    for side in SIDES:
-        t = best[side]
-        print(f"{side:>8}: {mb:.2f} MB; with start-up {t['startup']:.2f} s = {mb / t['startup'] / cores:.2f} MB/s "
-              f"per core; steady {t['steady']:.2f} s = {mb / t['steady'] / cores:.2f} MB/s per core")
-    print(f"steady time ratio llmpipe/hf: {best['llmpipe']['steady'] / best['hf']['steady']:.3f}")
-    print(f"time ratio llmpipe/hf (with start-up): {best['llmpipe']['startup'] / best['hf']['startup']:.3f}")
+    report_training(best, "hf", mb, cores)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sides import alternate, timed_child  # noqa: E402
-from token_inputs import bench_parser, pin, training_sample  # noqa: E402
+from token_inputs import bench_parser, pin, report_training, training_sample  # noqa: E402
 
 SIDES = ["llmpipe", "spm"]
 TARGET = 1.1  # llmpipe time / SentencePiece time, at most
@@ -135,14 +135,7 @@ def main() -> None:
     same = vocabs["llmpipe"] == vocabs["spm"]
     print(f"vocabularies: llmpipe {len(vocabs['llmpipe'])} pieces, spm {len(vocabs['spm'])} pieces; pieces, "
           f"scores and types {'identical' if same else 'DIFFER'}")
-    for side in SIDES:
-        t = best[side]
-        print(f"{side:>8}: {mb:.2f} MB; with start-up {t['startup']:.2f} s = {mb / t['startup'] / cores:.2f} MB/s "
-              f"per core; steady {t['steady']:.2f} s = {mb / t['steady'] / cores:.2f} MB/s per core")
-    ratio = best["llmpipe"]["startup"] / best["spm"]["startup"]
-    print(f"steady time ratio llmpipe/spm: {best['llmpipe']['steady'] / best['spm']['steady']:.3f}")
-    print(f"time ratio llmpipe/spm (with start-up; target at most {TARGET:g}: "
-          f"{'met' if ratio <= TARGET else 'not met'}): {ratio:.3f}")
+    report_training(best, "spm", mb, cores, TARGET)
     if not same:
         sys.exit("the two sides trained different vocabularies")
 
