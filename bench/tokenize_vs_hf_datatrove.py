@@ -1,6 +1,6 @@
 """Encoding throughput: the tokenize stage on Ray against HF tokenizers' `encode_batch` and datatrove's DocumentTokenizer.
 
-    .venv/bin/python bench/tokenize_vs_hf_datatrove.py                  # ~150 MB, 2 cores, ~8 min
+    .venv/bin/python bench/tokenize_vs_hf_datatrove.py                  # ~150 MB, 2 cores, ~12 min
     .venv/bin/python bench/tokenize_vs_hf_datatrove.py --mb 60 --repeat 3
 
 Input: the real text of the development data folder (`--data`, default `../shared/data`: the books, the
