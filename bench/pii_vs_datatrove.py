@@ -45,11 +45,10 @@ import logging
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sides import pin_to_one_core, spawn_side  # noqa: E402
+from sides import alternate, pin_to_one_core, timed_child  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 ALL_TYPES = ["email", "ip", "phone", "card", "iban", "ssn", "secret"]
@@ -113,16 +112,7 @@ def child(args: argparse.Namespace) -> None:
     else:
         def job(folder):
             llmpipe_job(folder, corpus, SIDES[args.side])
-    job(out / "first")
-    first = time.monotonic() - args.spawned  # CLOCK_MONOTONIC: the parent's clock
-    t0 = time.monotonic()
-    job(out / "steady")
-    steady = time.monotonic() - t0
-    (out / "times.json").write_text(json.dumps({"startup": first, "steady": steady}))
-
-
-def spawn(side: str, corpus: Path, out: Path) -> dict:
-    return {**spawn_side(__file__, side, out, "--corpus", str(corpus)), "out": out / "first"}
+    timed_child(job, out, args.spawned)
 
 
 def _texts(folder: Path) -> tuple[list[str], dict[str, int]]:
@@ -148,7 +138,7 @@ def report_counts(best: dict[str, dict], texts: list[str]) -> dict[str, int]:
     """Documents per side; what each side replaced (e-mails, IPs)."""
     docs = {}
     for side in SIDES:
-        out, sums = _texts(best[side]["out"])
+        out, sums = _texts(best[side]["out"] / "first")
         docs[side] = len(out)
         if side == "datatrove":
             emails = _count(out, DT_EMAILS) - _count(texts, DT_EMAILS)
@@ -188,16 +178,7 @@ def main() -> None:
               f"({args.jsonl or 'mail, books, rst sources, news of ' + args.data})")
         print("timed: with start-up = spawn of each side's subprocess to its scrubbed documents on disk (imports, "
               "patterns inside); steady = the same job again in that process; 1 core")
-        best: dict[str, dict] = {}
-        for r in range(args.repeat):
-            for side in SIDES:
-                t = spawn(side, corpus, Path(tmp) / f"{side}-{r}")
-                print(f"  round {r + 1} {side:<17}: with start-up {t['startup']:6.2f} s, steady {t['steady']:6.2f} s",
-                      flush=True)
-                fastest = min(t["steady"], best[side]["steady"]) if side in best else t["steady"]
-                if side not in best or t["startup"] < best[side]["startup"]:
-                    best[side] = t
-                best[side]["steady"] = fastest
+        best = alternate(__file__, list(SIDES), Path(tmp), args.repeat, "--corpus", str(corpus))
         docs = report_counts(best, texts)
     rate, steady = {}, {}
     for side in SIDES:

@@ -42,3 +42,35 @@ def spawn_side(script: str, side: str, out: Path, *options: str) -> dict:
     if done.returncode:
         sys.exit(f"{side} failed ({done.returncode}):\n" + log.read_text()[-4000:])
     return json.loads((out / "times.json").read_text())
+
+
+def alternate(script: str, sides: list[str], root: Path, repeat: int, *options: str) -> dict[str, dict]:
+    """Run every side `repeat` times, alternating, into `root/<side>-<round>`; per side the round with
+    the fastest start-up (its `out` the round's folder) and the fastest steady run of any round."""
+    best: dict[str, dict] = {}
+    width = max(map(len, sides))
+    for r in range(repeat):
+        for side in sides:
+            out = root / f"{side}-{r}"
+            t = {**spawn_side(script, side, out, *options), "out": out}
+            cpu = f" (CPU {t['startup_cpu']:.2f} s, {t['steady_cpu']:.2f} s)" if "steady_cpu" in t else ""
+            print(f"  round {r + 1} {side:<{width}}: with start-up {t['startup']:7.2f} s, steady {t['steady']:7.2f} s{cpu}",
+                  flush=True)
+            steady = min(t["steady"], best[side]["steady"]) if side in best else t["steady"]
+            if side not in best or t["startup"] < best[side]["startup"]:
+                best[side] = t
+            best[side]["steady"] = steady
+    return best
+
+
+def timed_child(job, out: Path, spawned: float) -> None:
+    """A side's two runs: `job(out / "first")` timed from the parent's spawn (CLOCK_MONOTONIC), then
+    `job(out / "steady")` on its own; both written to `out/times.json`, with the CPU seconds of this
+    process's threads in each (`*_cpu`; a figure the machine's other load moves less than wall time)."""
+    job(out / "first")
+    first, first_cpu = time.monotonic() - spawned, time.process_time()
+    t0 = time.monotonic()
+    job(out / "steady")
+    steady, steady_cpu = time.monotonic() - t0, time.process_time() - first_cpu
+    (out / "times.json").write_text(json.dumps({"startup": first, "steady": steady, "startup_cpu": first_cpu,
+                                                "steady_cpu": steady_cpu}))

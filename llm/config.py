@@ -397,6 +397,11 @@ class TokenizerConfig(Section):
     character_coverage: float = Field(0.9995, gt=0, le=1, description="Share of characters covered (sentencepiece).")
     byte_fallback: bool = Field(True, description="Unknown characters become byte tokens, never <unk> (sentencepiece).")
     max_sentence_length: int = Field(16384, ge=64, description="Longer training lines are split (sentencepiece).")
+    num_threads: int = Field(
+        1, ge=0, description="Threads SentencePiece trains with; above 1 the training task asks the executor "
+        "for that many CPUs (capped at the largest node's). 0: every CPU the training task has (a Ray task "
+        "holds one; in-process, the CPUs this process may run on). The model file records the count, so its "
+        "sha256 follows it (1 by default: the same bytes on every machine); BPE's vocabulary does not.")
     sample_weights: dict[str, Annotated[float, Field(ge=0, le=1)]] = Field(
         default_factory=dict,
         description="Share of `sample_bytes` per stratum, by key: `<source>` (all its languages), "

@@ -19,7 +19,9 @@ class LocalExecutor:
     def __init__(self, progress: bool = False):
         self.progress = progress
 
-    def map(self, fn: Callable[[Any], Any], items: Sequence[Any], desc: str = "") -> list[Any]:
+    def map(self, fn: Callable[[Any], Any], items: Sequence[Any], desc: str = "",
+            num_cpus: float | None = None) -> list[Any]:
+        """`fn` of each item, in order; `num_cpus` is for executors that reserve CPUs (ignored here)."""
         out = []
         for item in tqdm(items, desc=desc, disable=not self.progress or not items, unit="shard"):
             out.append(fn(item))
@@ -49,7 +51,10 @@ class RayExecutor:
         self.tasks_per_cpu = tasks_per_cpu
         self.nodes: Counter[str] = Counter()
 
-    def map(self, fn: Callable[[Any], Any], items: Sequence[Any], desc: str = "") -> list[Any]:
+    def map(self, fn: Callable[[Any], Any], items: Sequence[Any], desc: str = "",
+            num_cpus: float | None = None) -> list[Any]:
+        """`fn` of each item as Ray tasks of `num_cpus` CPUs each (default: the executor's), capped at
+        the largest node's CPUs (a task asking for more would never be scheduled)."""
         import ray
 
         if not items:
@@ -57,9 +62,10 @@ class RayExecutor:
         from llm.cluster import ensure_ray
 
         ensure_ray(self.ray_config)
-        remote = ray.remote(num_cpus=self.num_cpus, max_retries=self.max_retries)(_call_each)
+        cpus = self.num_cpus if num_cpus is None else min(num_cpus, _largest_node_cpus())
+        remote = ray.remote(num_cpus=cpus, max_retries=self.max_retries)(_call_each)
         fn_ref = ray.put(fn)
-        slots = max(1, int(ray.available_resources().get("CPU", 1) // self.num_cpus))
+        slots = max(1, int(ray.available_resources().get("CPU", 1) // cpus))
         limit = self.max_in_flight or slots * 2
         per_task = max(1, -(-len(items) // (slots * self.tasks_per_cpu)))
         chunks = [list(range(i, min(i + per_task, len(items)))) for i in range(0, len(items), per_task)]
@@ -90,6 +96,28 @@ class RayExecutor:
         if first_error is not None:
             raise first_error
         return [results[i] for i in range(len(items))]
+
+
+def _largest_node_cpus() -> float:
+    import ray
+
+    return max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=1) or 1
+
+
+def task_cpus() -> int:
+    """The CPUs the calling code may use: those Ray assigned to the task it runs in, else (in-process)
+    the CPUs this process may run on."""
+    import os
+    import sys
+
+    if "ray" in sys.modules:  # a Ray worker has imported it; a plain process need not pay for the import
+        import ray
+
+        if ray.is_initialized():
+            assigned = ray.get_runtime_context().get_assigned_resources().get("CPU")
+            if assigned:
+                return max(1, int(assigned))
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def _call_each(fn, items) -> tuple[str, list]:

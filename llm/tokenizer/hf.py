@@ -38,6 +38,7 @@ class HFTokenizer:
         # `<s>` or `[CLS]` typed in a text is text, as SentencePiece reads it: the roles are added by id.
         # User and chat tokens are added as non-special tokens, so they are still matched whole.
         self.tk.encode_special_tokens = True
+        self._encode_ids = getattr(self.tk, "encode_batch_fast", self.tk.encode_batch)  # tokenizers >= 0.20.1
         self._special = {t.content: i for i, t in self.tk.get_added_tokens_decoder().items() if t.special}
         roles = {}
         for role, names in ROLE_PIECES.items():
@@ -55,7 +56,9 @@ class HFTokenizer:
         return self.tk.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in self.tk.encode_batch(texts, add_special_tokens=False)]
+        # The ids only: `encode_batch_fast` skips the character offsets (a third of the encoding's CPU
+        # time, measured), which `byte_spans` asks `encode_batch` for where it needs them.
+        return [e.ids for e in self._encode_ids(texts, add_special_tokens=False)]
 
     def decode(self, ids: Iterable[int]) -> str:
         return self.tk.decode([int(i) for i in ids], skip_special_tokens=False)

@@ -17,21 +17,7 @@ from llm.lineage import identity, of_input
 from llm.tokenizer.base import tokenizer_from_bytes
 from llm.tokenizer.card import HeldOut, compute_card, write_card
 from llm.tokenizer.sample import SamplePlan, SampleTexts, build_sample, remove_sample, stratum
-
-
-def train_tokenizer(texts, cfg: TokenizerConfig) -> bytes:
-    """The serialized tokenizer `cfg` asks for, trained on `texts` (an iterable of documents)."""
-    tokens = [*cfg.special_tokens, *cfg.user_tokens]
-    if cfg.library == "hf":
-        from llm.tokenizer.hf import train_hf
-
-        return train_hf(texts, cfg.vocab_size, cfg.model_type, cfg.special_ids(), tokens)
-    from llm.tokenizer.spm import train_sentencepiece
-
-    return train_sentencepiece(texts, cfg.vocab_size, cfg.model_type, cfg.character_coverage, cfg.byte_fallback,
-                               cfg.max_sentence_length, special_tokens=tokens, special_ids=cfg.special_ids(),
-                               input_sentence_size=cfg.input_sentence_size,
-                               shuffle_input_sentence=cfg.shuffle_input_sentence, seed=cfg.seed)
+from llm.tokenizer.train import train_tokenizer
 
 
 def tokenizer_uri(tokenizer_dir: str) -> str:
@@ -77,7 +63,9 @@ def run_tokenizer_training(shards_uri: str, out_uri: str, cfg: TokenizerConfig, 
         return train_tokenizer(texts, cfg)
 
     try:
-        model = executor.map(train, [None], desc="tokenizer: train")[0]
+        # One task: with `num_threads` set it holds that many CPUs, so its threads are not oversubscribed.
+        cpus = {"num_cpus": cfg.num_threads} if cfg.num_threads > 1 else {}
+        model = executor.map(train, [None], desc="tokenizer: train", **cpus)[0]
     finally:  # scratch: a rerun samples again (the same documents)
         remove_sample(scratch)
     tok = tokenizer_from_bytes(model)

@@ -76,6 +76,14 @@ def test_byte_counts_sum_exactly_on_multilingual_text(trained, texts, pair):
     assert all(len(c) == len(i) and (c >= 0).all() for c, i in zip(counts, ids))
 
 
+@pytest.mark.parametrize("pair", [p for p in PAIRS if p[0] == "hf"], ids="-".join)
+def test_hf_batch_encoding_is_the_encoding_of_each_text(trained, texts, pair):
+    tok = trained[pair]  # encode_batch skips the offsets; the ids are those of encoding with them
+    docs = texts[:50] + ["<s>not bos</s>", "a [CLS] b <|end|>", "\ttab\r\n\nnewlines\n", "😀 🎉", ""]
+    assert tok.encode_batch(docs) == [tok.encode(d) for d in docs]
+    assert tok.encode_batch(docs) == [e.ids for e in tok.tk.encode_batch(docs, add_special_tokens=False)]
+
+
 @pytest.mark.parametrize("model_type", ["bpe", "wordpiece", "unigram"])
 def test_hf_training_is_deterministic(texts, model_type):
     first, second = (train_hf(texts[:200], 600, model_type, special_tokens=["<|user|>"]) for _ in range(2))
