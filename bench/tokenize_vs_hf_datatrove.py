@@ -64,7 +64,7 @@ def template(path: str):
 
 def llmpipe_job(docs: str, tok_dir: str, cores: int):
     from llm.config import RayConfig, TokenizeConfig
-    from llm.data.tokenize import run_tokenize
+    from llm.tokenizer.tokenize import run_tokenize
     from llm.executor import RayExecutor
 
     executor = RayExecutor(ray_config=RayConfig(num_cpus=cores, object_store_memory=256 * 1024 * 1024))

@@ -505,7 +505,7 @@ class TokenizeConfig(Section):
         "from the shuffled parts. Empty: only the project's files.")
     shuffle: bool = Field(
         False, description="Also write the training split's documents in one seeded random order across all "
-        "shards (a two-pass bucket shuffle, llm.data.shuffle), as the manifest's `tokens.shuffled` parts. The "
+        "shards (a two-pass bucket shuffle, llm.tokenizer.shuffle), as the manifest's `tokens.shuffled` parts. The "
         "training loader samples random windows and does not need it; sequential readers of `formats` do.")
     shuffle_seed: int = Field(0, description="Seed of the global shuffle: the same seed and input give the same "
                               "order and bytes, whatever the number of workers.")

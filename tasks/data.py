@@ -130,7 +130,7 @@ def tokenizer(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict:
 @stage_task("tokenize")
 def tokenize(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict:
     """Encode the shards into token files with document indexes, split into train, validation and test."""
-    from llm.data.tokenize import run_tokenize
+    from llm.tokenizer.tokenize import run_tokenize
 
     with stage(cfg, parent_run_id, "tokenize") as ctx:
         manifest = run_tokenize(ctx.layout.shards, ctx.layout.tokenizer, ctx.layout.tokens, cfg.tokenize,

@@ -1,7 +1,7 @@
 """Token files other training tools read: datatrove's tokenized format and Megatron's indexed dataset.
 
 Both are written from the project's own parts (`<split>/<name>.bin` token ids, `.idx` int64 document
-starts; see `llm.data.tokenize`), one file set per part, documents and ids unchanged (bos and eos
+starts; see `llm.tokenizer.tokenize`), one file set per part, documents and ids unchanged (bos and eos
 included as the project stores them). The token bytes are the same in all three: little-endian ids of
 the vocabulary's width. Only the indexes differ.
 

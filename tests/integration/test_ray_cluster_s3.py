@@ -145,7 +145,7 @@ def test_data_stages_on_two_nodes_write_what_one_machine_writes(cluster, s3_endp
     from llm.data.ingest import run_ingest
     from llm.data.minhash.stage import run_minhash_dedup
     from llm.data.reshard import run_reshard
-    from llm.data.tokenize import run_tokenize
+    from llm.tokenizer.tokenize import run_tokenize
     from llm.executor import LocalExecutor
     from llm.layout import Layout
     from llm.tokenizer.stage import run_tokenizer_training

@@ -9,7 +9,7 @@ from llm.config import build_config
 from llm.data.exact_dedup import run_exact_dedup
 from llm.data.ingest import run_ingest
 from llm.data.reshard import run_reshard
-from llm.data.tokenize import run_tokenize
+from llm.tokenizer.tokenize import run_tokenize
 from llm.executor import LocalExecutor
 from llm.layout import Layout
 from llm.tokenizer.stage import run_tokenizer_training

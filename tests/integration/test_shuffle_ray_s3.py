@@ -9,7 +9,7 @@ import pytest
 
 from llm import storage
 from llm.config import TokenizeConfig
-from llm.data.tokenize import run_tokenize
+from llm.tokenizer.tokenize import run_tokenize
 from llm.executor import LocalExecutor, RayExecutor
 from llm.tokenizer.token_formats import export_tokens
 from tests.unit.data.multilingual_tokens import tokenize_multilingual

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from llm.config import TokenizeConfig, TokenizerConfig
-from llm.data.tokenize import run_tokenize
+from llm.tokenizer.tokenize import run_tokenize
 from llm.executor import LocalExecutor
 from llm.tokenizer.stage import run_tokenizer_training
 from tests.unit.data.minhash.conftest import write_dataset

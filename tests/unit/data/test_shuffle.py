@@ -10,8 +10,8 @@ import pytest
 
 from llm import versions
 from llm.config import TokenizeConfig
-from llm.data.shuffle import bucket_count
-from llm.data.tokenize import run_tokenize
+from llm.tokenizer.shuffle import bucket_count
+from llm.tokenizer.tokenize import run_tokenize
 from llm.executor import LocalExecutor
 from llm.tokenizer.token_formats import export_tokens
 from tests.unit.data.multilingual_tokens import tokenize_multilingual

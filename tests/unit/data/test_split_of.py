@@ -5,7 +5,7 @@ import pytest
 
 from llm.config import TokenizeConfig
 from llm.data import schema
-from llm.data.tokenize import split_of
+from llm.tokenizer.tokenize import split_of
 
 
 def _hashes(n: int) -> list[str]:

@@ -12,7 +12,7 @@ from llm.data.dataset import Counts, read_manifest
 from llm.data.exact_dedup import run_exact_dedup
 from llm.data.dataset import write_shard
 from llm.data.reshard import plan_cuts, run_reshard
-from llm.data.tokenize import run_tokenize, split_of
+from llm.tokenizer.tokenize import run_tokenize, split_of
 from llm.executor import LocalExecutor
 from llm.tokenizer import load_tokenizer
 from llm.tokenizer.stage import run_tokenizer_training, tokenizer_uri

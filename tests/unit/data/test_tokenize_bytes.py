@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from llm.data import schema
-from llm.data.tokenize import split_of
+from llm.tokenizer.tokenize import split_of
 from llm.tokenizer import load_tokenizer
 from llm.tokenizer.stage import tokenizer_uri
 from tests.unit.data.multilingual_tokens import tokenize_multilingual

@@ -8,7 +8,7 @@ import numpy as np
 from llm import storage
 from llm.config import TokenizeConfig, TokenizerConfig
 from llm.data.dataset import read_manifest
-from llm.data.tokenize import run_tokenize
+from llm.tokenizer.tokenize import run_tokenize
 from llm.executor import LocalExecutor
 from llm.tokenizer import load_tokenizer
 from llm.tokenizer.stage import run_tokenizer_training, tokenizer_uri

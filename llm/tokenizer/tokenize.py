@@ -15,7 +15,7 @@ neither, and are scored without bits per byte.
 
 `cfg.formats` writes each part also as datatrove and Megatron token files (`llm.tokenizer.token_formats`),
 listed in the shard's files and the part's entry (`formats`). `cfg.shuffle` adds the training split's
-documents in one global seeded order (`tokens.shuffled`, `llm.data.shuffle`), from which the training
+documents in one global seeded order (`tokens.shuffled`, `llm.tokenizer.shuffle`), from which the training
 split's other formats are then written; the split itself keeps its per-shard parts.
 """
 
@@ -32,7 +32,7 @@ from llm import storage
 from llm.config import TokenizeConfig
 from llm.data import schema
 from llm import versions
-from llm.data.shuffle import shuffle_split
+from llm.tokenizer.shuffle import shuffle_split
 from llm.data.dataset import Counts, ShardRecord, ShardTask, read_manifest, run_shard_stage, shard_identity
 from llm.lineage import identity, of_input
 from llm.tokenizer.base import Tokenizer, tokenizer_from_bytes
