@@ -64,6 +64,13 @@ bench: install-dev
 	$(PY) bench/train_step_vs_bare_torch.py
 	$(PY) bench/checkpointing_memory.py
 	$(PY) bench/refresh_vs_full.py
+	$(PY) bench/pii_vs_datatrove.py
+	$(PY) bench/extract_quality.py
+	$(PY) bench/lora_vs_peft.py
+	$(PY) bench/lora_vs_full.py
+	$(PY) bench/tokenizer_train_vs_spm.py --repeat 3
+	$(PY) bench/tokenizer_train_vs_hf.py --repeat 3
+	$(PY) bench/tokenize_vs_hf_datatrove.py
 
 clean:
 	rm -rf work/demo
