@@ -18,9 +18,20 @@ if str(REPO) not in sys.path:  # the parent builds the input with this checkout'
     sys.path.insert(0, str(REPO))
 
 
-def real_texts(data: Path) -> list[str]:
+def stdlib_sources() -> list[str]:
+    """The Python standard library's own .py sources (its tests included, third-party packages not):
+    ~30 MB of distinct real text on every machine that runs the project."""
+    import sysconfig
+
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = sorted(p for p in root.rglob("*.py") if "site-packages" not in p.parts and "dist-packages" not in p.parts)
+    return [p.read_text(encoding="utf-8", errors="replace") for p in files]
+
+
+def real_texts(data: Path, stdlib: bool = False) -> list[str]:
     """The distinct real texts of the development data folder: the Gutenberg books, the reST sources of
-    `html_dev.jsonl`, the news articles and the language-ID texts (13 languages)."""
+    `html_dev.jsonl`, the news articles and the language-ID texts (13 languages); with `stdlib`, the
+    standard library's sources after them (`stdlib_sources`)."""
     texts = [p.read_text(encoding="utf-8", errors="replace") for p in sorted((data / "books").glob("*.txt"))]
     with (data / "html_dev.jsonl").open(encoding="utf-8") as fh:
         texts += [s for s in (json.loads(line).get("rst_source") for line in fh if line.strip()) if s]
@@ -28,6 +39,8 @@ def real_texts(data: Path) -> list[str]:
               for p in sorted((data / "news" / "articles" / "txt").glob("*.txt"))]
     with (data / "langid_dev.jsonl").open(encoding="utf-8") as fh:
         texts += [json.loads(line)["text"] for line in fh if line.strip()]
+    if stdlib:
+        texts += stdlib_sources()
     return [t for t in texts if t.strip()]
 
 
@@ -64,13 +77,14 @@ def pin(cores: int) -> int:
     return len(chosen)
 
 
-def training_sample(root: Path, data: Path, copies: int, shards: int, sample_bytes: int) -> tuple[list[str], dict]:
+def training_sample(root: Path, data: Path, copies: int, shards: int, sample_bytes: int,
+                    stdlib: bool = False) -> tuple[list[str], dict]:
     """The documents written as shards under `root/docs`, then the tokenizer stage's sample of them
     (`build_sample`, in-process) as part files under `root/sample`: (part files, the sample section)."""
     from llm.executor import LocalExecutor
     from llm.tokenizer.sample import build_sample
 
-    write_docs(root / "docs", real_texts(data), copies, shards)
+    write_docs(root / "docs", real_texts(data, stdlib), copies, shards)
     from llm.data.dataset import read_manifest
 
     manifest = read_manifest(str(root / "docs"))
@@ -86,6 +100,8 @@ def bench_parser(doc: str, *hidden: str) -> argparse.ArgumentParser:
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="development data folder")
     parser.add_argument("--cores", type=int, default=2, help="CPUs pinned for every side")
     parser.add_argument("--repeat", type=int, default=2, help="rounds, sides alternating; each side's fastest counts")
+    parser.add_argument("--stdlib", action="store_true",
+                        help="add the Python standard library's sources (~30 MB of distinct text) to the input")
     for name in ("--side", "--root", "--out", *hidden):
         parser.add_argument(name, help=argparse.SUPPRESS)
     parser.add_argument("--spawned", type=float, help=argparse.SUPPRESS)

@@ -109,7 +109,8 @@ def main() -> None:
     specials = ROLES + list(TokenizerConfig(library="hf").special_tokens)
     with tempfile.TemporaryDirectory(prefix="llmpipe-bench-") as tmp:
         root = Path(tmp)
-        _, sample = training_sample(root, Path(args.data), args.copies, shards=8, sample_bytes=20_000_000)
+        _, sample = training_sample(root, Path(args.data), args.copies, shards=8, sample_bytes=20_000_000,
+                                     stdlib=args.stdlib)
         mb = sample["bytes"] / 1e6
         print(f"sample: {sample['documents']} documents, {mb:.2f} MB (of {args.copies} copies of {args.data}'s real "
               f"text); byte-level BPE, vocabulary {args.vocab}, {len(specials)} special tokens, {cores} cores")

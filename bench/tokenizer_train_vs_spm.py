@@ -115,7 +115,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="llmpipe-bench-") as tmp:
         root = Path(tmp)
         sample_bytes = 20_000_000  # the stage's default
-        parts, sample = training_sample(root, Path(args.data), args.copies, shards=8, sample_bytes=sample_bytes)
+        parts, sample = training_sample(root, Path(args.data), args.copies, shards=8, sample_bytes=sample_bytes,
+                                        stdlib=args.stdlib)
         cfg = config(args.vocab, cores, sample_bytes)
         lines = 0
         with open(root / "sample.txt", "w", encoding="utf-8") as fh:
@@ -124,7 +125,7 @@ def main() -> None:
                 lines += 1
         mb = sample["bytes"] / 1e6
         print(f"sample: {sample['documents']} documents, {mb:.2f} MB, {lines} lines (of {args.copies} copies of "
-              f"{args.data}'s real text); vocabulary {args.vocab}, bpe, {cores} cores, num_threads {cores}")
+              f"{args.data}'s real text{' and the standard library' if args.stdlib else ''}); vocabulary {args.vocab}, bpe, {cores} cores, num_threads {cores}")
         print("timed: with start-up = spawn of each side's subprocess to its .model and .vocab on disk; steady = "
               "the same training again in that process")
         t0 = time.monotonic()
