@@ -78,7 +78,7 @@ def pin(cores: int) -> int:
 
 
 def training_sample(root: Path, data: Path, copies: int, shards: int, sample_bytes: int,
-                    stdlib: bool = False) -> tuple[list[str], dict]:
+                    stdlib: bool = False, line_length: int | None = None) -> tuple[list[str], dict]:
     """The documents written as shards under `root/docs`, then the tokenizer stage's sample of them
     (`build_sample`, in-process) as part files under `root/sample`: (part files, the sample section)."""
     from llm.executor import LocalExecutor
@@ -90,7 +90,8 @@ def training_sample(root: Path, data: Path, copies: int, shards: int, sample_byt
     manifest = read_manifest(str(root / "docs"))
     files = [str(root / "docs" / s["files"]["data"]) for s in manifest["shards"]]
     total = sum(s["extra"]["text_bytes"] for s in manifest["shards"])
-    return build_sample(files, str(root / "sample"), sample_bytes, {}, 0, LocalExecutor(), known_total=total)
+    return build_sample(files, str(root / "sample"), sample_bytes, {}, 0, LocalExecutor(), known_total=total,
+                        line_length=line_length)
 
 
 def bench_parser(doc: str, *hidden: str) -> argparse.ArgumentParser:

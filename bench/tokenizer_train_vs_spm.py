@@ -7,12 +7,13 @@ Input: the real text of the development data folder (`--data`, default `../share
 reST sources of `html_dev.jsonl`, the news articles, the language-ID texts; ~2.5 MB in 711 texts),
 `--copies` times under distinct ids (each copy's last line marked with its number), written as the
 project's document shards. The stage's sampler (`build_sample`, in-process, outside the timings) takes
-its sample of them into Parquet part files once; that sample, as the training lines the stage makes of
-it (`llm.tokenizer.spm.training_lines`: each document's lines, right-stripped, non-empty, cut at
-max_sentence_length), is also written once as a text file, one line each. Both sides train on it:
+its sample of them once, as the stage does for sentencepiece: part files of the sample's training lines
+(`llm.tokenizer.spm.training_lines`: each document's lines, right-stripped, non-empty, cut at
+max_sentence_length), one per line. The same lines are also written once as one text file. Both sides
+train on them:
 (a) llmpipe: the stage's training step, `train_tokenizer(SampleTexts(parts), cfg)` (`llm.tokenizer.train`; the stage's
-    one training task runs: the parts streamed row group by row group into SentencePiece's trainer
-    through its sentence iterator), then the .model and .vocab files written as the stage writes them.
+    one training task runs: SentencePiece reads the part files itself and the record of their paths is
+    dropped from the model), then the .model and .vocab files written as the stage writes them.
     Not timed: the sampling pass and the tokenizer card (other passes of the stage, over the shards).
 (b) SentencePiece: `SentencePieceTrainer.train(input=<the text file>, model_prefix=...)`, what
     `spm_train` does, writing its .model and .vocab.
@@ -85,7 +86,7 @@ def child(args: argparse.Namespace) -> None:
     cfg = config(args.vocab, args.threads, args.sample_bytes)
     root = Path(args.root)
     if args.side == "llmpipe":
-        job = llmpipe_job(sorted(str(p) for p in (root / "sample").glob("part-*.parquet")), cfg)
+        job = llmpipe_job(sorted(str(p) for p in (root / "sample").glob("part-*")), cfg)
     else:
         job = spm_job(root / "sample.txt", cfg)
     timed_child(job, Path(args.out), args.spawned)
@@ -115,8 +116,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="llmpipe-bench-") as tmp:
         root = Path(tmp)
         sample_bytes = 20_000_000  # the stage's default
+        # As the stage samples for sentencepiece: parts of training lines, which SentencePiece reads itself.
         parts, sample = training_sample(root, Path(args.data), args.copies, shards=8, sample_bytes=sample_bytes,
-                                        stdlib=args.stdlib)
+                                        stdlib=args.stdlib, line_length=config(args.vocab, cores, sample_bytes).max_sentence_length)
         cfg = config(args.vocab, cores, sample_bytes)
         lines = 0
         with open(root / "sample.txt", "w", encoding="utf-8") as fh:

@@ -38,6 +38,13 @@ def _local(uri: str) -> Path:
     return Path(uri[len("file://"):] if uri.startswith("file://") else uri)
 
 
+def local_path(uri: str) -> Path:
+    """The filesystem path of a local URI (a path or file://...); a ValueError for s3:// ones."""
+    if is_s3(uri):
+        raise ValueError(f"{uri} is not a local path")
+    return _local(uri)
+
+
 def _split_s3(uri: str) -> tuple[str, str]:
     rest = uri[len("s3://"):]
     bucket, _, key = rest.partition("/")

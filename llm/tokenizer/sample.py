@@ -13,16 +13,22 @@ Passes, each one executor task per shard, each returning only counts to the driv
 1. (only with `sample_weights`) bytes and documents per stratum: source, lang and the texts' UTF-8
    lengths, one record batch at a time.
 2. the sample: chosen texts go to `<scratch>/part-<shard index>.parquet` (one `text` column, row
-   groups of about `BATCH_BYTES`); the shard's per-stratum read and sampled counts come back.
-The trainer reads the parts through `SampleTexts`, one row group at a time. The parts are scratch:
+   groups of about `BATCH_BYTES`), or for SentencePiece to `part-<shard index>.txt`, their training
+   lines one per line, the text file `spm_train` reads; the shard's per-stratum read and sampled counts
+   come back.
+The trainer reads the parts through `SampleTexts`, one row group at a time, or SentencePiece reads the
+line files itself (copied to local disk first when they are on S3). The parts are scratch:
 the stage deletes them once the model is written (`remove_sample`); the manifest keeps the counts and
 the fractions, which is all `in_sample` needs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
+import os
+import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
@@ -132,18 +138,29 @@ def shard_strata(uri: str) -> dict[str, dict[str, int]]:
     return {k: dict(v) for k, v in totals.items()}
 
 
-def sample_shard(uri: str, part_uri: str, plan: SamplePlan) -> dict[str, dict[str, int]]:
+#: The suffix of a part written as SentencePiece's training lines (`line_length`), not as Parquet.
+LINES_SUFFIX = ".txt"
+
+
+def sample_shard(uri: str, part_uri: str, plan: SamplePlan, line_length: int | None = None) -> dict[str, dict[str, int]]:
     """Write the chosen texts of the shard `uri` to `part_uri`; per stratum: read and sampled bytes and
-    documents. Memory: one record batch plus the compressed part."""
+    documents. Memory: one record batch plus the compressed part. With `line_length`, the part is the
+    texts' SentencePiece training lines (`llm.tokenizer.spm.training_lines`), one per line of a UTF-8
+    text file: what `spm_train` reads, so the trainer reads it in C++ with no Python in between."""
     totals: dict = defaultdict(lambda: defaultdict(int))
     buf = io.BytesIO()
-    writer = pq.ParquetWriter(buf, PART_SCHEMA, compression="zstd")
+    writer = None if line_length else pq.ParquetWriter(buf, PART_SCHEMA, compression="zstd")
     pending: list[pa.Array] = []  # chosen texts not yet written: a row group of about BATCH_BYTES
 
     def flush():
-        if pending:
+        if pending and writer is None:
+            from llm.tokenizer.spm import training_lines
+
+            for line in training_lines(pa.concat_arrays(pending).to_pylist(), line_length):
+                buf.write(line.encode("utf-8") + b"\n")
+        elif pending:
             writer.write_table(pa.table({"text": pa.concat_arrays(pending)}, PART_SCHEMA))
-            pending.clear()
+        pending.clear()
 
     for batch, keys in _batches(uri, ["id", "text"]):
         nbytes = pc.binary_length(batch.column("text"))
@@ -156,7 +173,8 @@ def sample_shard(uri: str, part_uri: str, plan: SamplePlan) -> dict[str, dict[st
             if sum(a.nbytes for a in pending) >= BATCH_BYTES:
                 flush()
     flush()
-    writer.close()
+    if writer is not None:
+        writer.close()
     # Scratch: no fsync, but still whole or absent, and the same bytes on every run.
     storage.write_bytes(part_uri, buf.getvalue(), durable=False)
     return {k: dict(v) for k, v in totals.items()}
@@ -171,9 +189,32 @@ class SampleTexts:
 
     def __iter__(self) -> Iterator[str]:
         for uri in self.part_uris:
+            if uri.endswith(LINES_SUFFIX):  # training lines: each line is one text
+                yield from storage.read_text(uri).split("\n")[:-1]
+                continue
             with storage.parquet_file(uri) as pf:
                 for i in range(pf.num_row_groups):
                     yield from pf.read_row_group(i, columns=["text"]).column("text").to_pylist()
+
+    @property
+    def are_lines(self) -> bool:
+        """Whether the parts are training-line text files (`sample_shard`'s `line_length`)."""
+        return bool(self.part_uris) and all(u.endswith(LINES_SUFFIX) for u in self.part_uris)
+
+    @contextlib.contextmanager
+    def local_files(self) -> Iterator[list[str]]:
+        """The parts as local paths (S3 parts copied to a temporary folder for the block)."""
+        if not any(storage.is_s3(u) for u in self.part_uris):
+            yield [str(storage.local_path(u)) for u in self.part_uris]
+            return
+        with tempfile.TemporaryDirectory(prefix="llmpipe-sample-") as tmp:
+            paths = []
+            for i, uri in enumerate(self.part_uris):
+                path = os.path.join(tmp, f"part-{i:05d}{LINES_SUFFIX}")
+                with open(path, "wb") as fh:
+                    fh.write(storage.read_bytes(uri))
+                paths.append(path)
+            yield paths
 
 
 def plan_sample(available: dict[str, int], sample_bytes: int, weights: dict[str, float], seed: int) -> SamplePlan:
@@ -222,11 +263,13 @@ def _merge(parts: Iterable[dict[str, dict[str, int]]]) -> dict[str, dict[str, in
 
 
 def build_sample(shard_uris: list[str], scratch_uri: str, sample_bytes: int, weights: dict[str, float],
-                 seed: int, executor, known_total: int | None = None, reserve: float = 0.0) -> tuple[list[str], dict]:
+                 seed: int, executor, known_total: int | None = None, reserve: float = 0.0,
+                 line_length: int | None = None) -> tuple[list[str], dict]:
     """Sample the shards into part files under `scratch_uri`; returns (part URIs, the manifest's
     `sample` section). `known_total` (the shards' text bytes from their manifest) spares the first
     pass when there are no weights: every stratum then has the same fraction. `reserve`: the share of
-    documents held out of the sample for the tokenizer card (`reserved`)."""
+    documents held out of the sample for the tokenizer card (`reserved`). `line_length`: parts as
+    SentencePiece training lines cut at that length (`sample_shard`)."""
     if weights or known_total is None:
         strata = _merge(executor.map(shard_strata, shard_uris, desc="tokenizer: sample sizes"))
         available = {k: v["available_bytes"] for k, v in strata.items()}
@@ -240,8 +283,9 @@ def build_sample(shard_uris: list[str], scratch_uri: str, sample_bytes: int, wei
     else:  # one fraction for every stratum: only the total matters
         plan = SamplePlan(seed, {}, default=min(1.0, sample_bytes / total))
     plan = plan.reserving(reserve)
-    parts = [storage.join(scratch_uri, f"part-{i:05d}.parquet") for i in range(len(shard_uris))]
-    counts = _merge(executor.map(lambda job: sample_shard(job[0], job[1], plan), list(zip(shard_uris, parts)),
+    suffix = LINES_SUFFIX if line_length else ".parquet"
+    parts = [storage.join(scratch_uri, f"part-{i:05d}{suffix}") for i in range(len(shard_uris))]
+    counts = _merge(executor.map(lambda job: sample_shard(job[0], job[1], plan, line_length), list(zip(shard_uris, parts)),
                                  desc="tokenizer: sample"))
     return parts, _section(plan, counts, sample_bytes, weights)
 

@@ -55,8 +55,10 @@ def run_tokenizer_training(shards_uri: str, out_uri: str, cfg: TokenizerConfig, 
     # The card's documents are held out first, so it measures unseen text even when the sample would
     # otherwise take the whole corpus.
     held_out = HeldOut(cfg.seed, HeldOut.reserved_share(cfg.card_bytes, total, cfg.card_max_share))
+    # SentencePiece trains on lines: the workers write them as its own text files, which it reads itself.
+    lines = cfg.max_sentence_length if cfg.library == "sentencepiece" else None
     parts, sample = build_sample(files, scratch, cfg.sample_bytes, cfg.sample_weights, cfg.seed, executor,
-                                 known_total=total, reserve=held_out.fraction)
+                                 known_total=total, reserve=held_out.fraction, line_length=lines)
     texts = SampleTexts(tuple(parts))
 
     def train(_):

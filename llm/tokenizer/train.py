@@ -19,8 +19,15 @@ def train_tokenizer(texts, cfg: TokenizerConfig) -> bytes:
     from llm.executor import task_cpus
     from llm.tokenizer.spm import train_sentencepiece
 
-    return train_sentencepiece(texts, cfg.vocab_size, cfg.model_type, cfg.character_coverage, cfg.byte_fallback,
-                               cfg.max_sentence_length, num_threads=cfg.num_threads or task_cpus(),
-                               special_tokens=tokens, special_ids=cfg.special_ids(),
-                               input_sentence_size=cfg.input_sentence_size,
-                               shuffle_input_sentence=cfg.shuffle_input_sentence, seed=cfg.seed)
+    def train(docs, input_files=None) -> bytes:
+        return train_sentencepiece(docs, cfg.vocab_size, cfg.model_type, cfg.character_coverage, cfg.byte_fallback,
+                                   cfg.max_sentence_length, num_threads=cfg.num_threads or task_cpus(),
+                                   special_tokens=tokens, special_ids=cfg.special_ids(),
+                                   input_sentence_size=cfg.input_sentence_size,
+                                   shuffle_input_sentence=cfg.shuffle_input_sentence, seed=cfg.seed,
+                                   input_files=input_files)
+
+    if getattr(texts, "are_lines", False):  # a sample written as training lines: spm_train's own input path
+        with texts.local_files() as paths:
+            return train(texts, paths)
+    return train(texts)

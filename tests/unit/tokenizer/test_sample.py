@@ -177,3 +177,21 @@ def test_memory_stays_far_below_the_corpus(tmp_path, shared_data):
     # Parts are Parquet files of one text column, one per shard.
     parts = sorted((tmp_path / "sample").glob("part-*.parquet"))
     assert len(parts) == 8 and pq.read_schema(parts[0]).names == ["text"]
+
+
+def test_sentencepiece_line_parts_give_the_iterator_s_model_byte_for_byte(corpus, tmp_path):
+    """Parts written as SentencePiece's own training lines (what the stage writes for sentencepiece)
+    hold the same documents' lines, and training from them, SentencePiece reading the files itself,
+    gives exactly the bytes of training on the documents through the sentence iterator."""
+    from llm.tokenizer.spm import training_lines
+    from llm.tokenizer.train import train_tokenizer
+
+    _, _, files = corpus
+    docs, section = build_sample(files, str(tmp_path / "docs"), 300_000, {}, 3, LocalExecutor())
+    lines, same = build_sample(files, str(tmp_path / "lines"), 300_000, {}, 3, LocalExecutor(), line_length=200)
+    assert same == section and all(p.endswith(".txt") for p in lines) and SampleTexts(tuple(lines)).are_lines
+    assert list(SampleTexts(tuple(lines))) == list(training_lines(SampleTexts(tuple(docs)), 200))
+    cfg = TokenizerConfig(vocab_size=600, max_sentence_length=200, character_coverage=0.98)
+    from_files = train_tokenizer(SampleTexts(tuple(lines)), cfg)
+    assert from_files == train_tokenizer(SampleTexts(tuple(docs)), cfg)
+    assert b"part-00000.txt" not in from_files  # the trainer's record of its input files is dropped
