@@ -29,7 +29,9 @@ class Section(BaseModel):
     """Base of every config section: unknown keys are errors, assignments are re-validated, and numbers
     must be finite (`.inf` or `.nan` as a timeout or a threshold is a mistake, not a setting)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+    # defer_build: a model's validator is built when it is first used, not at import; a process that
+    # uses three sections (a stage's worker) does not pay ~0.1 s building all forty.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False, defer_build=True)
 
 
 def _path_safe(name: str) -> str:
