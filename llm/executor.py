@@ -40,8 +40,8 @@ class ProcessExecutor:
     (or exit). Fork is safe here although pyarrow may have started threads: Arrow's thread pools and
     allocator re-initialise in a forked child, and the compiled loops (numba) start no threads. As many
     workers as `ray_config.num_cpus` when set, else the CPUs this process may use; in a worker
-    `task_cpus()` is 1. `num_cpus` of a `map` above one lets fewer items run at once (each still on
-    one core), as Ray would schedule them.
+    `task_cpus()` is 1. A `map` asking `num_cpus` above one runs only workers / `num_cpus` runs at
+    once (each still on one core), as Ray would schedule them.
 
     Items are cut into runs of consecutive items, about `tasks_per_cpu` per worker, as `RayExecutor`
     does: each run is one round trip to a worker. The function is pickled with cloudpickle (closures

@@ -82,6 +82,18 @@ def test_each_worker_is_one_core(executor):
     assert executor.map(lambda _: task_cpus(), list(range(8))) == [1] * 8
 
 
+def test_items_asking_for_every_cpu_run_one_at_a_time(executor):
+    def span(_):
+        start = time.monotonic()
+        time.sleep(0.1)
+        return start, time.monotonic()
+
+    alone = sorted(executor.map(span, list(range(4)), num_cpus=2))
+    assert all(a[1] <= b[0] for a, b in zip(alone, alone[1:]))  # no two overlap
+    together = sorted(executor.map(span, list(range(4))))
+    assert any(a[1] > b[0] for a, b in zip(together, together[1:]))  # one CPU each: two at a time
+
+
 def test_workers_follow_ray_num_cpus_or_the_cpus_this_process_may_use():
     assert ProcessExecutor(ray_config=RayConfig(num_cpus=3)).workers == 3
     assert ProcessExecutor(ray_config=RayConfig()).workers == len(os.sched_getaffinity(0))
