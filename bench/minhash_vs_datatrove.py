@@ -1,6 +1,7 @@
-"""MinHash near-duplicate removal: llmpipe's stage on Ray against datatrove's four MinHash steps.
+"""MinHash near-duplicate removal: llmpipe's stage (on Ray, and on its worker processes) against datatrove's
+four MinHash steps.
 
-    .venv/bin/python bench/minhash_vs_datatrove.py                  # 20k documents, 2 cores
+    .venv/bin/python bench/minhash_vs_datatrove.py --repeats 2      # 20k documents, 2 cores
     .venv/bin/python bench/minhash_vs_datatrove.py --docs 2000      # a smoke run
 
 Input: `llm.data.minhash.planted.distinct_corpus`: bases are non-overlapping slices of the distinct real
@@ -13,14 +14,18 @@ document dataset (zstd Parquet shards and a manifest); **both sides read those s
 (datatrove through its `ParquetReader`) and **both write Parquet** (llmpipe its kept and `rejected/`
 shards; datatrove its `ParquetWriter` for kept and removed documents).
 
-Each side runs in its own subprocess, spawned by this script after it has pinned itself to `--cores`
-cores (children inherit the affinity), sides alternating over `--repeats` rounds, fastest kept:
+llmpipe runs twice, once per `ray.executor`: `llmpipe-ray` (`RayExecutor`) and `llmpipe-processes`
+(`ProcessExecutor`: worker processes forked from the side's process, one per core); both must remove the
+same documents (asserted). Each side runs in its own subprocess, spawned by this script after it has
+pinned itself to `--cores` cores (children inherit the affinity), sides alternating over `--repeats`
+rounds, fastest kept:
 - **with start-up**: from spawning the subprocess to the first run's outputs being on disk. llmpipe's
-  includes the interpreter, imports, `ensure_ray` (starting Ray and one worker per core) and the
-  workers' first import of the stage; datatrove's the interpreter, imports and the executors' worker
-  pools, which datatrove starts per step.
+  includes the interpreter and imports, and on Ray `ensure_ray` (starting Ray and one worker per core)
+  and the workers' first import of the stage, with processes the fork of the workers at the first map
+  and their first use of the compiled loops; datatrove's the interpreter, imports and the executors'
+  worker pools, which datatrove starts per step.
 - **steady**: the same job run a second time in that subprocess into a fresh output folder (llmpipe's
-  Ray and workers already up; datatrove starts its pools again, as it does for every run).
+  Ray or worker processes already up; datatrove starts its pools again, as it does for every run).
 Both sides get the same first run, so warm-up is symmetric. llmpipe's compiled loops (numba) are cached
 beside the code after their first-ever use, once per installation: on a fresh checkout the first round's
 llmpipe run also compiles them, so use `--repeats 2` (or any earlier run) for figures.
@@ -44,7 +49,8 @@ every pair of the corpus by a sparse product of the shingle incidence matrix; an
 pairs neither tool reports is checked and its hits printed (an estimate of pairs both miss). Recall: of
 the truth pairs, the share where at least one document was removed. Precision: of the removed
 documents, the share whose kept cluster member is a truth pair with it (a removal whose cluster kept
-nothing counts as wrong). The ratio line (throughput with start-up, llmpipe/datatrove) is last.
+nothing counts as wrong). The ratio line (throughput with start-up of the faster llmpipe executor over
+datatrove's, naming the executor) is last.
 """
 
 from __future__ import annotations
@@ -92,18 +98,28 @@ def write_inputs(root: Path, texts: list[str], shards: int) -> None:
 
 # --- the two sides, each run in its own subprocess ------------------------------------------------------
 
-def llmpipe_job(cores: int):
-    """Start-up (imports, Ray and its workers), then a function running the stage into a folder."""
-    from llm.cluster import ensure_ray
+LLMPIPE_SIDES = {"llmpipe-ray": "ray", "llmpipe-processes": "processes"}  # side -> `ray.executor`
+
+
+def llmpipe_job(cores: int, executor: str):
+    """Start-up (imports; for `ray`, Ray and its workers), then a function running the stage into a
+    folder on that executor (`processes`: its workers fork on the first run's first map)."""
     from llm.config import MinHashConfig, RayConfig, ShardConfig
     from llm.data.minhash.stage import run_minhash_dedup
-    from llm.executor import RayExecutor
+    from llm.executor import ProcessExecutor, RayExecutor
 
-    ensure_ray(RayConfig(num_cpus=cores, object_store_memory=256 * 1024 * 1024))
+    ray_cfg = RayConfig(num_cpus=cores, object_store_memory=256 * 1024 * 1024, executor=executor)
+    if executor == "ray":
+        from llm.cluster import ensure_ray
+
+        ensure_ray(ray_cfg)
+        ex = RayExecutor()
+    else:
+        ex = ProcessExecutor(ray_config=ray_cfg)
     cfg = MinHashConfig(keeper="first", url_dedup=False, bands=BANDS, rows=ROWS, ngram=NGRAM, threshold=THRESHOLD)
 
     def run(inputs: Path, out: Path, shards: int) -> None:
-        run_minhash_dedup(str(inputs), str(out), cfg, ShardConfig(), RayExecutor())
+        run_minhash_dedup(str(inputs), str(out), cfg, ShardConfig(), ex)
 
     return run
 
@@ -147,7 +163,10 @@ def datatrove_job(cores: int):
 
 def child(args: argparse.Namespace) -> None:
     """One side in this subprocess: the first run timed from the parent's spawn, then a steady run."""
-    run = (llmpipe_job if args.side == "llmpipe" else datatrove_job)(args.cores)
+    if args.side in LLMPIPE_SIDES:
+        run = llmpipe_job(args.cores, LLMPIPE_SIDES[args.side])
+    else:
+        run = datatrove_job(args.cores)
     out = Path(args.out)
     run(Path(args.inputs), out / "first", args.shards)
     first = time.monotonic() - args.spawned  # CLOCK_MONOTONIC: the same clock as the parent's
@@ -155,7 +174,7 @@ def child(args: argparse.Namespace) -> None:
     run(Path(args.inputs), out / "steady", args.shards)
     steady = time.monotonic() - t0
     (out / "times.json").write_text(json.dumps({"startup": first, "steady": steady}))
-    if args.side == "llmpipe":
+    if args.side == "llmpipe-ray":
         from llm.cluster import shutdown_ray
 
         shutdown_ray()
@@ -278,7 +297,7 @@ def main() -> None:
                         help="check every pair of the corpus (auto: up to 50k documents)")
     parser.add_argument("--sample", type=int, default=200_000, help="random unreported pairs checked")
     # subprocess side (internal)
-    parser.add_argument("--side", choices=["llmpipe", "datatrove"], help=argparse.SUPPRESS)
+    parser.add_argument("--side", choices=[*LLMPIPE_SIDES, "datatrove"], help=argparse.SUPPRESS)
     parser.add_argument("--inputs", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--shards", type=int, help=argparse.SUPPRESS)
@@ -310,17 +329,20 @@ def main() -> None:
         print("planted copies: " + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items()) if k != "base")
               + " (edit rate uniform in [0, 0.15]; chains [0, 0.05] a step)")
         print("timed: with start-up = spawn of each side's subprocess to its outputs on disk (imports, Ray and its "
-              "workers / datatrove's worker pools inside); steady = the same job again in that process")
+              "workers / the worker processes / datatrove's worker pools inside); steady = the same job again in "
+              "that process")
+        sides = [*LLMPIPE_SIDES, "datatrove"]
         best: dict[str, dict[str, float]] = {}
         for r in range(args.repeats):
-            for side in ("llmpipe", "datatrove"):
+            for side in sides:
                 t = spawn(side, root / "input", root / f"{side}-{r}", args.cores, shards)
-                print(f"  round {r + 1} {side:9s}: with start-up {t['startup']:7.2f} s, steady {t['steady']:7.2f} s",
+                print(f"  round {r + 1} {side:17s}: with start-up {t['startup']:7.2f} s, steady {t['steady']:7.2f} s",
                       flush=True)
                 if side not in best or t["startup"] < best[side]["startup"]:
                     best[side] = {**t, "round": r}
-        removed = {"llmpipe": removed_llmpipe(root / f"llmpipe-{best['llmpipe']['round']}" / "first"),
-                   "datatrove": removed_datatrove(root / f"datatrove-{best['datatrove']['round']}" / "first")}
+        removed = {side: (removed_llmpipe if side in LLMPIPE_SIDES else removed_datatrove)(
+            root / f"{side}-{best[side]['round']}" / "first") for side in sides}
+        assert removed["llmpipe-ray"] == removed["llmpipe-processes"], "the two llmpipe executors removed different documents"
         reported = {(min(d, k), max(d, k)) for side in removed.values() for d, k in side.items() if k >= 0}
         brute = args.brute_force == "yes" or (args.brute_force == "auto" and len(texts) <= 50_000)
         scores: dict[str, dict[str, tuple[float, float]]] = {}
@@ -333,19 +355,21 @@ def main() -> None:
                   + f"; random unreported cross-family pairs: {checked} checked, {hits} at >= {THRESHOLD}")
             scores[shingling] = {side: quality(truth, found, removed[side]) for side in removed}
         rates = {}
-        for side in ("llmpipe", "datatrove"):
+        for side in sides:
             t = best[side]
             recall, precision = scores["llmpipe"][side]
             other = scores["datatrove"][side]
             rates[side] = len(texts) / t["startup"]
-            print(f"{side:9s}: {len(texts)} docs; with start-up {t['startup']:7.2f} s = {rates[side]:8.0f} docs/s "
+            print(f"{side:17s}: {len(texts)} docs; with start-up {t['startup']:7.2f} s = {rates[side]:8.0f} docs/s "
                   f"({rates[side] / args.cores:6.0f} per core); steady {t['steady']:7.2f} s = "
                   f"{len(texts) / t['steady']:8.0f} docs/s; removed {len(removed[side])}; "
                   f"recall {recall:.4f}; precision {precision:.4f} "
                   f"(on datatrove's shingling: {other[0]:.4f}, {other[1]:.4f})")
-        print(f"steady throughput ratio llmpipe/datatrove: "
-              f"{best['datatrove']['steady'] / best['llmpipe']['steady']:.2f}")
-        print(f"llmpipe/datatrove throughput ratio (with start-up): {rates['llmpipe'] / rates['datatrove']:.2f}")
+        for side in LLMPIPE_SIDES:
+            print(f"steady throughput ratio {side}/datatrove: {best['datatrove']['steady'] / best[side]['steady']:.2f}")
+        fastest = max(LLMPIPE_SIDES, key=lambda side: rates[side])
+        print(f"llmpipe/datatrove throughput ratio (with start-up, ray.executor={LLMPIPE_SIDES[fastest]}): "
+              f"{rates[fastest] / rates['datatrove']:.2f}")
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -1,4 +1,5 @@
-"""Where shard work runs: in this process (debugging, tests) or as Ray tasks (default).
+"""Where shard work runs: in this process (debugging, tests), in worker processes on this machine, or
+as Ray tasks (default).
 
 A stage hands a function and a list of items to `map`; it never knows where they run. Results come
 back in input order; failures re-raise in the caller after in-flight work finishes, with the item named.
@@ -7,6 +8,8 @@ back in input order; failures re-raise in the caller after in-flight work finish
 
 from __future__ import annotations
 
+import os
+import socket
 from collections import Counter
 from typing import Any, Callable, Sequence
 
@@ -26,6 +29,101 @@ class LocalExecutor:
         for item in tqdm(items, desc=desc, disable=not self.progress or not items, unit="shard"):
             out.append(fn(item))
         return out
+
+
+class ProcessExecutor:
+    """Runs items in a pool of worker processes on this machine, one core each: the data stages'
+    parallelism without Ray's start-up (seconds: Ray's processes, its workers, their first imports).
+
+    The workers are forked from this process on the first `map`, so they start with its imports (the
+    stage's modules, numba, pyarrow) already loaded, and are reused by every later `map` until `close`
+    (or exit). Fork is safe here although pyarrow may have started threads: Arrow's thread pools and
+    allocator re-initialise in a forked child, and the compiled loops (numba) start no threads. As many
+    workers as `ray_config.num_cpus` when set, else the CPUs this process may use; in a worker
+    `task_cpus()` is 1. A `map` asking `num_cpus` above one runs only workers / `num_cpus` runs at
+    once (each still on one core), as Ray would schedule them.
+
+    Items are cut into runs of consecutive items, about `tasks_per_cpu` per worker, as `RayExecutor`
+    does: each run is one round trip to a worker. The function is pickled with cloudpickle (closures
+    and lambdas work, as on Ray). `nodes` counts the items run on this machine (by host name)."""
+
+    def __init__(self, workers: int | None = None, progress: bool = False, ray_config=None,
+                 tasks_per_cpu: int = 4):
+        configured = getattr(ray_config, "num_cpus", None)
+        self.workers = workers or configured or machine_cpus()
+        self.progress = progress
+        self.tasks_per_cpu = tasks_per_cpu
+        self.nodes: Counter[str] = Counter()
+        self._pool = None
+        self._finalizer = None
+
+    def map(self, fn: Callable[[Any], Any], items: Sequence[Any], desc: str = "",
+            num_cpus: float | None = None) -> list[Any]:
+        """`fn` of each item on the workers, in input order; the first failure re-raised after the
+        runs already started finish."""
+        from concurrent.futures import FIRST_COMPLETED, wait
+        from concurrent.futures.process import BrokenProcessPool
+
+        if not items:
+            return []
+        import cloudpickle
+
+        pool = self._start()
+        payload = cloudpickle.dumps(fn)
+        slots = max(1, int(self.workers // max(1.0, num_cpus or 1)))
+        # One run queued behind each running one keeps workers busy; more would only hold memory.
+        limit = slots if slots < self.workers else 2 * slots
+        bar = tqdm(total=len(items), desc=desc, disable=not self.progress, unit="shard")
+        try:
+            return _schedule(items, _chunks(len(items), slots * self.tasks_per_cpu), limit,
+                             lambda part: pool.submit(_run_in_worker, payload, part),
+                             lambda futures: wait(futures, return_when=FIRST_COMPLETED)[0],
+                             lambda future: (socket.gethostname(), future.result()), self.nodes, bar)
+        except BrokenProcessPool:  # a worker died (killed, out of memory): the next map starts afresh
+            self.close()
+            raise
+
+    def _start(self):
+        if self._pool is None:
+            import multiprocessing
+            import weakref
+            from concurrent.futures import ProcessPoolExecutor
+
+            self._pool = ProcessPoolExecutor(self.workers, multiprocessing.get_context("fork"),
+                                             initializer=_become_worker)
+            # Workers stop when this executor is collected or the interpreter exits, whichever is first.
+            self._finalizer = weakref.finalize(self, self._pool.shutdown, wait=True, cancel_futures=True)
+        return self._pool
+
+    def close(self) -> None:
+        """Stop the workers (a later `map` starts new ones)."""
+        if self._finalizer is not None:
+            self._finalizer()
+        self._pool = self._finalizer = None
+
+    def __enter__(self) -> "ProcessExecutor":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# In a worker: the last function unpickled, by its pickled bytes (one per map, sent with every run).
+_worker_fn: tuple[bytes, Callable] | None = None
+
+
+def _become_worker() -> None:
+    global _worker_process
+    _worker_process = True
+
+
+def _run_in_worker(payload: bytes, items: list) -> list:
+    global _worker_fn
+    if _worker_fn is None or _worker_fn[0] != payload:
+        import cloudpickle
+
+        _worker_fn = (payload, cloudpickle.loads(payload))
+    return call_each(_worker_fn[1], items)
 
 
 class RayExecutor:
@@ -67,35 +165,59 @@ class RayExecutor:
         fn_ref = ray.put(fn)
         slots = max(1, int(ray.available_resources().get("CPU", 1) // cpus))
         limit = self.max_in_flight or slots * 2
-        per_task = max(1, -(-len(items) // (slots * self.tasks_per_cpu)))
-        chunks = [list(range(i, min(i + per_task, len(items)))) for i in range(0, len(items), per_task)]
-        results: dict[int, Any] = {}
-        in_flight: dict[Any, list[int]] = {}
-        next_chunk = 0
         bar = tqdm(total=len(items), desc=desc, disable=not self.progress, unit="shard")
-        first_error: BaseException | None = None
-        try:
-            while next_chunk < len(chunks) or in_flight:
-                while next_chunk < len(chunks) and len(in_flight) < limit and first_error is None:
-                    chunk = chunks[next_chunk]
-                    in_flight[remote.remote(fn_ref, [items[i] for i in chunk])] = chunk
-                    next_chunk += 1
-                if not in_flight:
-                    break
-                ready, _ = ray.wait(list(in_flight), num_returns=1)
-                chunk = in_flight.pop(ready[0])
+        return _schedule(items, _chunks(len(items), slots * self.tasks_per_cpu), limit,
+                         lambda part: remote.remote(fn_ref, part),
+                         lambda refs: ray.wait(refs, num_returns=1)[0], _ray_outcome, self.nodes, bar)
+
+
+def _ray_outcome(ref) -> tuple[str, list]:
+    import ray
+
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as exc:
+        raise _unwrap(exc) from None
+
+
+def _schedule(items: Sequence[Any], chunks: list[list[int]], limit: int, submit: Callable[[list], Any],
+              ready: Callable[[list], Any], outcome: Callable[[Any], tuple[str, list]], nodes: Counter,
+              bar) -> list[Any]:
+    """Run `chunks` of `items`, at most `limit` at a time: `submit` starts one (a handle), `ready` says
+    which handles are done, `outcome` gives one's (node, results) or raises its error. Results in input
+    order; the first error is raised once the chunks already started have finished."""
+    results: dict[int, Any] = {}
+    in_flight: dict[Any, list[int]] = {}
+    next_chunk = 0
+    first_error: BaseException | None = None
+    try:
+        while next_chunk < len(chunks) or in_flight:
+            while next_chunk < len(chunks) and len(in_flight) < limit and first_error is None:
+                chunk = chunks[next_chunk]
+                in_flight[submit([items[i] for i in chunk])] = chunk
+                next_chunk += 1
+            if not in_flight:
+                break
+            for handle in ready(list(in_flight)):
+                chunk = in_flight.pop(handle)
                 try:
-                    node, values = ray.get(ready[0])
+                    node, values = outcome(handle)
                     results.update(zip(chunk, values))
-                    self.nodes[node] += len(chunk)
-                except ray.exceptions.RayTaskError as exc:
-                    first_error = first_error or _unwrap(exc)
+                    nodes[node] += len(chunk)
+                except BaseException as exc:
+                    first_error = first_error or exc
                 bar.update(len(chunk))
-        finally:
-            bar.close()
-        if first_error is not None:
-            raise first_error
-        return [results[i] for i in range(len(items))]
+    finally:
+        bar.close()
+    if first_error is not None:
+        raise first_error
+    return [results[i] for i in range(len(items))]
+
+
+def _chunks(n: int, tasks: int) -> list[list[int]]:
+    """Positions 0..n-1 cut into at most about `tasks` runs of consecutive positions."""
+    per_task = max(1, -(-n // tasks))
+    return [list(range(i, min(i + per_task, n))) for i in range(0, n, per_task)]
 
 
 def _largest_node_cpus() -> float:
@@ -107,9 +229,10 @@ def _largest_node_cpus() -> float:
 def task_cpus() -> int:
     """The CPUs the calling code may use: those Ray assigned to the task it runs in, else (in-process)
     the CPUs this process may run on."""
-    import os
     import sys
 
+    if _worker_process:  # a ProcessExecutor worker is one core
+        return 1
     if "ray" in sys.modules:  # a Ray worker has imported it; a plain process need not pay for the import
         import ray
 
@@ -117,12 +240,20 @@ def task_cpus() -> int:
             assigned = ray.get_runtime_context().get_assigned_resources().get("CPU")
             if assigned:
                 return max(1, int(assigned))
+    return machine_cpus()
+
+
+def machine_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the OS has one)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def _call_each(fn, items) -> tuple[str, list]:
-    import ray
+# True in a ProcessExecutor worker (set by its initializer): `task_cpus` is then 1.
+_worker_process = False
 
+
+def call_each(fn, items) -> list:
+    """`fn` of each item in order; a failure carries a note naming its item."""
     out = []
     for item in items:
         try:
@@ -130,7 +261,13 @@ def _call_each(fn, items) -> tuple[str, list]:
         except BaseException as exc:
             exc.add_note(f"while processing shard {getattr(item, 'name', repr(item)[:80])}")
             raise
-    return ray.get_runtime_context().get_node_id(), out
+    return out
+
+
+def _call_each(fn, items) -> tuple[str, list]:
+    import ray
+
+    return ray.get_runtime_context().get_node_id(), call_each(fn, items)
 
 
 def run_task(fn: Callable[..., Any], *args: Any, num_cpus: float = 1, num_gpus: float = 0, ray_config=None,

@@ -316,9 +316,12 @@ def parquet_file(uri: str) -> Iterator[pq.ParquetFile]:
 
 
 def read_parquet(uri: str, columns: list[str] | None = None) -> pa.Table:
-    if is_s3(uri):
-        return pq.read_table(io.BytesIO(read_bytes(uri)), columns=columns)
-    return pq.read_table(_local(uri), columns=columns)
+    """One Parquet file as a table (`columns` in the order given). Read as one file, not through
+    `pq.read_table`: that goes through pyarrow.dataset, whose first import (pandas with it) costs each
+    process ~0.4 s, for a single file it reads the same way."""
+    source = io.BytesIO(read_bytes(uri)) if is_s3(uri) else str(_local(uri))
+    with pq.ParquetFile(source) as pf:
+        return pf.read(columns=columns)
 
 
 @contextmanager

@@ -1,4 +1,4 @@
-"""What every stage task shares: Ray, the executor, the nested MLflow run, the returned summary."""
+"""What every stage task shares: Ray, the executor (`ray.executor`), the nested MLflow run, the returned summary."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from prefect.cache_policies import NONE
 
 from llm import versions
 from llm.config import PipelineConfig
-from llm.executor import RayExecutor
+from llm.executor import ProcessExecutor, RayExecutor
 from llm.layout import Layout
 from llm.tracking import RunTarget, Tracker, log_dict
 from tasks.artifacts import mlflow_run_url, publish_stage
@@ -37,7 +37,7 @@ class StageContext:
     name: str
     cfg: PipelineConfig
     layout: Layout
-    executor: RayExecutor
+    executor: RayExecutor | ProcessExecutor
     run: RunTarget | None
     run_url: str | None = None  # the MLflow UI's page of `run`, when the store is a server
 
@@ -119,11 +119,21 @@ def stage(cfg: PipelineConfig, parent_run_id: str | None, name: str) -> Iterator
     tracker = Tracker(cfg.tracking, cfg.work_dir)
     run = tracker.start_run(name, parent=parent_run_id, tags={"llmpipe.stage": name}) if parent_run_id else None
     url = mlflow_run_url(tracker.uri, tracker.experiment_id(), run.run_id) if run is not None else None
-    ctx = StageContext(name, cfg, Layout.for_work_dir(cfg.work_dir), RayExecutor(progress=True, ray_config=cfg.ray),
-                       run, url)
+    executor = stage_executor(cfg)
+    ctx = StageContext(name, cfg, Layout.for_work_dir(cfg.work_dir), executor, run, url)
     try:
         yield ctx
     except BaseException:
         tracker.finish(run, ok=False)
         raise
+    finally:
+        if isinstance(executor, ProcessExecutor):
+            executor.close()  # the stage's workers end with it
     tracker.finish(run, ok=True)
+
+
+def stage_executor(cfg: PipelineConfig) -> RayExecutor | ProcessExecutor:
+    """The executor of a stage's shard work, as `ray.executor` says."""
+    if cfg.ray.executor == "processes":
+        return ProcessExecutor(progress=True, ray_config=cfg.ray)
+    return RayExecutor(progress=True, ray_config=cfg.ray)

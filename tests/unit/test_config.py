@@ -103,3 +103,13 @@ def test_a_source_name_cannot_be_a_path(name):
     with pytest.raises(ConfigError, match=r"data.sources.0.name"):
         build_config({}, [f"data.sources=[{{kind: jsonl, name: '{name}', uri: /tmp}}]"])
     assert build_config({}, ["data.sources=[{kind: jsonl, name: books.v2_x-1, uri: /tmp}]"]).data.sources[0].name
+
+
+def test_the_processes_executor_is_refused_with_a_cluster_address():
+    assert build_config({}).ray.executor == "ray"
+    assert build_config({}, ["ray.executor=processes"]).ray.executor == "processes"
+    with pytest.raises(ConfigError) as exc:
+        build_config({}, ["ray.address=ray://head:10001", "ray.executor=processes"])
+    assert "ray:" in str(exc.value) and "ray.executor" in str(exc.value) and "ray://head:10001" in str(exc.value)
+    with pytest.raises(ConfigError, match="ray.executor: Input should be 'ray' or 'processes'"):
+        build_config({}, ["ray.executor=threads"])

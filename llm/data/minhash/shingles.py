@@ -13,13 +13,19 @@ Nothing loops over tokens or shingles in Python.
 from __future__ import annotations
 
 import functools
+import hashlib
+import io
 import re
+import sys
+import unicodedata
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from llm import storage
 from llm.data.minhash import kernels
 
 # Scripts written without spaces between words: each character is a token, so a 5-gram is 5 characters
@@ -52,10 +58,9 @@ _CHAR_POS = _odd_multipliers(0x5EED_C4A2, _MAX_POS)
 _NGRAM_POS = _odd_multipliers(0x5EED_6A11, 65)  # one per n-gram position (n <= 64), and one for width
 
 
-@functools.lru_cache(maxsize=1)
-def _char_classes() -> np.ndarray:
+def _build_char_classes() -> np.ndarray:
     """Class of every code point: separator, word character (what the regular expression's `[^\\W_]`
-    matches), or a token by itself (no-space scripts). Built once per process (~0.1 s)."""
+    matches), or a token by itself (no-space scripts)."""
     table = np.zeros(0x110000, np.uint8)
     # The word-character class is read off the regular expression itself, run over every code point.
     for run in re.finditer(r"[^\W_]+", "".join(map(chr, range(0x110000)))):
@@ -65,11 +70,10 @@ def _char_classes() -> np.ndarray:
     return table
 
 
-@functools.lru_cache(maxsize=1)
-def _lower_table() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _build_lower_table() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Python's `str.lower` as a table over every code point, for `kernels.decode_lower`: (table,
     expand_from, expand_to). Code points whose lower case is two code points (U+0130 becomes "i" and a
-    combining dot) are flagged in the table and listed. Built once per process, a block at a time."""
+    combining dot) are flagged in the table and listed. Built a block at a time."""
     table = np.arange(0x110000, dtype=np.uint32)
     expand_from, expand_to = [], []
     for lo in range(0, 0x110000, 4096):
@@ -88,6 +92,43 @@ def _lower_table() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
                 expand_from.append(c)
                 expand_to.append(ord(lc[1]))
     return table, np.array(expand_from, np.uint32), np.array(expand_to, np.uint32)
+
+
+# The tables follow Python's Unicode database (`str.lower`, `re`'s word class) and the definitions
+# above; building them runs over all 1.1M code points (~0.2 s), so each installation builds them once
+# and keeps them beside numba's cache of the kernels, named by what they depend on.
+_TABLES_KEY = hashlib.sha256(repr((unicodedata.unidata_version, sys.version_info[:2], _NO_SPACE_RANGES,
+                                   kernels.WORD, kernels.SINGLE, int(kernels._EXPANDS))).encode()).hexdigest()[:16]
+_TABLES_FILE = Path(__file__).parent / "__pycache__" / f"shingles.tables-{_TABLES_KEY}.npz"
+
+
+@functools.lru_cache(maxsize=1)
+def _tables() -> dict[str, np.ndarray]:
+    """The char-class and lower-case tables: read from `_TABLES_FILE`, else built (and saved there
+    when the folder is writable; a read-only install builds them in each process)."""
+    try:
+        with np.load(_TABLES_FILE) as saved:
+            return {k: saved[k] for k in saved.files}
+    except (OSError, ValueError, KeyError):
+        pass
+    lower, expand_from, expand_to = _build_lower_table()
+    tables = {"classes": _build_char_classes(), "lower": lower, "expand_from": expand_from, "expand_to": expand_to}
+    buf = io.BytesIO()
+    np.savez(buf, **tables)
+    try:
+        storage.write_bytes(str(_TABLES_FILE), buf.getvalue(), durable=False)  # whole or absent
+    except OSError:
+        pass
+    return tables
+
+
+def _char_classes() -> np.ndarray:
+    return _tables()["classes"]
+
+
+def _lower_table() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    t = _tables()
+    return t["lower"], t["expand_from"], t["expand_to"]
 
 
 def tokens(text: str) -> list[str]:

@@ -62,3 +62,15 @@ def test_unvalidated_bytes_never_read_past_a_document():
     offsets = np.array([0, 4, 7, 8], np.int32)
     texts = pa.Array.from_buffers(pa.string(), 3, [None, pa.py_buffer(offsets.tobytes()), pa.py_buffer(data)])
     assert token_spans(texts).strings() == [["ab"], ["cd"], []]
+
+
+def test_the_saved_code_point_tables_are_the_ones_built_from_python():
+    from llm.data.minhash import shingles
+
+    shingles._tables.cache_clear()
+    saved = shingles._tables()  # read from the installation's saved file (written by the first process)
+    assert shingles._TABLES_FILE.is_file()
+    lower, expand_from, expand_to = shingles._build_lower_table()
+    assert np.array_equal(saved["classes"], shingles._build_char_classes())
+    assert np.array_equal(saved["lower"], lower) and np.array_equal(saved["expand_from"], expand_from)
+    assert np.array_equal(saved["expand_to"], expand_to) and len(expand_from) >= 1  # U+0130
