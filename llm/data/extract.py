@@ -21,7 +21,6 @@ from __future__ import annotations
 import codecs
 import json
 import logging
-import re
 import signal
 import threading
 import time
@@ -45,7 +44,7 @@ _SNIFF_BYTES = 64 * 1024
 _MAX_NUL_SHARE = 0.01  # text, in any 8-bit or UTF-8 encoding, has no NUL bytes at all
 _MAX_CONTROL_SHARE = 0.05  # C0 controls other than \t \n \r \f \v in decoded text
 _MAX_REPLACED_SHARE = 0.01  # UTF-8 with this share of bad bytes is damaged UTF-8, not another charset
-_CONTROLS = re.compile(r"[\x00-\x08\x0e-\x1f]")
+_CONTROL_BYTES = bytes(range(0x00, 0x09)) + bytes(range(0x0E, 0x20))
 
 # One fixed configuration so extraction never depends on a user's trafilatura settings file.
 # EXTRACTION_TIMEOUT is trafilatura's own (CLI-only) alarm; 0 keeps it away from our timers.
@@ -156,10 +155,11 @@ def _decode_guessed(payload: bytes) -> str:
 
 def _check_not_binary(text: str) -> None:
     head = text[:_SNIFF_BYTES]
-    if not _CONTROLS.search(head):  # the usual case, at C speed
-        return
-    controls = len(_CONTROLS.findall(head))
-    if controls / len(head) > _MAX_CONTROL_SHARE:
+    # The controls are single bytes in UTF-8 and never part of another character's bytes, so deleting
+    # them from the encoded head counts them at C speed (a regex search over the text is ~10x slower).
+    raw = head.encode("utf-8", "surrogatepass")
+    controls = len(raw) - len(raw.translate(None, _CONTROL_BYTES))
+    if controls and controls / len(head) > _MAX_CONTROL_SHARE:
         raise ValueError(f"binary content: {controls / len(head):.0%} control characters after decoding")
 
 

@@ -28,6 +28,7 @@ from llm.config import PiiConfig
 from llm.errors import UserError
 from llm.data.filtering import applies_to, scatter, with_columns
 from llm.data.phones import phone_spans
+from llm.data.pii_windows import ip_windows
 from llm.data.steps import StepOutput, empty_quarantine, rejected_rows
 
 # Patterns are written in the common subset of RE2 and Python `re`, so one text serves both.
@@ -361,7 +362,7 @@ class Scrubber:
                 found += 1
                 return self.token(det.kind, value)
 
-            values[r] = pattern.sub(replace, values[r])
+            values[r] = _sub_in(pattern, replace, values[r], ip_windows(values[r]) if det.kind == "ip" else None)
             counts[r] = found
         return pa.array(values, pa.string()), counts
 
@@ -380,6 +381,20 @@ class Scrubber:
             values[r] = value
             counts[r] = len(spans)
         return pa.array(values, pa.string()), counts
+
+
+def _sub_in(pattern: re.Pattern, replace: Callable[[re.Match], str], text: str,
+            windows: list[tuple[int, int]] | None) -> str:
+    """`pattern.sub(replace, text)`, searching only the character ranges `windows` (all of the text
+    when None): every match must lie inside one of them."""
+    if windows is None:
+        return pattern.sub(replace, text)
+    pieces, done = [], 0
+    for lo, hi in windows:
+        for m in pattern.finditer(text, lo, hi):
+            pieces += [text[done:m.start()], replace(m)]
+            done = m.end()
+    return "".join(pieces) + text[done:] if pieces else text
 
 
 class PiiStep:

@@ -26,40 +26,28 @@ import pyarrow.compute as pc
 
 from llm.config import QualityConfig
 from llm.data import textsignals as ts
+from llm.data.c4_kernels import COUNTED, CURLY, LOREM, REMOVED, SENTENCES, c4_lines, needle_table
 from llm.data.filtering import Rule, applies_to, scatter, split_by_rules, with_columns
 from llm.data.repetition import repetition_signals
 from llm.data.steps import StepOutput
+from llm.data.text_classes import classes
+from llm.data.textsignals import utf8_buffers as _utf8
+from llm.data.word_kernels import token_totals
 
-_BULLET_LINE = r"^\s*[•\-]"
-_ELLIPSIS_LINE = r"(\.\.\.|…)\s*$"
-_HAS_LETTER = r"\pL"
-_NOT_PUNCT = r"[^\p{P}\p{S}\p{Cc}]"  # a token with any such character is a word, not a symbol
-# C4: with its terminal-punctuation rule, a counted line ends in . ? ! " ' but not in an ellipsis; wiki
-# citations are removed first.
-_CITATION = r"\[\d*\]|\[edit\]|\[citation needed\]"
-_C4_TERMINAL = r"[.?!\"']$"
-_POLICY = r"terms of use|privacy policy|cookie policy|uses cookies|use of cookies|use cookies"
-_SENTENCE_END = r"[.?!…]+[\"'”’)\]]*(\s|$)"
-
-
-def gopher_signals(text: pa.Array, words: ts.Pieces, stop_words: list[str]) -> dict[str, np.ndarray]:
-    n_tokens = words.count()
-    is_word = words.matches(_NOT_PUNCT)
-    n_words = words.count(is_word)
-    lines = ts.split(text, "\n")
-    stop = pc.index_in(words.values, value_set=pa.array(stop_words, pa.string()))
-    stop_idx = pc.fill_null(stop, -1).to_numpy(zero_copy_only=False).astype(np.int64)
-    hit = stop_idx >= 0
-    distinct_stop = ts.first_seen_mask(words.parent[hit], stop_idx[hit])
+def gopher_signals(words: ts.Words, counts: dict[str, np.ndarray], stop_words: list[str]) -> dict[str, np.ndarray]:
+    """Gopher's quality signals from the batch's word tokens and `textsignals.text_counts`."""
+    totals = token_totals(words.parent, words.lengths(), words.flags, words.index_in(stop_words), words.n_docs,
+                          len(stop_words))
+    n_tokens, n_words, word_chars, letter_tokens, stop = (totals[:, k] for k in range(5))
     return {
         "gopher_words": n_words.astype(np.float64),
-        "gopher_mean_word_length": ts.ratio(words.total(words.lengths() * is_word), n_words, np.nan),
-        "gopher_hash_ratio": ts.ratio(ts.count(text, "#"), n_tokens),
-        "gopher_ellipsis_ratio": ts.ratio(ts.count(text, "...") + ts.count(text, "…"), n_tokens),
-        "gopher_bullet_lines_ratio": ts.ratio(lines.count(lines.matches(_BULLET_LINE)), lines.count()),
-        "gopher_ellipsis_lines_ratio": ts.ratio(lines.count(lines.matches(_ELLIPSIS_LINE)), lines.count()),
-        "gopher_alpha_words_ratio": ts.ratio(words.count(words.matches(_HAS_LETTER)), n_tokens),
-        "gopher_stop_words": np.bincount(words.parent[hit][distinct_stop], minlength=words.n_docs).astype(np.float64),
+        "gopher_mean_word_length": ts.ratio(word_chars, n_words, np.nan),
+        "gopher_hash_ratio": ts.ratio(counts["hashes"], n_tokens),
+        "gopher_ellipsis_ratio": ts.ratio(counts["ellipses"], n_tokens),
+        "gopher_bullet_lines_ratio": ts.ratio(counts["bullet_lines"], counts["lines"]),
+        "gopher_ellipsis_lines_ratio": ts.ratio(counts["ellipsis_lines"], counts["lines"]),
+        "gopher_alpha_words_ratio": ts.ratio(letter_tokens, n_tokens),
+        "gopher_stop_words": stop.astype(np.float64),
     }
 
 
@@ -72,61 +60,30 @@ def c4_terminal_punct_lines(cfg: QualityConfig) -> bool:
 
 def c4_signals(text: pa.Array, cfg, terminal_punct: bool = True) -> tuple[dict[str, np.ndarray], pa.Array | None]:
     """C4's line rules: the signals, and with `cfg.remove_lines` each text rewritten to its counted lines
-    (None otherwise). `terminal_punct`: only lines ending in terminal punctuation count."""
-    lines = ts.split(text, "\n")
-    stripped = pc.utf8_trim_whitespace(lines.values)
-    word_lists = pc.utf8_split_whitespace(stripped)
-    words_per_line = pc.list_value_length(word_lists).to_numpy(zero_copy_only=False).astype(np.int64)
-    word_parent = pc.list_parent_indices(word_lists).to_numpy(zero_copy_only=False).astype(np.int64)
-    longest = np.zeros(len(stripped), np.int64)  # longest word per line
-    if len(word_parent):
-        np.maximum.at(longest, word_parent, ts.lengths(pc.list_flatten(word_lists)))
-    cleaned = pc.replace_substring_regex(stripped, _CITATION, "")
-    lower = pc.utf8_lower(cleaned)
-    line = ts.Pieces(cleaned, lines.parent, lines.n_docs)
-    low = ts.Pieces(lower, lines.parent, lines.n_docs)
-    counted = (longest <= cfg.max_word_length) & (words_per_line >= cfg.min_words_per_line)
-    if terminal_punct:
-        counted &= line.matches(_C4_TERMINAL) & ~line.matches(r"\.\.\.$")
-    lorem = counted & low.matches("lorem ipsum")
-    if cfg.javascript_lines:
-        counted &= ~low.matches("javascript")
-    curly = counted & line.matches(r"\{")
-    if cfg.policy_lines:
-        counted &= ~low.matches(_POLICY)
-    sentences = np.maximum(ts.count(cleaned, _SENTENCE_END, regex=True), 1)
-    signals = {
-        "c4_sentences": line.total(sentences * counted),
-        "c4_counted_lines": line.count(counted).astype(np.float64),
-        "c4_lorem_ipsum": line.count(lorem).astype(np.float64),
-        "c4_curly_bracket": line.count(curly).astype(np.float64),
-    }
+    (None otherwise). `terminal_punct`: only lines ending in terminal punctuation count. Compiled
+    (`c4_kernels`); the definition is `signal_patterns.c4_by_patterns`."""
+    data, offsets = _utf8(text)
+    needles, needle_offsets = needle_table()
+    rows, out, out_offsets = c4_lines(data, offsets.astype(np.int64), classes(), cfg.max_word_length,
+                                      cfg.min_words_per_line, terminal_punct, cfg.javascript_lines,
+                                      cfg.policy_lines, needles, needle_offsets)
+    rows = rows.astype(np.float64)
+    signals = {"c4_sentences": rows[:, SENTENCES], "c4_counted_lines": rows[:, COUNTED],
+               "c4_lorem_ipsum": rows[:, LOREM], "c4_curly_bracket": rows[:, CURLY]}
     if not cfg.remove_lines:
         return signals, None
-    nonblank = ts.lengths(stripped) > 0
-    signals["c4_removed_lines"] = line.count(nonblank & ~counted).astype(np.float64)
-    return signals, _join_lines(cleaned, lines.parent, counted, lines.n_docs)
+    signals["c4_removed_lines"] = rows[:, REMOVED]
+    return signals, ts.string_array(out, out_offsets)
 
 
-def _join_lines(lines: pa.Array, parent: np.ndarray, keep: np.ndarray, n_docs: int) -> pa.Array:
-    """Per document, its kept lines joined by newlines (one Arrow list join, no loop over documents);
-    "" for a document with none."""
-    per_doc = np.bincount(parent[keep], minlength=n_docs)
-    offsets = pa.array(np.concatenate([[0], np.cumsum(per_doc)]).astype(np.int32))
-    kept = lines.filter(pa.array(keep)) if len(lines) else lines
-    joined = pc.binary_join(pa.ListArray.from_arrays(offsets, kept), "\n")
-    return pc.utf8_trim_whitespace(joined)  # as C4, which strips the joined text
-
-
-def fineweb_signals(text: pa.Array, words: ts.Pieces, cfg) -> dict[str, np.ndarray]:
-    lines = ts.split(text, "\n", drop_blank=True)
-    n_lines = lines.count()
-    no_newlines = ts.lengths(text) - ts.count(text, "\n")
+def fineweb_signals(n_words: np.ndarray, counts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """FineWeb's signals from the word count and `textsignals.text_counts` of the text it judges."""
+    lines = counts["nonblank_lines"]
     return {
-        "fw_line_punct_ratio": ts.ratio(lines.count(lines.matches(ts.TERMINAL_CLASS + "$")), n_lines),
-        "fw_short_line_ratio": ts.ratio(lines.count(lines.lengths() <= cfg.short_line_chars), n_lines),
-        "fw_dup_line_char_ratio": ts.ratio(lines.total(lines.lengths() * lines.duplicates()), no_newlines),
-        "fw_newline_word_ratio": ts.ratio(ts.count(text, "\n"), words.count(), np.inf),
+        "fw_line_punct_ratio": ts.ratio(counts["terminal_lines"], lines),
+        "fw_short_line_ratio": ts.ratio(counts["short_lines"], lines),
+        "fw_dup_line_char_ratio": ts.ratio(counts["dup_nonblank_chars"], counts["chars"] - counts["newlines"]),
+        "fw_newline_word_ratio": ts.ratio(counts["newlines"], n_words, np.inf),
     }
 
 
@@ -203,19 +160,24 @@ def signals_and_text(text: pa.Array, cfg: QualityConfig) -> tuple[dict[str, np.n
     """Every enabled signal, and the texts after C4's line removal (None when it is off)."""
     text = ts.as_array(text)
     out: dict[str, np.ndarray] = {}
+    short = cfg.fineweb.short_line_chars
+    counts = ts.text_counts(text, short)
     words = ts.words(text) if (cfg.gopher.enabled or cfg.gopher_repetition.enabled or cfg.fineweb.enabled) else None
     if cfg.gopher_repetition.enabled:
-        out.update(repetition_signals(text, cfg.gopher_repetition, words))
+        out.update(repetition_signals(counts, cfg.gopher_repetition, words))
     if cfg.gopher.enabled:
-        out.update(gopher_signals(text, words, cfg.gopher.stop_words))
+        out.update(gopher_signals(words, counts, cfg.gopher.stop_words))
     rewritten = None
     if cfg.c4.enabled:
         c4, rewritten = c4_signals(text, cfg.c4, c4_terminal_punct_lines(cfg))
         out.update(c4)
     if cfg.fineweb.enabled:
         # FineWeb measures the text C4 left, as in its own pipeline (one more tokenization, only then).
-        fw_text = text if rewritten is None else rewritten
-        out.update(fineweb_signals(fw_text, words if rewritten is None else ts.words(fw_text), cfg.fineweb))
+        if rewritten is None:
+            n_words = words.count()
+        else:
+            n_words, counts = ts.word_counts(rewritten), ts.text_counts(rewritten, short, repetition=False)
+        out.update(fineweb_signals(n_words, counts))
     return out, rewritten
 
 

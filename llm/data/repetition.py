@@ -1,9 +1,10 @@
 """Gopher repetition signals for a whole batch at once (Rae et al. 2021, table A1).
 
 Lines and paragraphs: a piece is a duplicate when the same document holds an identical piece earlier.
-n-grams: word tokens are dictionary-encoded once per batch and every n-gram becomes a 64-bit
-polynomial hash of its token codes (a collision needs two different n-grams of one document to
-agree on 64 bits), counted per document by a compiled hash table (`repetition_kernels`).
+n-grams: each word token's code is the 64-bit hash of its bytes (from the compiled tokenizer) and every
+n-gram becomes a 64-bit polynomial hash of its token codes (a collision needs two different tokens or
+n-grams of one document to agree on 64 bits), counted per document by a compiled hash table
+(`repetition_kernels`). The line and paragraph counts come from `textsignals.text_counts`.
 """
 
 from __future__ import annotations
@@ -16,17 +17,20 @@ from llm.data import textsignals as ts
 from llm.data.repetition_kernels import ngram_repetition
 from llm.data.textsignals import Pieces
 
-def repetition_signals(text, cfg: GopherRepetitionConfig, words: Pieces) -> dict[str, np.ndarray]:
-    """Signal name -> value per document."""
-    n_chars = ts.lengths(text)
+def repetition_signals(counts: dict[str, np.ndarray], cfg: GopherRepetitionConfig, words: Pieces) -> dict[str, np.ndarray]:
+    """Signal name -> value per document, from `textsignals.text_counts` and the word tokens."""
+    n_chars = counts["chars"]
     out: dict[str, np.ndarray] = {}
-    stripped = pc.utf8_trim_whitespace(text)
-    paras = ts.split(stripped, r"\n{2,}", regex=True)
-    lines = ts.split(text, r"\n+", regex=True)
-    for name, pieces in (("para", paras), ("line", lines)):
-        dup = pieces.duplicates()
-        out[f"rep_dup_{name}_frac"] = ts.ratio(pieces.count(dup), pieces.count())
-        out[f"rep_dup_{name}_char_frac"] = ts.ratio(pieces.total(pieces.lengths() * dup), n_chars)
+    for name, pieces in (("para", "paras"), ("line", "line_runs")):
+        out[f"rep_dup_{name}_frac"] = ts.ratio(counts[f"dup_{pieces}"], counts[pieces])
+        out[f"rep_dup_{name}_char_frac"] = ts.ratio(counts[f"dup_{pieces[:-1]}_chars"], n_chars)
+    out.update(ngram_signals(words, cfg, n_chars))
+    return out
+
+
+def ngram_signals(words: Pieces, cfg: GopherRepetitionConfig, n_chars: np.ndarray) -> dict[str, np.ndarray]:
+    """The top and duplicate n-gram character fractions of each document (`n_chars` code points)."""
+    out: dict[str, np.ndarray] = {}
     codes, token_len = _codes(words)
     top = np.array(sorted(cfg.max_top_ngram_char_frac), np.int64)
     dup = np.array(sorted(cfg.max_dup_ngram_char_frac), np.int64)
@@ -42,7 +46,12 @@ def repetition_signals(text, cfg: GopherRepetitionConfig, words: Pieces) -> dict
 
 
 def _codes(words: Pieces) -> tuple[np.ndarray, np.ndarray]:
-    if len(words.values) == 0:
+    """Per token a 64-bit code, equal for equal tokens: the compiled tokenizer's byte hash (two different
+    tokens of a document share one with odds of about 2**-64 per pair), else Arrow's dictionary codes."""
+    if len(words.parent) == 0:
         return np.zeros(0, np.uint64), np.zeros(0, np.int64)
+    hashes = getattr(words, "hashes", None)
+    if hashes is not None:
+        return hashes, words.lengths()
     codes = pc.dictionary_encode(words.values).indices.to_numpy(zero_copy_only=False).astype(np.uint64)
     return codes + np.uint64(1), words.lengths()

@@ -147,6 +147,13 @@ class _Lines:
                 chunk = chunk[1:]
             yield self._take()
         start = 0
+        if b"\r" not in chunk:  # the usual case: no CR, so every line ends at a `\n` (find is C speed)
+            while (end := chunk.find(b"\n", start)) >= 0:
+                self._add(chunk[start:end + 1])
+                start = end + 1
+                yield self._take()
+            self._add(chunk[start:])
+            return
         for match in _LINE_END.finditer(chunk):
             if match.end() == len(chunk) and match.group() == b"\r":
                 self._cr_pending = True

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from llm import storage
 from llm.data.minhash import kernels
+from llm.data.textsignals import utf8_buffers
 
 # Scripts written without spaces between words: each character is a token, so a 5-gram is 5 characters
 # (a sensible unit for Chinese and Japanese, and a workable one for Thai, Lao, Khmer and Burmese without a
@@ -176,16 +176,7 @@ class TokenSpans:
 
 def _utf8(texts: "list[str] | pa.Array | pa.ChunkedArray") -> tuple[np.ndarray, np.ndarray]:
     """The UTF-8 bytes and offsets of texts, straight from Arrow's buffers (a list is converted once)."""
-    if isinstance(texts, pa.ChunkedArray):
-        texts = texts.combine_chunks()
-    if not isinstance(texts, pa.Array):
-        texts = pa.array(texts, pa.large_string())
-    if texts.null_count:
-        texts = pc.fill_null(texts, "")
-    _, offsets, data = texts.buffers()
-    width = np.int64 if pa.types.is_large_string(texts.type) else np.int32
-    offsets = np.frombuffer(offsets, width, texts.offset + len(texts) + 1)[texts.offset:]
-    return (np.frombuffer(data, np.uint8) if data is not None else np.zeros(0, np.uint8)), offsets
+    return utf8_buffers(texts)
 
 
 def token_spans(texts: "list[str] | pa.Array | pa.ChunkedArray") -> TokenSpans:

@@ -547,6 +547,16 @@ def test_cr_line_ends_split_jsonl_records(tmp_path: Path) -> None:
     assert [json.loads(r["meta"])["line"] for r in records] == [1, 2, 3]
 
 
+@pytest.mark.parametrize("chunk", [1, 2, 3, 5, 7, 64])
+def test_line_ends_split_the_same_whatever_the_reads(tmp_path: Path, monkeypatch, chunk) -> None:
+    """Reads with and without a CR (two ways of finding line ends) and a CRLF cut between two reads."""
+    monkeypatch.setattr(text_readers, "_RESYNC_CHUNK", chunk)
+    data = b'{"text":"a"}\n{"text":"b"}\r\n\n{"text":"c"}\r{"text":"d"}\n{"text":"e"}'
+    records = _read(tmp_path, "jsonl", f"mixed{chunk}.jsonl", data)
+    assert [r["payload"] for r in records] == [b"a", b"b", b"c", b"d", b"e"]
+    assert [json.loads(r["meta"])["line"] for r in records] == [1, 2, 4, 5, 6]
+
+
 def test_line_longer_than_the_limit_is_quarantined_without_being_held(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(text_readers, "MAX_RECORD_BYTES", 1000)
     monkeypatch.setattr(text_readers, "_RESYNC_CHUNK", 256)  # the long line spans many reads

@@ -332,3 +332,27 @@ def test_bad_input_does_not_crash():
     out, counts = Scrubber(PiiConfig()).scrub(pa.array(texts))
     assert out[2].as_py() == "שלום <EMAIL> שלום"
     assert counts["phone"].tolist()[3] == 1 and len(out[4].as_py()) == 10_000_000
+
+
+def test_ip_search_in_windows_finds_what_a_whole_text_search_finds(shared_data) -> None:
+    """The scrubber searches only the stretches `ip_windows` picks; on real mail and pages, and on
+    random strings of address characters, Unicode digits and separators, the matches are the same."""
+    import random
+
+    from llm.data.pii import DETECTORS, _sub_in
+    from llm.data.pii_windows import ip_windows
+
+    texts = [json.loads(line)["text"] for line in (shared_data / "mail_dev.jsonl").read_text(encoding="utf-8").splitlines()]
+    texts += [json.loads(line).get("rst_source") or "" for line in (shared_data / "html_dev.jsonl").read_text(encoding="utf-8").splitlines()]
+    rng = random.Random(1)
+    alphabet = list("0123456789abcdefABCDEF.:% \n-_/,;()[]") + ["é", "\u0663", "中", "\u00a0", "version ", "v", "::",
+                                                               "1.2.3.4", "8.8.8.8", "fe80::1%eth0", "2001:db8::1"]
+    texts += ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 60))) for _ in range(20000)]
+    pattern = DETECTORS["ip"].compiled
+    found = 0
+    for text in texts:
+        whole = [(m.start(), m.end()) for m in pattern.finditer(text)]
+        found += len(whole)
+        assert _sub_in(pattern, lambda m: f"<{m.start()}:{m.end()}>", text, ip_windows(text)) == pattern.sub(
+            lambda m: f"<{m.start()}:{m.end()}>", text)
+    assert found > 5000  # the comparison saw plenty of matches
