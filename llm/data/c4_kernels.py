@@ -143,37 +143,41 @@ def c4_lines(data, offsets, classes, max_word_length, min_words, terminal_punct,
                 f += 1
             while e > f and classes[cps[e - 1]] & ARROW_SPACE:
                 e -= 1
-            words, longest_word, run = 1, 0, 0
-            for k in range(f, e):
-                if classes[cps[k]] & ARROW_SPACE:
-                    if run:
-                        words += 1
-                    run = 0
-                else:
-                    run += 1
-                    longest_word = max(longest_word, run)
-            # Citations out, leftmost first; what stays is a few byte ranges of the line.
+            # One pass over the trimmed line: its words (runs between Arrow whitespace, citations
+            # included), and its characters with the citations taken out, leftmost first; what stays
+            # is a few byte ranges of the line.
+            words, longest_word, run, brace = 1, 0, 0, False
             m, segs, k, seg_start = 0, 0, f, f
             while k < e:
-                if cps[k] == 0x5B:
+                c = cps[k]
+                skip = 0
+                if c == 0x5B:
                     q = k + 1
                     while q < e and 0x30 <= cps[q] <= 0x39:
                         q += 1
-                    skip = 0
                     if q < e and cps[q] == 0x5D:
                         skip = q + 1 - k
                     elif _literal_at(cps, k, e, _CITE_EDIT):
                         skip = _CITE_EDIT.shape[0]
                     elif _literal_at(cps, k, e, _CITE_NEEDED):
                         skip = _CITE_NEEDED.shape[0]
-                    if skip:
-                        if k > seg_start:
-                            seg_lo[segs], seg_hi[segs] = at[seg_start], at[k]
-                            segs += 1
-                        k += skip
-                        seg_start = k
-                        continue
-                clean[m] = cps[k]
+                    if skip and k > seg_start:
+                        seg_lo[segs], seg_hi[segs] = at[seg_start], at[k]
+                        segs += 1
+                for q in range(k, k + max(skip, 1)):
+                    if classes[cps[q]] & ARROW_SPACE:
+                        if run:
+                            words += 1
+                        run = 0
+                    else:
+                        run += 1
+                        longest_word = max(longest_word, run)
+                if skip:
+                    k += skip
+                    seg_start = k
+                    continue
+                brace |= c == 0x7B
+                clean[m] = c
                 m += 1
                 k += 1
             if e > seg_start:
@@ -191,12 +195,7 @@ def c4_lines(data, offsets, classes, max_word_length, min_words, terminal_punct,
             lorem = counted and found[0]
             if javascript:
                 counted &= not found[1]
-            curly = False
-            if counted:
-                for k in range(m):
-                    if clean[k] == 0x7B:
-                        curly = True
-                        break
+            curly = counted and brace
             if policy and counted:
                 for p in range(2, phrases):
                     counted &= not found[p]

@@ -3,10 +3,11 @@ security numbers and secrets, each replaced by a typed placeholder (`<EMAIL>`) o
 (`<EMAIL_1a2b3c4d>`), with a count per type stored on the document (`pii_email`, ...).
 
 Speed: every type has an RE2 pattern that runs over the whole batch first. E-mail addresses and secrets
-need nothing more and are replaced and counted by Arrow kernels; the other types need a check a
-regular expression cannot make (is the address public or a version, does the Luhn or IBAN checksum
-hold, is it a dialable number: `llm.data.phones`), so only the documents whose pre-filter matched go
-through Python for that check.
+need nothing more and are replaced and counted by Arrow kernels (e-mail only in the documents holding
+an "@"); the other types need a check a regular expression cannot make (is the address public or a
+version, does the Luhn or IBAN checksum hold, is it a dialable number: `llm.data.phones`), so only the
+documents whose pre-filter matched go through Python for that check, and for IP addresses only the
+stretches of text an address can lie in (`pii_windows`).
 Originals are never returned, stored or logged: only the scrubbed text and the counts leave here.
 """
 
@@ -245,6 +246,7 @@ class Detector:
     pattern: str
     check: Callable[[re.Match], bool] | None = None
     context: Callable[[re.Match], bool] | None = None  # False: not this kind, not even a part of the match
+    literal: str | None = None  # text every match holds: documents without it are skipped (a C-speed search)
 
     @property
     def compiled(self) -> re.Pattern:
@@ -262,7 +264,7 @@ def _compile(pattern: str) -> re.Pattern:
 
 DETECTORS = {
     "secret": Detector("secret", SECRET),
-    "email": Detector("email", EMAIL),
+    "email": Detector("email", EMAIL, literal="@"),
     "ip": Detector("ip", IPV4 + "|" + IPV6, lambda m: _public_ipv6(m) if ":" in m.group(0) else _public_ipv4(m)),
     "card": Detector("card", CARD, _card, _card_context),
     "iban": Detector("iban", IBAN, lambda m: iban_ok(m.group(0))),
@@ -300,6 +302,36 @@ def _valid_part(det: Detector, value: str) -> tuple[int, int] | None:
 PSEUDONYM_KEY_ENV = "LLMPIPE_PSEUDONYM_KEY"  # also read by `llm.secrets`
 
 
+def _replace_all(text: pa.Array, det: Detector) -> tuple[pa.Array, np.ndarray]:
+    """Every match replaced by the placeholder and counted, by Arrow over the whole batch (no check
+    needed), or over the documents holding the detector's literal when it has one."""
+    rows = None
+    if det.literal is not None and len(text):
+        rows = np.flatnonzero(pc.fill_null(pc.match_substring(text, det.literal), False).to_numpy(zero_copy_only=False))
+        if len(rows) == len(text):
+            rows = None
+    part = text if rows is None else text.take(pa.array(rows, pa.int64()))
+    found = pc.fill_null(pc.count_substring_regex(part, det.pattern), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    replaced = pc.replace_substring_regex(part, det.pattern, PLACEHOLDER[det.kind])
+    if rows is None:
+        return replaced, found
+    counts = np.zeros(len(text), np.int64)
+    counts[rows] = found
+    if not len(rows):
+        return text, counts
+    return _put_rows(text, rows, replaced), counts
+
+
+def _put_rows(text: pa.Array, rows: np.ndarray, values) -> pa.Array:
+    """`text` with the entries at `rows` (ascending) replaced by `values` (strings or a string array)."""
+    if len(rows) == len(text):
+        return values if isinstance(values, pa.Array) else pa.array(values, text.type)
+    mask = np.zeros(len(text), bool)
+    mask[rows] = True
+    new = values if isinstance(values, pa.Array) else pa.array(values, pa.string())
+    return pc.replace_with_mask(text, pa.array(mask), new.cast(text.type))
+
+
 class Scrubber:
     """Replaces the configured PII types in a batch of texts; returns new texts and counts per type."""
 
@@ -325,10 +357,7 @@ class Scrubber:
             if kind == "phone":
                 text, counts[kind] = self._scrub_phones(text)
             elif DETECTORS[kind].check is None and self.cfg.replacement == "placeholder":
-                # No check needed: Arrow counts and replaces over the whole batch.
-                found = pc.fill_null(pc.count_substring_regex(text, DETECTORS[kind].pattern), 0)  # null: no text
-                counts[kind] = found.to_numpy(zero_copy_only=False).astype(np.int64)
-                text = pc.replace_substring_regex(text, DETECTORS[kind].pattern, PLACEHOLDER[kind])
+                text, counts[kind] = _replace_all(text, DETECTORS[kind])
             else:
                 text, counts[kind] = self._scrub_checked(text, DETECTORS[kind])
         return text, counts
@@ -339,12 +368,13 @@ class Scrubber:
 
     def _scrub_checked(self, text: pa.Array, det: Detector) -> tuple[pa.Array, np.ndarray]:
         counts = np.zeros(len(text), np.int64)
-        rows = self._candidates(text, det.pattern)
+        windows = ip_windows(text) if det.kind == "ip" else None  # where an address can be, per document
+        rows = np.array(sorted(windows), np.int64) if windows is not None else self._candidates(text, det.pattern)
         if not len(rows):
             return text, counts
-        values = text.to_pylist()
+        values = text.take(pa.array(rows, pa.int64())).to_pylist()
         pattern = det.compiled
-        for r in rows.tolist():
+        for k, r in enumerate(rows.tolist()):
             found = 0
 
             def replace(m: re.Match) -> str:
@@ -362,25 +392,25 @@ class Scrubber:
                 found += 1
                 return self.token(det.kind, value)
 
-            values[r] = _sub_in(pattern, replace, values[r], ip_windows(values[r]) if det.kind == "ip" else None)
+            values[k] = _sub_in(pattern, replace, values[k], None if windows is None else windows[r])
             counts[r] = found
-        return pa.array(values, pa.string()), counts
+        return _put_rows(text, rows, values), counts
 
     def _scrub_phones(self, text: pa.Array) -> tuple[pa.Array, np.ndarray]:
         counts = np.zeros(len(text), np.int64)
         rows = self._candidates(text, PHONE_HINT)
         if not len(rows):
             return text, counts
-        values = text.to_pylist()
+        values = text.take(pa.array(rows, pa.int64())).to_pylist()
         regions = tuple(r.upper() for r in self.cfg.phone_regions)
-        for r in rows.tolist():
-            value = values[r]
+        for k, r in enumerate(rows.tolist()):
+            value = values[k]
             spans = phone_spans(value, regions)
             for start, end in reversed(spans):
                 value = value[:start] + self.token("phone", value[start:end]) + value[end:]
-            values[r] = value
+            values[k] = value
             counts[r] = len(spans)
-        return pa.array(values, pa.string()), counts
+        return _put_rows(text, rows, values), counts
 
 
 def _sub_in(pattern: re.Pattern, replace: Callable[[re.Match], str], text: str,

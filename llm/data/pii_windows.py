@@ -21,38 +21,48 @@ _SEPARATOR = np.array([not (chr(b).isalnum() or chr(b) in "_.:%") for b in range
 
 
 @njit_cached(nogil=True)
-def _windows(data, separator):  # pragma: no cover (compiled; tested through the scrubber)
-    """(starts, ends) in code points of the runs of data (UTF-8) with three dots or two colons."""
-    n = data.shape[0]
+def _windows(data, offsets, separator):  # pragma: no cover (compiled; tested through the scrubber)
+    """(doc, starts, ends): the runs with three dots or two colons of each document
+    data[offsets[d]:offsets[d + 1]] (UTF-8), in code points from the document's start."""
+    n = offsets[-1] - offsets[0]
+    docs = np.empty(n // 7 + 1, np.int64)
     starts = np.empty(n // 7 + 1, np.int64)
     ends = np.empty(n // 7 + 1, np.int64)
     w = 0
-    i = 0
-    chars = 0  # code points before byte i
-    while i < n:
-        b = data[i]
-        if b < 0x80 and separator[b]:
-            i += 1
-            chars += 1
-            continue
-        first = chars
-        dots = colons = 0
-        while i < n and not (data[i] < 0x80 and separator[data[i]]):
+    for d in range(offsets.shape[0] - 1):
+        i, stop = offsets[d], offsets[d + 1]
+        chars = 0  # code points of the document before byte i
+        while i < stop:
             b = data[i]
-            if b == 0x2E:
-                dots += 1
-            elif b == 0x3A:
-                colons += 1
-            if (b & 0xC0) != 0x80:  # a lead byte starts a code point
+            if b < 0x80 and separator[b]:
+                i += 1
                 chars += 1
-            i += 1
-        if dots >= 3 or colons >= 2:
-            starts[w], ends[w] = first, chars
-            w += 1
-    return starts[:w], ends[:w]
+                continue
+            first = chars
+            dots = colons = 0
+            while i < stop and not (data[i] < 0x80 and separator[data[i]]):
+                b = data[i]
+                if b == 0x2E:
+                    dots += 1
+                elif b == 0x3A:
+                    colons += 1
+                if (b & 0xC0) != 0x80:  # a lead byte starts a code point
+                    chars += 1
+                i += 1
+            if dots >= 3 or colons >= 2:
+                docs[w], starts[w], ends[w] = d, first, chars
+                w += 1
+    return docs[:w], starts[:w], ends[:w]
 
 
-def ip_windows(text: str) -> list[tuple[int, int]]:
-    """The (start, end) character ranges of `text` that can hold an IP address."""
-    starts, ends = _windows(np.frombuffer(text.encode("utf-8", "surrogatepass"), np.uint8), _SEPARATOR)
-    return list(zip(starts.tolist(), ends.tolist()))
+def ip_windows(texts) -> dict[int, list[tuple[int, int]]]:
+    """For each text (an Arrow string array) that can hold an IP address, its (start, end) character
+    ranges that can."""
+    from llm.data.textsignals import utf8_buffers
+
+    data, offsets = utf8_buffers(texts)
+    docs, starts, ends = _windows(data, offsets.astype(np.int64), _SEPARATOR)
+    out: dict[int, list[tuple[int, int]]] = {}
+    for d, a, b in zip(docs.tolist(), starts.tolist(), ends.tolist()):
+        out.setdefault(d, []).append((a, b))
+    return out

@@ -156,9 +156,33 @@ def compute_signals(text: pa.Array, cfg: QualityConfig) -> dict[str, np.ndarray]
     return signals_and_text(text, cfg)[0]
 
 
+# Texts are measured in runs of about this many bytes: each compiled pass then finds the run's text
+# still in the CPU's cache from the pass before (a 256-document batch of web pages is megabytes).
+_RUN_BYTES = 512 << 10
+
+
 def signals_and_text(text: pa.Array, cfg: QualityConfig) -> tuple[dict[str, np.ndarray], pa.Array | None]:
     """Every enabled signal, and the texts after C4's line removal (None when it is off)."""
     text = ts.as_array(text)
+    ends = np.cumsum(pc.binary_length(text).to_numpy(zero_copy_only=False).astype(np.int64)) if len(text) else []
+    cuts = [0]
+    while cuts[-1] < len(text):  # runs of whole texts, each at least one text
+        done = int(ends[cuts[-1] - 1]) if cuts[-1] else 0
+        cuts.append(max(cuts[-1] + 1, int(np.searchsorted(ends, done + _RUN_BYTES, side="right"))))
+    if len(cuts) <= 2:
+        return _signals_of_run(text, cfg)
+    runs = [_signals_of_run(text.slice(a, b - a), cfg) for a, b in zip(cuts, cuts[1:])]
+    values = {name: np.concatenate([r[0][name] for r in runs]) for name in runs[0][0]}
+    rewritten = None
+    if runs[0][1] is not None:
+        parts = [r[1] for r in runs]
+        if len({p.type for p in parts}) > 1:  # a run past 2 GiB came back as large_string
+            parts = [p.cast(pa.large_string()) for p in parts]
+        rewritten = pa.concat_arrays(parts)
+    return values, rewritten
+
+
+def _signals_of_run(text: pa.Array, cfg: QualityConfig) -> tuple[dict[str, np.ndarray], pa.Array | None]:
     out: dict[str, np.ndarray] = {}
     short = cfg.fineweb.short_line_chars
     counts = ts.text_counts(text, short)

@@ -53,6 +53,34 @@ def byte_hash(data, lo, hi):
     return h ^ (h >> np.uint64(29))
 
 
+@njit_cached(inline="always")
+def _cut_run(cls, cut, q, i, n):
+    """Where the two rewrites insert spaces around the run of punctuation cls[q:i] (n: characters known
+    so far; i == n at the end of the text).
+
+    The leading rule: a run at the text's start or after an RE2 space takes the next character as its
+    \\S, or, with none to take, gives up its own last one (greedy P+ backs off). The trailing rule then
+    sees the run, or the two pieces that cut made of it: a piece ending at an RE2 space (inserted ones
+    included) or the end is split from a \\S before it, or keeps its first character as that \\S when a
+    space comes before it."""
+    k = i - q
+    after_space = q == 0 or cls[q - 1] & RE2_SPACE
+    space_next = i == n or cls[i] & RE2_SPACE
+    if after_space and i < n and not space_next:
+        cut[i] = 1
+        space_next = True  # the inserted space
+    elif after_space and k >= 2:
+        cut[i - 1] = 1  # pieces [q, i - 1) and [i - 1, i); the second is one character
+        if k - 1 >= 2:
+            cut[q + 1] = 2
+        return
+    if space_next:
+        if not after_space:
+            cut[q] = 2
+        elif k >= 2:
+            cut[q + 1] = 2
+
+
 @njit_cached(nogil=True)
 def word_tokens(data, offsets, classes, emit=True):  # pragma: no cover (compiled; tested through textsignals.words)
     """Word tokens of documents given as UTF-8 bytes (`data[offsets[d]:offsets[d + 1]]`).
@@ -80,45 +108,26 @@ def word_tokens(data, offsets, classes, emit=True):  # pragma: no cover (compile
     t = 0
     for d in range(docs):
         i, stop = offsets[d], offsets[d + 1]
-        n = 0
+        # Decode, and settle each run of punctuation as soon as the character after it is known.
+        n, q = 0, -1  # q: where the open run of punctuation started (-1: none open)
         while i < stop:
             cp, width = _code_point(data, i, stop)
-            cls[n] = classes[cp]
+            c = classes[cp]
+            cls[n] = c
             pos[n] = i
+            cut[n] = 0
+            if c & PUNCT_SYMBOL:
+                if q < 0:
+                    q = n
+            elif q >= 0:
+                _cut_run(cls, cut, q, n, n + 1)
+                q = -1
             n += 1
             i += width
         pos[n] = stop
-        cut[:n + 1] = 0
-        # Both rules, one run of punctuation at a time (a run's cuts depend only on its neighbours).
-        # The leading rule: a run at the text's start or after an RE2 space takes the next character
-        # as its \S, or, with none to take, gives up its own last one (greedy P+ backs off). The
-        # trailing rule then sees the run, or the two pieces that cut made of it: a piece ending at an
-        # RE2 space (inserted ones included) or the end is split from a \S before it, or keeps its
-        # first character as that \S when a space comes before it.
-        i = 0
-        while i < n:
-            if not cls[i] & PUNCT_SYMBOL:
-                i += 1
-                continue
-            q = i
-            while i < n and cls[i] & PUNCT_SYMBOL:
-                i += 1
-            k = i - q
-            after_space = q == 0 or cls[q - 1] & RE2_SPACE
-            space_next = i == n or cls[i] & RE2_SPACE
-            if after_space and i < n and not space_next:
-                cut[i] = 1
-                space_next = True  # the inserted space
-            elif after_space and k >= 2:
-                cut[i - 1] = 1  # pieces [q, i - 1) and [i - 1, i); the second is one character
-                if k - 1 >= 2:
-                    cut[q + 1] = 2
-                continue
-            if space_next:
-                if not after_space:
-                    cut[q] = 2
-                elif k >= 2:
-                    cut[q + 1] = 2
+        cut[n] = 0
+        if q >= 0:
+            _cut_run(cls, cut, q, n, n)
         # Tokens: runs of non-whitespace characters, cut where a rewrite inserted a space.
         i = 0
         while i < n:

@@ -141,3 +141,17 @@ def test_class_table_matches_arrow() -> None:
     arrow_space = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(chars)), 0).to_numpy(zero_copy_only=False)
     assert set(cps[arrow_space].tolist()) == set(ARROW_SPACES)
     assert set(np.flatnonzero(table & ARROW_SPACE).tolist()) == set(ARROW_SPACES)
+
+
+def test_runs_of_a_batch_give_the_batch_signals(real_texts, monkeypatch) -> None:
+    """A large batch is measured in runs of about `_RUN_BYTES`; the values and rewritten texts are
+    those of measuring it whole."""
+    import llm.data.quality as quality
+    from llm.data.quality import QualityStep
+
+    docs = pa.table({"id": [str(i) for i in range(300)], "text": real_texts[:300], "source": ["web"] * 300})
+    whole = QualityStep(QualityConfig()).apply(docs)
+    monkeypatch.setattr(quality, "_RUN_BYTES", 5000)
+    runs = QualityStep(QualityConfig()).apply(docs)
+    assert runs.kept.equals(whole.kept) and runs.dropped.equals(whole.dropped)
+    assert whole.kept.num_rows and whole.dropped.num_rows
