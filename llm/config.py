@@ -374,8 +374,11 @@ CHAT_SPECIAL_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
 #: Model types each `tokenizer.library` trains.
 TOKENIZER_MODEL_TYPES = {"sentencepiece": ("bpe", "unigram", "char"), "hf": ("bpe", "wordpiece", "unigram")}
 #: The text the trainers give each role: `<s>`-style, and BERT's for hf wordpiece (which also adds [MASK]).
+#: One table for every trainer and loader (`llm.tokenizer.spm`, `llm.tokenizer.hf`).
 ROLE_TEXTS = {"angle": {"pad": "<pad>", "unk": "<unk>", "bos": "<s>", "eos": "</s>"},
               "bert": {"pad": "[PAD]", "unk": "[UNK]", "bos": "[CLS]", "eos": "[SEP]"}}
+#: The roles' default ids (`tokenizer.pad_id` ... `eos_id`).
+DEFAULT_SPECIAL_IDS = {"pad": 0, "unk": 1, "bos": 2, "eos": 3}
 _Token = Annotated[str, Field(min_length=1, max_length=64)]
 
 
@@ -420,10 +423,10 @@ class TokenizerConfig(Section):
         False, description="With `input_sentence_size`, load a random choice of the sample's lines (seeded "
         "by `seed`) rather than the first ones.")
     seed: int = Field(0, description="Seed for sampling and training.")
-    pad_id: int = Field(0, ge=0, description="Id of the padding token (<pad>, wordpiece [PAD]).")
-    unk_id: int = Field(1, ge=0, description="Id of the unknown token (<unk>, wordpiece [UNK]).")
-    bos_id: int = Field(2, ge=0, description="Id of the begin-of-document token (<s>, wordpiece [CLS]).")
-    eos_id: int = Field(3, ge=0, description="Id of the end-of-document token (</s>, wordpiece [SEP]).")
+    pad_id: int = Field(DEFAULT_SPECIAL_IDS["pad"], ge=0, description="Id of the padding token (<pad>, wordpiece [PAD]).")
+    unk_id: int = Field(DEFAULT_SPECIAL_IDS["unk"], ge=0, description="Id of the unknown token (<unk>, wordpiece [UNK]).")
+    bos_id: int = Field(DEFAULT_SPECIAL_IDS["bos"], ge=0, description="Id of the begin-of-document token (<s>, wordpiece [CLS]).")
+    eos_id: int = Field(DEFAULT_SPECIAL_IDS["eos"], ge=0, description="Id of the end-of-document token (</s>, wordpiece [SEP]).")
     card_bytes: int = Field(
         2_000_000, ge=0, description="About how many text bytes of documents outside the training sample the "
         "tokenizer card measures (bytes per token, unknown and byte-fallback rates, round trip; 0: none).")

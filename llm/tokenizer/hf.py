@@ -15,16 +15,15 @@ import numpy as np
 from tokenizers import AddedToken, decoders, models, normalizers, pre_tokenizers, trainers
 from tokenizers import Tokenizer as _RustTokenizer
 
+from llm.config import DEFAULT_SPECIAL_IDS, ROLE_TEXTS
 from llm.errors import UserError
 from llm.tokenizer.base import token_dtype
 
-#: For each role, the texts a special token of that role may have, first match wins.
-ROLE_PIECES = {
-    "pad": ("<pad>", "[PAD]"),
-    "unk": ("<unk>", "[UNK]"),
-    "bos": ("<s>", "[CLS]", "<bos>"),
-    "eos": ("</s>", "[SEP]", "<eos>", "<|endoftext|>"),
-}
+#: For each role, the texts a special token of that role may have, first match wins: the trainers'
+#: (`ROLE_TEXTS`), then what other tokenizers call it.
+_OTHER_ROLE_TEXTS = {"pad": (), "unk": (), "bos": ("<bos>",), "eos": ("<eos>", "<|endoftext|>")}
+ROLE_PIECES = {role: (ROLE_TEXTS["angle"][role], ROLE_TEXTS["bert"][role]) + other
+               for role, other in _OTHER_ROLE_TEXTS.items()}
 
 
 class HFTokenizer:
@@ -118,14 +117,9 @@ class HFTokenizer:
 
 
 #: What `train_hf` names each role, by model type (wordpiece follows BERT); all are in ROLE_PIECES.
-TRAINED_ROLE_PIECES = {
-    "bpe": {"pad": "<pad>", "unk": "<unk>", "bos": "<s>", "eos": "</s>"},
-    "unigram": {"pad": "<pad>", "unk": "<unk>", "bos": "<s>", "eos": "</s>"},
-    "wordpiece": {"pad": "[PAD]", "unk": "[UNK]", "bos": "[CLS]", "eos": "[SEP]"},
-}
+TRAINED_ROLE_PIECES = {"bpe": ROLE_TEXTS["angle"], "unigram": ROLE_TEXTS["angle"], "wordpiece": ROLE_TEXTS["bert"]}
 #: BERT's fifth special token, which every wordpiece tokenizer gets (after the roles).
 MASK = "[MASK]"
-DEFAULT_SPECIAL_IDS = {"pad": 0, "unk": 1, "bos": 2, "eos": 3}
 
 
 def train_hf(docs: Iterable[str], vocab_size: int, model_type: str = "bpe", special_ids: dict[str, int] | None = None,

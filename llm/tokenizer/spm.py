@@ -15,11 +15,11 @@ import numpy as np
 import sentencepiece as spm
 
 from llm import storage
+from llm.config import DEFAULT_SPECIAL_IDS
 from llm.errors import UserError
 from llm.tokenizer.base import token_dtype
 
 #: The default special ids (`tokenizer.pad_id` ...).
-DEFAULT_SPECIAL_IDS = {"pad": 0, "unk": 1, "bos": 2, "eos": 3}
 
 
 class SentencePieceTokenizer:
