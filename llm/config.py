@@ -1070,7 +1070,8 @@ class RayConfig(Section):
         "ray",
         description="Where the data stages' shard work runs. `ray`: Ray tasks, locally or on the cluster at "
                     "`address`. `processes`: a pool of worker processes on this machine, one per CPU "
-                    "(`num_cpus`), without Ray's start-up (seconds per run): for a short run on one machine. "
+                    "(`num_cpus`), without Ray's start-up (seconds per run), and a stage that is one piece of work "
+                    "(the crawl, evaluation) in the flow's own process: for a short run on one machine. "
                     "Training and the other Ray Train stages use Ray either way; a cluster needs `ray`.")
 
     @model_validator(mode="after")

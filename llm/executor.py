@@ -277,7 +277,10 @@ def run_task(fn: Callable[..., Any], *args: Any, num_cpus: float = 1, num_gpus: 
 
     For a stage body that is one piece of work (a crawl, an evaluation): on a cluster it runs where the
     resources are, with the job's forwarded environment (`llm.cluster.forwarded_env`). Not retried:
-    such a body writes its outputs as it goes and is rerun as a whole."""
+    such a body writes its outputs as it goes and is rerun as a whole. With `ray.executor: processes`
+    (this machine only, no Ray) it runs in this process."""
+    if getattr(ray_config, "executor", "ray") == "processes":
+        return fn(*args, **kwargs)
     import ray
 
     from llm.cluster import ensure_ray

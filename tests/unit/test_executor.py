@@ -100,9 +100,11 @@ def test_workers_follow_ray_num_cpus_or_the_cpus_this_process_may_use():
 
 
 def test_close_stops_the_workers():
+    before = _children()  # other tests' servers and Ray may be children of this process too
     ex = ProcessExecutor(workers=2)
     ex.map(abs, [-1, -2, -3, -4])
-    workers = [psutil.Process(pid) for pid in _children()]
+    workers = [psutil.Process(pid) for pid in _children() - before]
+    assert len(workers) == 2
     ex.close()
     gone, alive = psutil.wait_procs(workers, timeout=10)
     assert not alive

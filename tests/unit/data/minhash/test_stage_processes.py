@@ -2,7 +2,6 @@
 this process, and a stage task built by tasks/runtime runs its shards on those workers, not Ray."""
 
 import os
-import sys
 
 from llm.config import MinHashConfig, PipelineConfig, ShardConfig
 from llm.data.minhash.stage import run_minhash_dedup
@@ -24,9 +23,16 @@ def test_worker_processes_write_the_same_kept_and_rejected_rows(tmp_path, plante
     assert output_tree(tmp_path / "a") == output_tree(tmp_path / "b")  # kept shards, manifest: byte for byte
 
 
-def test_a_stage_task_honours_ray_executor_processes(tmp_path, planted):
+def test_a_stage_task_honours_ray_executor_processes(tmp_path, planted, monkeypatch):
+    from llm import cluster
+    from llm.executor import run_task
     from tasks.data import minhash_dedup
     from tasks.runtime import stage
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("Ray was asked for under ray.executor: processes")
+
+    monkeypatch.setattr(cluster, "ensure_ray", no_ray)  # another test may have started Ray in this process
 
     cfg = PipelineConfig(work_dir=str(tmp_path / "work"), ray={"executor": "processes", "num_cpus": 2},
                          tracking={"enabled": False})
@@ -36,4 +42,4 @@ def test_a_stage_task_honours_ray_executor_processes(tmp_path, planted):
     write_dataset(Layout.for_work_dir(cfg.work_dir).dedup, planted.texts[:300], shards=2)
     summary = minhash_dedup.fn(cfg)
     assert summary["counts"]["read"] == 300 and summary["counts"]["dropped"]["near_duplicate"] > 0
-    assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()  # no Ray was started
+    assert run_task(os.getpid, ray_config=cfg.ray) == os.getpid()  # a one-piece stage body runs right here
