@@ -293,11 +293,13 @@ class Scrubber:
 
     def _scrub_checked(self, text: pa.Array, det: Detector) -> tuple[pa.Array, np.ndarray]:
         counts = np.zeros(len(text), np.int64)
-        windows = ip_windows(text) if det.kind == "ip" else None  # where an address can be, per document
-        rows = np.array(sorted(windows), np.int64) if windows is not None else self._candidates(text, det.pattern)
+        rows = self._candidates(text, det.pattern)
         if not len(rows):
             return text, counts
-        values = text.take(pa.array(rows, pa.int64())).to_pylist()
+        picked = text.take(pa.array(rows, pa.int64()))
+        # Where in each candidate an address can be: RE2 picks the documents, the windows the stretches.
+        windows = ip_windows(picked) if det.kind == "ip" else None
+        values = picked.to_pylist()
         pattern = det.compiled
         for k, r in enumerate(rows.tolist()):
             found = 0
@@ -317,7 +319,7 @@ class Scrubber:
                 found += 1
                 return self.token(det.kind, value)
 
-            values[k] = _sub_in(pattern, replace, values[k], None if windows is None else windows[r])
+            values[k] = _sub_in(pattern, replace, values[k], None if windows is None else windows.get(k, []))
             counts[r] = found
         return _put_rows(text, rows, values), counts
 
