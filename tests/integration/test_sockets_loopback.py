@@ -59,6 +59,14 @@ def listening(root: psutil.Process) -> dict[tuple[str, int], tuple[str, int]]:
     return found
 
 
+def titles(root: psutil.Process) -> dict[int, str]:
+    """pid -> title of `root`'s descendants now."""
+    try:
+        return {p.pid: _name(p) for p in root.children(recursive=True)}
+    except psutil.NoSuchProcess:
+        return {}
+
+
 def _name(proc: psutil.Process) -> str:
     # Ray workers set their title (`ray::RayTrainWorker`) as their command line.
     try:
@@ -76,6 +84,7 @@ def test_local_pretrain_listens_on_loopback_only(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", PRETRAIN, str(tmp_path / "tokens"), str(tmp_path / "out")],
                             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     seen: dict[tuple[str, int], tuple[str, int]] = {}
+    names: dict[int, set[str]] = {}  # every title each process of the run had
     try:
         driver = psutil.Process(proc.pid)
         deadline = time.time() + 180
@@ -83,6 +92,8 @@ def test_local_pretrain_listens_on_loopback_only(tmp_path):
         # workers train, are among those seen.
         while proc.poll() is None and time.time() < deadline:
             seen.update(listening(driver))
+            for pid, name in titles(driver).items():  # a worker is titled IDLE until Ray Train takes it
+                names.setdefault(pid, set()).add(name)
             time.sleep(0.2)
     finally:
         if proc.poll() is None:
@@ -95,7 +106,8 @@ def test_local_pretrain_listens_on_loopback_only(tmp_path):
     assert seen, "no listening socket was seen during the run"
     # A training worker listens with Ray's RPC server all its life; more sockets than that are its
     # process group's (the rendezvous store, gloo), open only while it trains.
-    per_worker = Counter(pid for name, pid in seen.values() if "RayTrainWorker" in name)
+    per_worker = Counter(pid for name, pid in seen.values()
+                         if any("RayTrainWorker" in n for n in names.get(pid, set()) | {name}))
     assert per_worker and max(per_worker.values()) >= 2, seen
     outward = {f"{ip}:{port}": f"{name} (pid {pid})" for (ip, port), (name, pid) in seen.items()
                if not is_loopback(ip)}
