@@ -31,7 +31,7 @@ from llm.data.filtering import Rule, applies_to, scatter, split_by_rules, with_c
 from llm.data.repetition import repetition_signals
 from llm.data.steps import StepOutput
 from llm.data.text_classes import classes
-from llm.data.textsignals import utf8_buffers as _utf8
+from llm.data.textsignals import utf8_buffers
 from llm.data.word_kernels import token_totals
 
 def gopher_signals(words: ts.Words, counts: dict[str, np.ndarray], stop_words: list[str]) -> dict[str, np.ndarray]:
@@ -62,7 +62,7 @@ def c4_signals(text: pa.Array, cfg, terminal_punct: bool = True) -> tuple[dict[s
     """C4's line rules: the signals, and with `cfg.remove_lines` each text rewritten to its counted lines
     (None otherwise). `terminal_punct`: only lines ending in terminal punctuation count. Compiled
     (`c4_kernels`); the definition is `signal_patterns.c4_by_patterns`."""
-    data, offsets = _utf8(text)
+    data, offsets = utf8_buffers(text)
     needles, needle_offsets = needle_table()
     rows, out, out_offsets = c4_lines(data, offsets.astype(np.int64), classes(), cfg.max_word_length,
                                       cfg.min_words_per_line, terminal_punct, cfg.javascript_lines,

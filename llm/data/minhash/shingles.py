@@ -174,14 +174,9 @@ class TokenSpans:
         return [words[bounds[i]:bounds[i + 1]] for i in range(len(self.token_ends))]
 
 
-def _utf8(texts: "list[str] | pa.Array | pa.ChunkedArray") -> tuple[np.ndarray, np.ndarray]:
-    """The UTF-8 bytes and offsets of texts, straight from Arrow's buffers (a list is converted once)."""
-    return utf8_buffers(texts)
-
-
 def token_spans(texts: "list[str] | pa.Array | pa.ChunkedArray") -> TokenSpans:
     """Tokens of every text (a list of strings or an Arrow string array), with their hashes."""
-    codes, doc_ends = kernels.decode_lower(*_utf8(texts), *_lower_table())
+    codes, doc_ends = kernels.decode_lower(*utf8_buffers(texts), *_lower_table())
     hashes, starts, lengths, token_ends = kernels.tokenize(codes, doc_ends, _char_classes(), _CHAR_POS)
     return TokenSpans(codes, hashes, starts, lengths, token_ends)
 
