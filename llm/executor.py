@@ -115,6 +115,9 @@ _worker_fn: tuple[bytes, Callable] | None = None
 def _become_worker() -> None:
     global _worker_process
     _worker_process = True
+    from llm.worker_startup import prepare_worker
+
+    prepare_worker()
 
 
 def _run_in_worker(payload: bytes, items: list) -> list:

@@ -1,13 +1,13 @@
 """The signature index a MinHash run leaves beside its output, so a later batch is deduplicated
 against it without recomputing anything (a nightly refresh).
 
-`<out>/_index/<shard>.npz` holds, for the shard's kept documents, their signatures, band hashes, ids
-and rows in the shard's data file; `<out>/_index/_meta.json` the settings they were made with and the
+`<out>/_index/<shard>.npz` holds, for the shard's kept documents, their band hashes, ids and rows in
+the shard's data file (whole signatures are made again from the text for the few candidates that need
+them); `<out>/_index/_meta.json` the settings they were made with and the
 index the run itself was checked against (`parent`), so a chain of refreshes is one index. Index
 documents get negative global numbers (-1, -2, ...) and rank before every new document: they stay, new
-copies of them go. With exact verification, an index document that is a candidate is re-shingled from
-its text in the earlier output (only those, never the whole index), so refreshes are verified exactly
-too.
+copies of them go. An index document that is a candidate is re-shingled from its text in the earlier
+output (only those, never the whole index), so refreshes are verified as the run itself is.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def write_shard_index(plan, s: int, gone: np.ndarray, ids: list[str], key: str) 
     keep = ~gone & sig["has"]
     data_row = np.cumsum(~gone) - 1  # row of each kept document in the shard's data file
     rel = f"{INDEX}/{key}.npz"
-    partitions.save(storage.join(plan.out_uri, rel), sig=sig["sig"][keep], bands=sig["bands"][keep],
+    partitions.save(storage.join(plan.out_uri, rel), bands=sig["bands"][keep],
                     id=np.array([i for i, k in zip(ids, keep.tolist()) if k], dtype=str), row=data_row[keep])
     return rel, int(keep.sum())
 

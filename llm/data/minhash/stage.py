@@ -102,10 +102,14 @@ def _signature_task(plan: Plan, s: int) -> int:
         uh, ok = url_hashes(docs.column("url").to_pylist())
         partitions.write_partitioned(plan.folder("urls"), name, bucket_of(uh[ok], plan.partitions),
                                      plan.partitions, hash=uh[ok], doc=doc[ok], prio=prio[ok])
-    partitions.put(plan.file("sig", s), sig=sig, bands=bh, has=has)
-    if cfg.verify == "exact":  # read again only by verification, so kept apart from the signatures
+    # The band hashes go to the index; the whole signatures only to estimated verification, the shingle
+    # sets only to exact verification (each read again by that step alone).
+    signatures = {"sig": sig} if cfg.verify == "estimate" else {}
+    partitions.put(plan.file("sig", s), bands=bh, has=has, **signatures)
+    if cfg.verify == "exact":
         partitions.put(plan.file("shingles", s), shingles=batch.hashes, offsets=batch.offsets)
-    storage.write_text(marker, dumps({"docs": n}))
+    # Scratch like the files it vouches for: a marker that outlived them would help nobody.
+    storage.write_bytes(marker, dumps({"docs": n}).encode(), durable=False)
     return n
 
 
@@ -162,6 +166,13 @@ def _write_removed(plan: Plan, producer: str, doc: np.ndarray, keeper: np.ndarra
     home = plan.shard_of(node)
     partitions.write_partitioned(plan.folder("id_requests"), producer, np.where(home < 0, shards, home), shards + 1,
                                  node=node, to=np.tile(plan.shard_of(doc), 2))
+
+
+def _records_task(plan: Plan, p: int) -> None:
+    """The first round's records of the components rounds: both directions of partition p's edges."""
+    e = partitions.read_partition(plan.folder("edges"), p, EDGES)
+    u, v = np.concatenate([e["a"], e["b"]]), np.concatenate([e["b"], e["a"]])
+    partitions.write_partitioned(storage.join(plan.folder("cc"), "r000"), f"{p:05d}", u, plan.partitions, u=u, v=v)
 
 
 def _label_task(plan: Plan, stars: str, p: int) -> None:
@@ -333,6 +344,7 @@ def _find_duplicates(plan: Plan, index, executor, stats: dict) -> None:
     if stats["verified_pairs"] * _EDGE_BYTES <= cfg.memory_mb << 20:
         sizes = executor.map(lambda _: _cluster_all_task(plan), [0], desc="minhash: clusters")[0]
     else:  # rounds over graph partitions, each task bounded by its partition
+        executor.map(lambda p: _records_task(plan, p), part_ids, desc="minhash: graph records")
         stars = run_components(plan.folder("cc"), n_parts, executor)
         executor.map(lambda p: _label_task(plan, stars, p), part_ids, desc="minhash: labels")
         sizes = [x for part in executor.map(lambda p: _star_task(plan, p), part_ids, desc="minhash: stars")

@@ -11,7 +11,8 @@ corpus grows). Instead the pairs go to a's shard first:
    Jaccard against the threshold; the verified edges go on to clustering.
 
 Pairs whose a is a document of an earlier run's index (incremental runs) are sent by the index file
-that holds it: its signatures, or for exact verification its text re-shingled from the earlier output.
+that holds it: its text re-shingled from the earlier output, as shingle sets (exact) or signatures
+made again (estimate).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from llm.data.minhash import kernels, partitions
 from llm.data.minhash.lsh import unique_pairs
 from llm.data.minhash.plan import PAIRS, Plan, lookup, url_removed
 from llm.data.minhash.shingles import shingle
-from llm.data.minhash.signatures import estimated_jaccard
+from llm.data.minhash.signatures import MinHasher, estimated_jaccard
 
 
 def gather_sets(values: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -78,26 +79,22 @@ def send_task(plan: Plan, t: int) -> int:
 
 
 def send_index_task(plan: Plan, f: int, index) -> int:
-    """The same for pairs whose better document is in index file f of an earlier run: its signatures,
-    or its shingles made again from its text in that run's output (only the documents paired here)."""
+    """The same for pairs whose better document is in index file f of an earlier run: its shingle sets
+    or signatures, made again from its text in that run's output (only the documents paired here)."""
     a, b, pa = _pairs(plan.folder("index_pairs"), f)
     if not len(a):
         return 0
     senders = np.unique(a)
     stored = partitions.load(index.files[f])
     rows = index.locate(senders)[1]
+    texts = storage.read_parquet(index.data[f], columns=["text"]).column("text")
+    batch = shingle(texts.take(pa_array(stored["row"][rows])), plan.cfg.shingle, plan.cfg.ngram)
     if plan.cfg.verify == "exact":
-        texts = storage.read_parquet(index.data[f], columns=["text"]).column("text")
-        own = _shingle_sets(texts.take(pa_array(stored["row"][rows])), plan)
-    else:
-        own = {"sig": stored["sig"][rows]}
+        own = {"shingles": batch.hashes, "offsets": batch.offsets}
+    else:  # the index keeps band hashes only: the few signatures needed are made again
+        own = {"sig": MinHasher(plan.bands * plan.rows, plan.cfg.seed).signatures(batch)}
     _send(plan, f"index-{f:05d}", a, b, pa, own, lambda docs: np.searchsorted(senders, docs))
     return len(a)
-
-
-def _shingle_sets(texts, plan: Plan) -> dict[str, np.ndarray]:
-    batch = shingle(texts, plan.cfg.shingle, plan.cfg.ngram)
-    return {"shingles": batch.hashes, "offsets": batch.offsets}
 
 
 def verify_task(plan: Plan, s: int) -> tuple[int, list[int]]:
@@ -126,6 +123,4 @@ def verify_task(plan: Plan, s: int) -> tuple[int, list[int]]:
         keep &= ~np.isin(b, url_removed(plan, s)["doc"])
     a, b, pa, j = a[keep], b[keep], pa[keep], j[keep]
     partitions.write_partitioned(plan.folder("edges"), plan.names[s], a, plan.partitions, a=a, b=b, pa=pa, j=j)
-    u, v = np.concatenate([a, b]), np.concatenate([b, a])
-    partitions.write_partitioned(storage.join(plan.folder("cc"), "r000"), plan.names[s], u, plan.partitions, u=u, v=v)
     return int(keep.sum()), hist

@@ -231,3 +231,19 @@ def test_memory_of_every_task_stays_bounded_as_the_corpus_grows(tmp_path, plante
         else:
             assert peak < budget, (phase, peak)  # one bucket or graph partition, sized by the budget
     assert max(large.values()) < whole / 2, (large, whole)
+
+
+def test_index_keeps_band_hashes_only_and_an_estimated_refresh_still_finds_the_copies(tmp_path, planted):
+    old = planted.texts[:300]
+    old_ids = write_dataset(str(tmp_path / "old_in"), old, shards=2, tag="old")
+    _run(tmp_path, MinHashConfig(keeper="first"), "old_out", src="old_in")
+    for f in (tmp_path / "old_out" / "_index").glob("*.npz"):
+        assert set(np.load(f).files) == {"bands", "id", "row"}  # no whole signatures: made again when needed
+    new = [planted.texts[i] + " one more line" for i in range(0, 40)] + planted.texts[300:400]
+    new_ids = write_dataset(str(tmp_path / "in"), new, shards=2, tag="new")
+    for verify in ("estimate", "exact"):
+        m = _run(tmp_path, MinHashConfig(keeper="first", verify=verify, index_uri=str(tmp_path / "old_out")), verify)
+        removed = removals(str(tmp_path / verify), new_ids + old_ids)
+        against_old = {d for d, (k, _) in removed.items() if k >= len(new)}
+        assert sum(1 for i in range(40) if i in against_old) >= 36, verify
+        assert m["totals"]["counts"]["read"] == len(new)
