@@ -1,8 +1,9 @@
 """MinHash near-duplicate removal: llmpipe's stage (on Ray, and on its worker processes) against datatrove's
 four MinHash steps.
 
-    .venv/bin/python bench/minhash_vs_datatrove.py --repeats 2      # 20k documents, 2 cores
-    .venv/bin/python bench/minhash_vs_datatrove.py --docs 2000      # a smoke run
+    .venv/bin/python bench/minhash_vs_datatrove.py --repeats 2      # 20k documents, 2 cores, 5 seeds
+    .venv/bin/python bench/minhash_vs_datatrove.py --docs 2000 --seeds 1   # a smoke run
+    .venv/bin/python bench/minhash_vs_datatrove.py --bands 16 --rows 7     # another banding, both sides
 
 Input: `llm.data.minhash.planted.distinct_corpus`: bases are non-overlapping slices of the distinct real
 texts of the development data (books, papers, documentation sources, e-mails, news, chat responses;
@@ -30,8 +31,8 @@ Both sides get the same first run, so warm-up is symmetric. llmpipe's compiled l
 beside the code after their first-ever use, once per installation: on a fresh checkout the first round's
 llmpipe run also compiles them, so use `--repeats 2` (or any earlier run) for figures.
 
-Same on both sides: word 5-gram shingles, 14 bands x 8 rows of 64-bit MinHash, as many input shards as
-tasks. Where they differ:
+Same on both sides: word 5-gram shingles, 14 bands x 8 rows of 64-bit MinHash (`--bands`, `--rows`), as
+many input shards as tasks, MinHash seed 1 for the timed runs. Where they differ:
 - datatrove hashes shingles with sha1 (its xxhash option fails with current xxhash releases).
 - datatrove normalises with its `simplify_text` (lower case, punctuation removed, digits folded) and
   then splits on whitespace (its default English tokenizer needs spaCy; whitespace is cheaper, which
@@ -49,8 +50,11 @@ every pair of the corpus by a sparse product of the shingle incidence matrix; an
 pairs neither tool reports is checked and its hits printed (an estimate of pairs both miss). Recall: of
 the truth pairs, the share where at least one document was removed. Precision: of the removed
 documents, the share whose kept cluster member is a truth pair with it (a removal whose cluster kept
-nothing counts as wrong). The ratio line (throughput with start-up of the faster llmpipe executor over
-datatrove's, naming the executor) is last.
+nothing counts as wrong). Which near-threshold pairs LSH misses is chance: a different MinHash seed
+misses different ones, so with `--seeds N` (default 5) both sides (llmpipe on its worker processes) run
+once more per seed 2..N, untimed, and recall and precision are printed as mean (min-max) over the
+seeds, on both shinglings; the truth set covers the pairs every seed reported. The ratio line
+(throughput with start-up of the faster llmpipe executor over datatrove's, naming the executor) is last.
 """
 
 from __future__ import annotations
@@ -71,7 +75,7 @@ sys.path.insert(0, str(REPO / "bench"))
 from sides import spawn_side  # noqa: E402
 
 THRESHOLD = 0.8
-BANDS, ROWS, NGRAM = 14, 8, 5
+NGRAM = 5
 
 
 def write_inputs(root: Path, texts: list[str], shards: int) -> None:
@@ -101,7 +105,7 @@ def write_inputs(root: Path, texts: list[str], shards: int) -> None:
 LLMPIPE_SIDES = {"llmpipe-ray": "ray", "llmpipe-processes": "processes"}  # side -> `ray.executor`
 
 
-def llmpipe_job(cores: int, executor: str):
+def llmpipe_job(cores: int, executor: str, bands: int, rows: int, seed: int = 1):
     """Start-up (imports; for `ray`, Ray and its workers), then a function running the stage into a
     folder on that executor (`processes`: its workers fork on the first run's first map)."""
     from llm.config import MinHashConfig, RayConfig, ShardConfig
@@ -116,7 +120,8 @@ def llmpipe_job(cores: int, executor: str):
         ex = RayExecutor()
     else:
         ex = ProcessExecutor(ray_config=ray_cfg)
-    cfg = MinHashConfig(keeper="first", url_dedup=False, bands=BANDS, rows=ROWS, ngram=NGRAM, threshold=THRESHOLD)
+    cfg = MinHashConfig(keeper="first", url_dedup=False, bands=bands, rows=rows, ngram=NGRAM, threshold=THRESHOLD,
+                        seed=seed)
 
     def run(inputs: Path, out: Path, shards: int) -> None:
         run_minhash_dedup(str(inputs), str(out), cfg, ShardConfig(), ex)
@@ -124,7 +129,7 @@ def llmpipe_job(cores: int, executor: str):
     return run
 
 
-def datatrove_job(cores: int):
+def datatrove_job(cores: int, bands: int, rows: int, seed: int = 1):
     from datatrove.executor import LocalPipelineExecutor
     from datatrove.pipeline.dedup.minhash import (MinhashConfig, MinhashDedupBuckets, MinhashDedupCluster,
                                                   MinhashDedupFilter, MinhashDedupSignature)
@@ -133,7 +138,7 @@ def datatrove_job(cores: int):
     from datatrove.utils.hashing import HashConfig
 
     # sha1 shingle hashing: datatrove 0.10.1's xxhash path passes str where current xxhash wants bytes.
-    cfg = MinhashConfig(n_grams=NGRAM, num_buckets=BANDS, hashes_per_bucket=ROWS,
+    cfg = MinhashConfig(n_grams=NGRAM, num_buckets=bands, hashes_per_bucket=rows, seed=seed,
                         hash_config=HashConfig(precision=64, hash_fc="sha1"))
 
     def run(inputs: Path, out: Path, shards: int) -> None:
@@ -164,14 +169,15 @@ def datatrove_job(cores: int):
 def child(args: argparse.Namespace) -> None:
     """One side in this subprocess: the first run timed from the parent's spawn, then a steady run."""
     if args.side in LLMPIPE_SIDES:
-        run = llmpipe_job(args.cores, LLMPIPE_SIDES[args.side])
+        run = llmpipe_job(args.cores, LLMPIPE_SIDES[args.side], args.bands, args.rows, args.seed)
     else:
-        run = datatrove_job(args.cores)
+        run = datatrove_job(args.cores, args.bands, args.rows, args.seed)
     out = Path(args.out)
     run(Path(args.inputs), out / "first", args.shards)
     first = time.monotonic() - args.spawned  # CLOCK_MONOTONIC: the same clock as the parent's
     t0 = time.monotonic()
-    run(Path(args.inputs), out / "steady", args.shards)
+    if not args.once:
+        run(Path(args.inputs), out / "steady", args.shards)
     steady = time.monotonic() - t0
     (out / "times.json").write_text(json.dumps({"startup": first, "steady": steady}))
     if args.side == "llmpipe-ray":
@@ -180,9 +186,11 @@ def child(args: argparse.Namespace) -> None:
         shutdown_ray()
 
 
-def spawn(side: str, inputs: Path, out: Path, cores: int, shards: int) -> dict[str, float]:
+def spawn(side: str, inputs: Path, out: Path, cores: int, shards: int, bands: int, rows: int, seed: int = 1,
+          once: bool = False) -> dict[str, float]:
     shutil.rmtree(out, ignore_errors=True)
-    return spawn_side(__file__, side, out, "--inputs", str(inputs), "--cores", str(cores), "--shards", str(shards))
+    return spawn_side(__file__, side, out, "--inputs", str(inputs), "--cores", str(cores), "--shards", str(shards),
+                      "--bands", str(bands), "--rows", str(rows), "--seed", str(seed), *(["--once"] if once else []))
 
 
 # --- outputs and quality --------------------------------------------------------------------------------
@@ -296,12 +304,18 @@ def main() -> None:
     parser.add_argument("--brute-force", choices=["auto", "yes", "no"], default="auto",
                         help="check every pair of the corpus (auto: up to 50k documents)")
     parser.add_argument("--sample", type=int, default=200_000, help="random unreported pairs checked")
+    parser.add_argument("--bands", type=int, default=14, help="LSH bands, both sides")
+    parser.add_argument("--rows", type=int, default=8, help="signature values per band, both sides")
+    parser.add_argument("--seeds", type=int, default=5,
+                        help="MinHash seeds for quality (1 = the timed runs' only; others run once each, untimed)")
     # subprocess side (internal)
     parser.add_argument("--side", choices=[*LLMPIPE_SIDES, "datatrove"], help=argparse.SUPPRESS)
     parser.add_argument("--inputs", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--shards", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--spawned", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--once", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -335,17 +349,28 @@ def main() -> None:
         best: dict[str, dict[str, float]] = {}
         for r in range(args.repeats):
             for side in sides:
-                t = spawn(side, root / "input", root / f"{side}-{r}", args.cores, shards)
+                t = spawn(side, root / "input", root / f"{side}-{r}", args.cores, shards, args.bands, args.rows)
                 print(f"  round {r + 1} {side:17s}: with start-up {t['startup']:7.2f} s, steady {t['steady']:7.2f} s",
                       flush=True)
                 if side not in best or t["startup"] < best[side]["startup"]:
                     best[side] = {**t, "round": r}
-        removed = {side: (removed_llmpipe if side in LLMPIPE_SIDES else removed_datatrove)(
-            root / f"{side}-{best[side]['round']}" / "first") for side in sides}
+        def removed_of(side: str, out: Path) -> dict[int, int]:
+            return (removed_llmpipe if side in LLMPIPE_SIDES else removed_datatrove)(out)
+
+        removed = {side: removed_of(side, root / f"{side}-{best[side]['round']}" / "first") for side in sides}
         assert removed["llmpipe-ray"] == removed["llmpipe-processes"], "the two llmpipe executors removed different documents"
-        reported = {(min(d, k), max(d, k)) for side in removed.values() for d, k in side.items() if k >= 0}
+        # Quality under other MinHash seeds (untimed, one run each): LSH misses are chance events, so one
+        # seed's recall differs from the next by a few pairs.
+        by_seed = {side: [removed[side]] for side in ("llmpipe-processes", "datatrove")}
+        for seed in range(2, args.seeds + 1):
+            for side in by_seed:
+                out = root / f"{side}-seed{seed}"
+                spawn(side, root / "input", out, args.cores, shards, args.bands, args.rows, seed, once=True)
+                by_seed[side].append(removed_of(side, out / "first"))
+        reported = {(min(d, k), max(d, k)) for runs in by_seed.values() for run in runs for d, k in run.items() if k >= 0}
         brute = args.brute_force == "yes" or (args.brute_force == "auto" and len(texts) <= 50_000)
         scores: dict[str, dict[str, tuple[float, float]]] = {}
+        seed_scores: dict[str, dict[str, list[tuple[float, float]]]] = {}
         for shingling in ("llmpipe", "datatrove"):
             truth = Truth(texts, shingling)
             found, counts = ground_truth(truth, corpus.family, reported, brute)
@@ -354,6 +379,7 @@ def main() -> None:
                   f"{len(found)} pairs; " + "; ".join(f"{k} {v}" for k, v in counts.items())
                   + f"; random unreported cross-family pairs: {checked} checked, {hits} at >= {THRESHOLD}")
             scores[shingling] = {side: quality(truth, found, removed[side]) for side in removed}
+            seed_scores[shingling] = {side: [quality(truth, found, run) for run in runs] for side, runs in by_seed.items()}
         rates = {}
         for side in sides:
             t = best[side]
@@ -365,6 +391,14 @@ def main() -> None:
                   f"{len(texts) / t['steady']:8.0f} docs/s; removed {len(removed[side])}; "
                   f"recall {recall:.4f}; precision {precision:.4f} "
                   f"(on datatrove's shingling: {other[0]:.4f}, {other[1]:.4f})")
+        if args.seeds > 1:
+            for side in by_seed:
+                parts = []
+                for shingling in ("llmpipe", "datatrove"):
+                    rec, prec = zip(*seed_scores[shingling][side])
+                    parts.append(f"on {shingling}'s shingling recall {sum(rec) / len(rec):.4f} ({min(rec):.4f}-{max(rec):.4f}), "
+                                 f"precision {sum(prec) / len(prec):.4f} ({min(prec):.4f}-{max(prec):.4f})")
+                print(f"{side:17s} over seeds 1-{args.seeds}: mean (min-max) " + "; ".join(parts))
         for side in LLMPIPE_SIDES:
             print(f"steady throughput ratio {side}/datatrove: {best['datatrove']['steady'] / best[side]['steady']:.2f}")
         fastest = max(LLMPIPE_SIDES, key=lambda side: rates[side])

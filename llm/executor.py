@@ -38,7 +38,8 @@ class ProcessExecutor:
     The workers are forked from this process on the first `map`, so they start with its imports (the
     stage's modules, numba, pyarrow) already loaded, and are reused by every later `map` until `close`
     (or exit). Fork is safe here although pyarrow may have started threads: Arrow's thread pools and
-    allocator re-initialise in a forked child, and the compiled loops (numba) start no threads. As many
+    allocator re-initialise in a forked child, and the compiled loops (numba) start no threads. A new
+    worker skips two library probes on its way to its first item (`llm.worker_startup`). As many
     workers as `ray_config.num_cpus` when set, else the CPUs this process may use; in a worker
     `task_cpus()` is 1. A `map` asking `num_cpus` above one runs only workers / `num_cpus` runs at
     once (each still on one core), as Ray would schedule them.
