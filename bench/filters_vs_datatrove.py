@@ -7,9 +7,14 @@ The corpus is written once as one JSONL file (`{"id", "text"}` a line); both sid
 write the documents they keep to disk as zstd Parquet, each through its own machinery:
 (a) llmpipe: its JSONL reader (`plan_inputs` + `read_unit`, source `web`) -> `process_unit` with
     `ExtractStep` (a text record's payload decoded into a document), `QualityStep` (the project's
-    default `QualityConfig`: Gopher repetition, Gopher quality, C4 with line removal, FineWeb) then `PiiStep` (e-mail, IP), 256-document batches -> `write_shard` (kept
+    default `QualityConfig`: Gopher repetition, Gopher quality, C4 with line removal, FineWeb) then
+    `PiiStep` (e-mail, IP), 256-document batches -> `write_shard` (kept
     shard, plus its `rejected/` shard: llmpipe scrubs and keeps every dropped document, datatrove
-    discards them, so this is extra work on llmpipe's side) and the dataset manifest.
+    discards them, so this is extra work on llmpipe's side) and the dataset manifest. Two llmpipe
+    sides: `llmpipe` with `quality.measure: until_dropped` (each rule set measures only the documents
+    the sets before it kept, as datatrove's chain of filters does: the same work) and `llmpipe-all`
+    with the default `all` (every signal of every document stored, extra work on llmpipe's side);
+    both keep and reject the same documents with the same rules.
 (b) datatrove: `JsonlReader` + `GopherRepetitionFilter` + `GopherQualityFilter` + `C4QualityFilter` +
     `FineWebQualityFilter` + `PIIFormatter` + `ParquetWriter(compression="zstd")` in a
     `LocalPipelineExecutor(tasks=1, workers=1)` (which runs in its calling process), with its logs
@@ -35,7 +40,7 @@ decision on each side's rewritten text. Known differences: C4 sentences are coun
 pattern here and by spaCy's sentencizer there; word tokens split leading/trailing punctuation here and
 follow spaCy's rules there (contractions, abbreviations); the duplicate n-gram fraction marks every word
 covered by a repeated n-gram (the paper's definition) where datatrove skips ahead greedily. The last
-line is the throughput ratio with start-up.
+lines are the ratios of each llmpipe side, then `llmpipe`'s steady ratio and its ratio with start-up.
 """
 
 from __future__ import annotations
@@ -115,7 +120,13 @@ def c4_terminal_punct_rule(cfg) -> bool:
     return table.column("c4_counted_lines").to_pylist()[0] < 2
 
 
-def llmpipe_job(out: Path, corpus: Path) -> int:
+# llmpipe's sides: `quality.measure` of each. `llmpipe` measures rule set by rule set until one drops a
+# document, as datatrove's filter chain does; `llmpipe-all` (the default) measures every signal of every
+# document, so rejected documents can be judged again from their stored signals.
+LLMPIPE_SIDES = {"llmpipe": "until_dropped", "llmpipe-all": "all"}
+
+
+def llmpipe_job(out: Path, corpus: Path, measure: str = "until_dropped") -> int:
     """Read `corpus` with llmpipe's JSONL reader, run its quality and PII steps, write the shard; kept rows."""
     from llm.config import ExtractConfig, PiiConfig, QualityConfig, SourceConfig
     from llm.data.dataset import write_manifest, write_record, write_shard
@@ -126,7 +137,8 @@ def llmpipe_job(out: Path, corpus: Path) -> int:
     from llm.data.readers import plan_inputs
 
     # ExtractStep turns the reader's raw records into documents (a text record: its payload decoded).
-    steps = [ExtractStep(ExtractConfig()), QualityStep(QualityConfig()), PiiStep(PiiConfig(types=["email", "ip"]))]
+    steps = [ExtractStep(ExtractConfig()), QualityStep(QualityConfig(measure=measure)),
+             PiiStep(PiiConfig(types=["email", "ip"]))]
     (unit,) = plan_inputs([SourceConfig(kind="jsonl", name="web", uri=str(corpus.parent), glob=corpus.name)], "")
     kept, rejected, quarantined, counts = process_unit(unit, steps)
     record = write_shard(str(out), "docs", [corpus.name], kept, rejected, quarantined, _total(counts), counts)
@@ -162,9 +174,9 @@ def datatrove_job(out: Path, corpus: Path, terminal_punct: bool) -> int:
 def child(args: argparse.Namespace) -> None:
     """One side in this subprocess: a first run timed from the parent's spawn, then a steady run."""
     corpus, out = Path(args.corpus), Path(args.out)
-    if args.side == "llmpipe":
+    if args.side in LLMPIPE_SIDES:
         def job(folder):
-            return llmpipe_job(folder, corpus)
+            return llmpipe_job(folder, corpus, LLMPIPE_SIDES[args.side])
     else:
         def job(folder):
             return datatrove_job(folder, corpus, args.terminal_punct == "on")
@@ -252,7 +264,7 @@ def main() -> None:
     parser.add_argument("--jsonl", help="JSONL file with a `text` field instead of crawling pydoc")
     parser.add_argument("--pages", type=int, default=200, help="pages to crawl when --jsonl is not given")
     parser.add_argument("--repeat", type=int, default=2, help="rounds, sides alternating; each side's fastest counts")
-    parser.add_argument("--side", choices=["llmpipe", "datatrove"], help=argparse.SUPPRESS)
+    parser.add_argument("--side", choices=[*LLMPIPE_SIDES, "datatrove"], help=argparse.SUPPRESS)
     parser.add_argument("--corpus", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--terminal-punct", choices=["on", "off"], help=argparse.SUPPRESS)
@@ -279,9 +291,9 @@ def main() -> None:
               "spaCy tokenizers, stop words, patterns loaded inside); steady = the same job again in that process")
         best: dict[str, dict] = {}
         for r in range(args.repeat):
-            for side in ("llmpipe", "datatrove"):
+            for side in (*LLMPIPE_SIDES, "datatrove"):
                 t = spawn(side, corpus, Path(tmp) / f"{side}-{r}", terminal)
-                print(f"  round {r + 1} {side:9s}: with start-up {t['startup']:6.2f} s, steady {t['steady']:6.2f} s",
+                print(f"  round {r + 1} {side:11s}: with start-up {t['startup']:6.2f} s, steady {t['steady']:6.2f} s",
                       flush=True)
                 if side not in best:
                     best[side] = dict(t)
@@ -289,12 +301,16 @@ def main() -> None:
                 best[side]["steady"] = min(best[side]["steady"], t["steady"])
         agreement(texts)
     rates = {}
-    for name in ("llmpipe", "datatrove"):
+    for name in (*LLMPIPE_SIDES, "datatrove"):
         t = best[name]
         rates[name] = len(texts) / t["startup"] / cores
-        print(f"{name:>9}: {len(texts)} docs, {t['kept']} kept; with start-up {t['startup']:.2f}s = "
+        print(f"{name:>11}: {len(texts)} docs, {t['kept']} kept; with start-up {t['startup']:.2f}s = "
               f"{rates[name]:.1f} docs/s per core; steady {t['steady']:.2f}s = "
               f"{len(texts) / t['steady'] / cores:.1f} docs/s per core")
+    for name, measure in LLMPIPE_SIDES.items():
+        print(f"ratio {name}/datatrove (quality.measure={measure}; docs/s per core): steady "
+              f"{best['datatrove']['steady'] / best[name]['steady']:.2f}, with start-up "
+              f"{rates[name] / rates['datatrove']:.2f}")
     steady = best["datatrove"]["steady"] / best["llmpipe"]["steady"]
     print(f"steady ratio llmpipe/datatrove (docs/s per core): {steady:.2f}")
     print(f"ratio llmpipe/datatrove (docs/s per core, with start-up): {rates['llmpipe'] / rates['datatrove']:.2f}")

@@ -645,6 +645,13 @@ class QualityConfig(Section):
     gopher: GopherQualityConfig = Field(default_factory=GopherQualityConfig)
     c4: C4QualityConfig = Field(default_factory=C4QualityConfig)
     fineweb: FineWebQualityConfig = Field(default_factory=FineWebQualityConfig)
+    measure: Literal["all", "until_dropped"] = Field(
+        "all",
+        description="Which signals a document gets: all of them (a rejected document can be judged again "
+        "under other thresholds from its stored signals), or rule set by rule set until one drops it "
+        "(repetition and Gopher together, then C4, then FineWeb; the sets after the one that drops a "
+        "document stay null on it). The decisions, kept texts and recorded rules are the same either way.",
+    )
 
 
 class ContentConfig(Section):

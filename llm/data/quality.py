@@ -28,7 +28,7 @@ from llm.config import QualityConfig
 from llm.data import textsignals as ts
 from llm.data.c4_kernels import COUNTED, CURLY, LOREM, REMOVED, SENTENCES, c4_lines, needle_table
 from llm.data.filtering import Rule, applies_to, scatter, split_by_rules, with_columns
-from llm.data.repetition import repetition_signals
+from llm.data.repetition import ngram_signals, piece_signals
 from llm.data.steps import StepOutput
 from llm.data.text_classes import classes
 from llm.data.textsignals import utf8_buffers
@@ -163,6 +163,13 @@ _RUN_BYTES = 512 << 10
 
 def signals_and_text(text: pa.Array, cfg: QualityConfig) -> tuple[dict[str, np.ndarray], pa.Array | None]:
     """Every enabled signal, and the texts after C4's line removal (None when it is off)."""
+    values, rewritten, _ = measure(text, cfg)
+    return values, rewritten
+
+
+def measure(text: pa.Array, cfg: QualityConfig) -> tuple[dict[str, np.ndarray], pa.Array | None, dict[str, np.ndarray]]:
+    """`signals_and_text`, plus the rows left unmeasured: signal name -> mask, only under
+    `measure: until_dropped` (the values there are NaN)."""
     text = ts.as_array(text)
     ends = np.cumsum(pc.binary_length(text).to_numpy(zero_copy_only=False).astype(np.int64)) if len(text) else []
     cuts = [0]
@@ -173,36 +180,92 @@ def signals_and_text(text: pa.Array, cfg: QualityConfig) -> tuple[dict[str, np.n
         return _signals_of_run(text, cfg)
     runs = [_signals_of_run(text.slice(a, b - a), cfg) for a, b in zip(cuts, cuts[1:])]
     values = {name: np.concatenate([r[0][name] for r in runs]) for name in runs[0][0]}
+    skipped = {k: np.concatenate([r[2][k] for r in runs]) for k in runs[0][2]}
     rewritten = None
     if runs[0][1] is not None:
         parts = [r[1] for r in runs]
         if len({p.type for p in parts}) > 1:  # a run past 2 GiB came back as large_string
             parts = [p.cast(pa.large_string()) for p in parts]
         rewritten = pa.concat_arrays(parts)
-    return values, rewritten
+    return values, rewritten, skipped
 
 
-def _signals_of_run(text: pa.Array, cfg: QualityConfig) -> tuple[dict[str, np.ndarray], pa.Array | None]:
+def _signals_of_run(text: pa.Array, cfg: QualityConfig) -> tuple[dict[str, np.ndarray], pa.Array | None,
+                                                                 dict[str, np.ndarray]]:
     out: dict[str, np.ndarray] = {}
+    skipped: dict[str, np.ndarray] = {}
     short = cfg.fineweb.short_line_chars
     counts = ts.text_counts(text, short)
     words = ts.words(text) if (cfg.gopher.enabled or cfg.gopher_repetition.enabled or cfg.fineweb.enabled) else None
+    # Under `until_dropped` each rule set measures only the rows the sets before it keep: the n-gram
+    # signals after the line and paragraph ones, C4 after Gopher, FineWeb after C4. (Gopher shares the
+    # tokens and counts already made, so it measures every row.)
+    lazy = cfg.measure == "until_dropped"
+    rules = quality_rules(cfg) if lazy else []
+    live = np.arange(len(text))
     if cfg.gopher_repetition.enabled:
-        out.update(repetition_signals(counts, cfg.gopher_repetition, words))
+        pieces = piece_signals(counts)
+        ngram_rows = _passing(pieces, rules, live) if lazy else None
+        ngrams = ngram_signals(words, cfg.gopher_repetition, counts["chars"], ngram_rows)
+        out.update({**pieces, **ngrams})
+        if lazy:
+            skipped.update({k: _unmeasured(ngram_rows, len(text)) for k in ngrams})
     if cfg.gopher.enabled:
         out.update(gopher_signals(words, counts, cfg.gopher.stop_words))
     rewritten = None
     if cfg.c4.enabled:
-        c4, rewritten = c4_signals(text, cfg.c4, c4_terminal_punct_lines(cfg))
-        out.update(c4)
+        if lazy:
+            live = _passing(out, rules, live)
+        part = text if len(live) == len(text) else text.take(pa.array(live, pa.int64()))
+        c4, part_text = c4_signals(part, cfg.c4, c4_terminal_punct_lines(cfg))
+        out.update(_spread(c4, live, len(text)))
+        if part_text is not None:  # unmeasured rows are dropped and keep their text
+            rewritten = part_text if len(live) == len(text) else _put(text, live, part_text)
+        if lazy:
+            skipped.update({k: _unmeasured(live, len(text)) for k in c4})
     if cfg.fineweb.enabled:
         # FineWeb measures the text C4 left, as in its own pipeline (one more tokenization, only then).
-        if rewritten is None:
+        if lazy:
+            live = _passing(out, rules, live)
+        if rewritten is None and len(live) == len(text):
             n_words = words.count()
         else:
-            n_words, counts = ts.word_counts(rewritten), ts.text_counts(rewritten, short, repetition=False)
-        out.update(fineweb_signals(n_words, counts))
-    return out, rewritten
+            judged = text if rewritten is None else rewritten
+            judged = judged if len(live) == len(text) else judged.take(pa.array(live, pa.int64()))
+            n_words = ts.word_counts(judged)
+            counts = ts.text_counts(judged, short, repetition=False)
+        fw = fineweb_signals(n_words, counts)
+        out.update(_spread(fw, live, len(text)))
+        if lazy:
+            skipped.update({k: _unmeasured(live, len(text)) for k in fw})
+    return out, rewritten, skipped
+
+
+def _passing(values: dict[str, np.ndarray], rules: list[Rule], rows: np.ndarray) -> np.ndarray:
+    """The `rows` (ascending) that fail none of the rules whose signals `values` holds."""
+    ok = np.ones(len(rows), dtype=bool)
+    for rule in rules:
+        if rule.signal in values:
+            ok &= ~rule.fails(values[rule.signal][rows])
+    return rows[ok]
+
+
+def _spread(values: dict[str, np.ndarray], rows: np.ndarray, n: int) -> dict[str, np.ndarray]:
+    """Values measured on `rows` as arrays of all `n` rows, NaN where not measured."""
+    if len(rows) == n:
+        return values
+    out = {}
+    for name, v in values.items():
+        full = np.full(n, np.nan)
+        full[rows] = v
+        out[name] = full
+    return out
+
+
+def _unmeasured(rows: np.ndarray, n: int) -> np.ndarray:
+    mask = np.ones(n, dtype=bool)
+    mask[rows] = False
+    return mask
 
 
 class QualityStep:
@@ -222,12 +285,14 @@ class QualityStep:
 
     def apply(self, docs: pa.Table) -> StepOutput:
         rows = applies_to(docs, self.cfg.sources)
-        values, rewritten = ({}, None)
+        values, rewritten, skipped = ({}, None, {})
         if len(rows):
-            values, rewritten = signals_and_text(docs.column("text").take(pa.array(rows, pa.int64())), self.cfg)
+            values, rewritten, skipped = measure(docs.column("text").take(pa.array(rows, pa.int64())), self.cfg)
         n = docs.num_rows
         docs = with_columns(docs, {
-            name: scatter(values.get(name, np.zeros(0)), rows, n, pa.float64()) for name in self.signals
+            name: _null_where(scatter(values.get(name, np.zeros(0)), rows, n, pa.float64()), rows,
+                              skipped.get(name))
+            for name in self.signals
         })
         if rewritten is None:
             return split_by_rules(docs, self.name, self.rules)
@@ -242,6 +307,15 @@ class QualityStep:
 
 
 _REWRITTEN = "__c4_text"
+
+
+def _null_where(column: pa.Array, rows: np.ndarray, unmeasured: np.ndarray | None) -> pa.Array:
+    """`column` with null at the `rows` entries a rule set did not measure (`measure: until_dropped`)."""
+    if unmeasured is None or not unmeasured.any():
+        return column
+    mask = np.zeros(len(column), dtype=bool)
+    mask[rows[unmeasured]] = True
+    return pc.if_else(pa.array(mask), pa.scalar(None, pa.float64()), column)
 
 
 def _put(values: pa.Array, rows: np.ndarray, new: pa.Array) -> pa.Array:

@@ -17,31 +17,45 @@ from llm.data import textsignals as ts
 from llm.data.repetition_kernels import ngram_repetition
 from llm.data.textsignals import Pieces
 
-def repetition_signals(counts: dict[str, np.ndarray], cfg: GopherRepetitionConfig, words: Pieces) -> dict[str, np.ndarray]:
-    """Signal name -> value per document, from `textsignals.text_counts` and the word tokens."""
-    n_chars = counts["chars"]
+def piece_signals(counts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The duplicate line and paragraph fractions (of pieces and of characters) of each document."""
     out: dict[str, np.ndarray] = {}
     for name, pieces in (("para", "paras"), ("line", "line_runs")):
         out[f"rep_dup_{name}_frac"] = ts.ratio(counts[f"dup_{pieces}"], counts[pieces])
-        out[f"rep_dup_{name}_char_frac"] = ts.ratio(counts[f"dup_{pieces[:-1]}_chars"], n_chars)
-    out.update(ngram_signals(words, cfg, n_chars))
+        out[f"rep_dup_{name}_char_frac"] = ts.ratio(counts[f"dup_{pieces[:-1]}_chars"], counts["chars"])
     return out
 
 
-def ngram_signals(words: Pieces, cfg: GopherRepetitionConfig, n_chars: np.ndarray) -> dict[str, np.ndarray]:
-    """The top and duplicate n-gram character fractions of each document (`n_chars` code points)."""
+def ngram_signals(words: Pieces, cfg: GopherRepetitionConfig, n_chars: np.ndarray,
+                  rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The top and duplicate n-gram character fractions of each document (`n_chars` code points), or
+    only of the documents at `rows` (ascending; NaN elsewhere)."""
     out: dict[str, np.ndarray] = {}
     codes, token_len = _codes(words)
+    parent, n_docs = words.parent, words.n_docs
+    if rows is not None and len(rows) < n_docs:  # the chosen documents' tokens, renumbered
+        chosen = np.zeros(n_docs, dtype=bool)
+        chosen[rows] = True
+        tokens = chosen[parent]
+        codes, token_len = codes[tokens], token_len[tokens]
+        parent = (np.cumsum(chosen) - 1)[parent[tokens]]
+        n_docs = len(rows)
     top = np.array(sorted(cfg.max_top_ngram_char_frac), np.int64)
     dup = np.array(sorted(cfg.max_dup_ngram_char_frac), np.int64)
-    top_chars = np.zeros((len(top), words.n_docs), np.int64)
-    dup_chars = np.zeros((len(dup), words.n_docs), np.int64)
-    doc_starts = np.searchsorted(words.parent, np.arange(words.n_docs + 1)).astype(np.int64)
+    top_chars = np.zeros((len(top), n_docs), np.int64)
+    dup_chars = np.zeros((len(dup), n_docs), np.int64)
+    doc_starts = np.searchsorted(parent, np.arange(n_docs + 1)).astype(np.int64)
     ngram_repetition(doc_starts, codes, token_len.astype(np.int64), top, dup, top_chars, dup_chars)
+    chars = n_chars if n_docs == words.n_docs else n_chars[rows]
     for k, n in enumerate(top):
-        out[f"rep_top_{n}gram_char_frac"] = ts.ratio(top_chars[k], n_chars)
+        out[f"rep_top_{n}gram_char_frac"] = ts.ratio(top_chars[k], chars)
     for k, n in enumerate(dup):
-        out[f"rep_dup_{n}gram_char_frac"] = ts.ratio(dup_chars[k], n_chars)
+        out[f"rep_dup_{n}gram_char_frac"] = ts.ratio(dup_chars[k], chars)
+    if n_docs < words.n_docs:
+        for name, values in out.items():
+            full = np.full(words.n_docs, np.nan)
+            full[rows] = values
+            out[name] = full
     return out
 
 

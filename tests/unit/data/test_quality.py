@@ -179,3 +179,39 @@ def test_line_boundaries_match_datatrove():
     for n, rule in ((50, None), (49, "gopher_min_words")):
         dropped = _rule(" ".join(words[:n]), _only("gopher"))
         assert (dropped and dropped["rule"]) == rule
+
+
+@pytest.mark.parametrize("overrides", [{}, {"c4": {"remove_lines": False}}, {"fineweb": {"enabled": False}},
+                                       {"c4": {"enabled": False}}])
+def test_measuring_until_dropped_makes_the_same_decisions_with_less_measured(shared_data, overrides):
+    texts = []
+    for name in ("html_dev.jsonl", "mail_dev.jsonl", "sft_dev.jsonl"):
+        for line in (shared_data / name).read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            texts += [row[k] for k in ("text", "response", "prompt") if isinstance(row.get(k), str)]
+    sources = ["web", "code"] * (len(texts) // 2) + ["web"] * (len(texts) % 2)  # a source the step skips too
+    table = pa.table({"id": [str(i) for i in range(len(texts))], "text": texts, "source": sources})
+    every = QualityStep(QualityConfig.model_validate({**overrides, "measure": "all"})).apply(table)
+    lazy = QualityStep(QualityConfig.model_validate({**overrides, "measure": "until_dropped"})).apply(table)
+    assert lazy.kept.equals(every.kept)  # the same kept rows, rewritten texts and signals
+    assert every.dropped.num_rows > 50 and every.kept.num_rows > 50
+    rule_signal = {r.name: r.signal for r in quality_rules(QualityConfig.model_validate(overrides))}
+
+    def stage(signal: str) -> int:  # the order rule sets are measured in
+        return (0 if signal.startswith("rep_") and "gram" not in signal else 1 if signal.startswith("rep_")
+                else 2 if signal.startswith("gopher_") else 3 if signal.startswith("c4_") else 4)
+
+    late = [n for n in every.dropped.column_names if n.startswith(("rep_", "gopher_", "c4_", "fw_")) and stage(n) in (1, 3, 4)]
+    failed_at = [stage(rule_signal[r]) for r in every.dropped.column("rule").to_pylist()]
+    for name in every.dropped.column_names:
+        a, b = every.dropped.column(name).to_pylist(), lazy.dropped.column(name).to_pylist()
+        if name not in late:
+            assert a == b, name  # same rows, rules, values, thresholds and every signal measured first
+            continue
+        # a later set's signal: measured alike, or null on a row an earlier set dropped
+        assert all(y == x or (y is None and f < stage(name)) for x, y, f in zip(a, b, failed_at)), name
+    # ... and work was skipped: measured values that the lazy run never computed
+    skipped = {name: sum(x is not None and y is None for x, y in zip(every.dropped.column(name).to_pylist(),
+                                                                     lazy.dropped.column(name).to_pylist()))
+               for name in late}
+    assert sum(skipped.values()) > 20 and skipped.get("rep_dup_5gram_char_frac", 1) > 0
