@@ -51,6 +51,18 @@ def test_the_pool_starts_on_the_first_map_and_serves_later_ones(executor):
     assert second <= workers and _children() - before == workers
 
 
+def test_start_forks_the_workers_before_any_map_and_maps_use_them(executor):
+    before = _children()
+    executor.start()
+    deadline = time.monotonic() + 30
+    while len(_children() - before) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    workers = _children() - before
+    assert len(workers) == 2  # up before the first map
+    assert {pid for pid in executor.map(lambda _: os.getpid(), list(range(20)))} <= workers
+    assert _children() - before == workers
+
+
 def test_a_failure_is_the_original_error_naming_its_item_after_running_work_finishes(executor, tmp_path):
     def fn(i):
         if i == 37:

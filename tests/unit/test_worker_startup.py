@@ -17,7 +17,8 @@ SCRIPT = textwrap.dedent("""
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
-    from llm.data.minhash.shingles import word_shingles  # imports numba, as a stage module does
+    import numba  # noqa: F401  (a stage module with numba kernels imports it)
+    from llm.data.minhash.shingles import word_shingles
     from llm.executor import ProcessExecutor
 
     def convert(_):

@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 
 from llm import storage
-from llm.data.minhash import kernels
+from llm.data.minhash import char_codes, kernels
 from llm.data.textsignals import utf8_buffers
 
 # Scripts written without spaces between words: each character is a token, so a 5-gram is 5 characters
@@ -64,9 +64,9 @@ def _build_char_classes() -> np.ndarray:
     table = np.zeros(0x110000, np.uint8)
     # The word-character class is read off the regular expression itself, run over every code point.
     for run in re.finditer(r"[^\W_]+", "".join(map(chr, range(0x110000)))):
-        table[run.start():run.end()] = kernels.WORD
+        table[run.start():run.end()] = char_codes.WORD
     for lo, hi in _NO_SPACE_RANGES:
-        table[lo:hi + 1] = kernels.SINGLE
+        table[lo:hi + 1] = char_codes.SINGLE
     return table
 
 
@@ -88,7 +88,7 @@ def _build_lower_table() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
                 raise RuntimeError(f"U+{c:04X} lower-cases to {len(lc)} characters; the tokenizer supports two")
             table[c] = ord(lc[0])
             if len(lc) == 2:
-                table[c] |= kernels._EXPANDS
+                table[c] |= char_codes.EXPANDS
                 expand_from.append(c)
                 expand_to.append(ord(lc[1]))
     return table, np.array(expand_from, np.uint32), np.array(expand_to, np.uint32)
@@ -98,7 +98,7 @@ def _build_lower_table() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 # above; building them runs over all 1.1M code points (~0.2 s), so each installation builds them once
 # and keeps them beside numba's cache of the kernels, named by what they depend on.
 _TABLES_KEY = hashlib.sha256(repr((unicodedata.unidata_version, sys.version_info[:2], _NO_SPACE_RANGES,
-                                   kernels.WORD, kernels.SINGLE, int(kernels._EXPANDS))).encode()).hexdigest()[:16]
+                                   char_codes.WORD, char_codes.SINGLE, int(char_codes.EXPANDS))).encode()).hexdigest()[:16]
 _TABLES_FILE = Path(__file__).parent / "__pycache__" / f"shingles.tables-{_TABLES_KEY}.npz"
 
 

@@ -286,6 +286,8 @@ def run_minhash_dedup(in_uri: str, out_uri: str, cfg: MinHashConfig, shard_cfg: 
     manifest, whose `minhash` entry holds the run's statistics (S-curve, candidates, cluster sizes). An
     output shard is reused when its input and every decision about its rows match an earlier version."""
     started = time.time()
+    if hasattr(executor, "start"):  # worker processes come up while the driver plans
+        executor.start()
     in_root = versions.split(in_uri)[0]
     manifest = read_manifest(in_uri)
     ident = minhash_identity(manifest, cfg, shard_cfg)

@@ -199,15 +199,18 @@ def test_compiled_classifier_runs_where_no_cache_can_be_written(tmp_path):
     import llm.data.langid_kernels as kernels
 
     import llm.compiled as compiled
-    import llm.data.minhash.kernels as minhash_kernels
+    import llm.data.minhash.char_codes as char_codes
+    import llm.data.minhash.jit_kernels as minhash_kernels
 
     pkg = tmp_path / "ro"
-    (pkg / "llm").mkdir(parents=True)
-    (pkg / "llm" / "__init__.py").write_text("")
+    (pkg / "llm" / "data" / "minhash").mkdir(parents=True)
+    for init in ("llm", "llm/data", "llm/data/minhash"):
+        (pkg / init / "__init__.py").write_text("")
     shutil.copy(compiled.__file__, pkg / "llm" / "compiled.py")
+    shutil.copy(char_codes.__file__, pkg / "llm" / "data" / "minhash" / "char_codes.py")
     shutil.copy(kernels.__file__, pkg / "langid_kernels.py")
     shutil.copy(minhash_kernels.__file__, pkg / "minhash_kernels.py")
-    for cache in (pkg / "__pycache__", pkg / "llm" / "__pycache__"):
+    for cache in (pkg / "__pycache__", pkg / "llm" / "__pycache__", pkg / "llm" / "data" / "minhash" / "__pycache__"):
         cache.write_text("not a folder")
     blocked = tmp_path / "file"
     blocked.write_text("")
