@@ -22,14 +22,15 @@ pinned itself to `--cores` cores (children inherit the affinity), sides alternat
 rounds, fastest kept:
 - **with start-up**: from spawning the subprocess to the first run's outputs being on disk. llmpipe's
   includes the interpreter and imports, and on Ray `ensure_ray` (starting Ray and one worker per core)
-  and the workers' first import of the stage, with processes the fork of the workers at the first map
+  and the workers' first import of the stage, with processes the fork of the workers at the stage's start
   and their first use of the compiled loops; datatrove's the interpreter, imports and the executors'
   worker pools, which datatrove starts per step.
 - **steady**: the same job run a second time in that subprocess into a fresh output folder (llmpipe's
   Ray or worker processes already up; datatrove starts its pools again, as it does for every run).
-Both sides get the same first run, so warm-up is symmetric. llmpipe's compiled loops (numba) are cached
-beside the code after their first-ever use, once per installation: on a fresh checkout the first round's
-llmpipe run also compiles them, so use `--repeats 2` (or any earlier run) for figures.
+Both sides get the same first run, so warm-up is symmetric. llmpipe's compiled loops are built beside
+the code on their first-ever use, once per installation (an extension from numba's ahead-of-time
+compiler, `llm/aot.py`, or numba's cache): on a fresh checkout the first round's llmpipe run also builds
+them, so use `--repeats 2` (or any earlier run) for figures.
 
 Same on both sides: word 5-gram shingles, 14 bands x 8 rows of 64-bit MinHash (`--bands`, `--rows`), as
 many input shards as tasks, MinHash seed 1 for the timed runs. Where they differ:
@@ -107,7 +108,7 @@ LLMPIPE_SIDES = {"llmpipe-ray": "ray", "llmpipe-processes": "processes"}  # side
 
 def llmpipe_job(cores: int, executor: str, bands: int, rows: int, seed: int = 1):
     """Start-up (imports; for `ray`, Ray and its workers), then a function running the stage into a
-    folder on that executor (`processes`: its workers fork on the first run's first map)."""
+    folder on that executor (`processes`: its workers fork when the first run's stage starts)."""
     from llm.config import MinHashConfig, RayConfig, ShardConfig
     from llm.data.minhash.stage import run_minhash_dedup
     from llm.executor import ProcessExecutor, RayExecutor
