@@ -14,7 +14,6 @@ from collections import Counter
 from typing import Any, Callable, Sequence
 
 
-
 class LocalExecutor:
     """Runs items one after another in this process."""
 
@@ -40,8 +39,8 @@ class ProcessExecutor:
     parallelism without Ray's start-up (seconds: Ray's processes, its workers, their first imports).
 
     The workers are forked from this process on the first `map` (or at `start`), so they start with its
-    imports (the stage's modules, numba, pyarrow) already loaded, and are reused by every later `map` until `close`
-    (or exit). Fork is safe here although pyarrow may have started threads: Arrow's thread pools and
+    imports (the stage's modules, numba, pyarrow) already loaded, and are reused by every later `map`
+    until `close` (or exit). Fork is safe here although pyarrow may have started threads: Arrow's thread pools and
     allocator re-initialise in a forked child, and the compiled loops (numba) start no threads. A new
     worker skips two library probes on its way to its first item (`llm.worker_startup`). As many
     workers as `ray_config.num_cpus` when set, else the CPUs this process may use; in a worker

@@ -205,11 +205,11 @@ def _signals_of_run(text: pa.Array, cfg: QualityConfig) -> tuple[dict[str, np.nd
     live = np.arange(len(text))
     if cfg.gopher_repetition.enabled:
         pieces = piece_signals(counts)
-        ngram_rows = _passing(pieces, rules, live) if lazy else None
+        ngram_rows = _passing(pieces, rules, live) if lazy else live
         ngrams = ngram_signals(words, cfg.gopher_repetition, counts["chars"], ngram_rows)
-        out.update({**pieces, **ngrams})
+        out.update({**pieces, **_spread(ngrams, ngram_rows, len(text))})
         if lazy:
-            skipped.update({k: _unmeasured(ngram_rows, len(text)) for k in ngrams})
+            skipped.update(dict.fromkeys(ngrams, _unmeasured(ngram_rows, len(text))))
     if cfg.gopher.enabled:
         out.update(gopher_signals(words, counts, cfg.gopher.stop_words))
     rewritten = None
@@ -222,7 +222,7 @@ def _signals_of_run(text: pa.Array, cfg: QualityConfig) -> tuple[dict[str, np.nd
         if part_text is not None:  # unmeasured rows are dropped and keep their text
             rewritten = part_text if len(live) == len(text) else _put(text, live, part_text)
         if lazy:
-            skipped.update({k: _unmeasured(live, len(text)) for k in c4})
+            skipped.update(dict.fromkeys(c4, _unmeasured(live, len(text))))
     if cfg.fineweb.enabled:
         # FineWeb measures the text C4 left, as in its own pipeline (one more tokenization, only then).
         if lazy:
@@ -237,7 +237,7 @@ def _signals_of_run(text: pa.Array, cfg: QualityConfig) -> tuple[dict[str, np.nd
         fw = fineweb_signals(n_words, counts)
         out.update(_spread(fw, live, len(text)))
         if lazy:
-            skipped.update({k: _unmeasured(live, len(text)) for k in fw})
+            skipped.update(dict.fromkeys(fw, _unmeasured(live, len(text))))
     return out, rewritten, skipped
 
 

@@ -29,7 +29,7 @@ def piece_signals(counts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def ngram_signals(words: Pieces, cfg: GopherRepetitionConfig, n_chars: np.ndarray,
                   rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """The top and duplicate n-gram character fractions of each document (`n_chars` code points), or
-    only of the documents at `rows` (ascending; NaN elsewhere)."""
+    only of the documents at `rows` (ascending): then one value per row, in that order."""
     out: dict[str, np.ndarray] = {}
     codes, token_len = _codes(words)
     parent, n_docs = words.parent, words.n_docs
@@ -51,11 +51,6 @@ def ngram_signals(words: Pieces, cfg: GopherRepetitionConfig, n_chars: np.ndarra
         out[f"rep_top_{n}gram_char_frac"] = ts.ratio(top_chars[k], chars)
     for k, n in enumerate(dup):
         out[f"rep_dup_{n}gram_char_frac"] = ts.ratio(dup_chars[k], chars)
-    if n_docs < words.n_docs:
-        for name, values in out.items():
-            full = np.full(words.n_docs, np.nan)
-            full[rows] = values
-            out[name] = full
     return out
 
 
